@@ -1,0 +1,456 @@
+"""Turn the YAML file into a :class:`Config`, rejecting anything it cannot run.
+
+Every check names the key path, and the loader adds the file and line, so one line tells the
+operator what to fix.  Unknown keys are errors: a typo silently ignored is a machine that boots
+the wrong thing.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from pxetwist.config.errors import ConfigError, KeyPath
+from pxetwist.config.located import LineMap, line_for, load_located
+from pxetwist.config.model import (
+    DEFAULT_PLUGIN_DIRS,
+    Config,
+    DhcpConfig,
+    DhcpMode,
+    HttpConfig,
+    Machine,
+    PolicyConfig,
+    Profile,
+    Subnet,
+    TftpConfig,
+)
+from pxetwist.policy.decision import Quirks
+from pxetwist.policy.values import BOOT_KEYS, BootAction, InvalidMacAddress, MacAddress
+
+T = TypeVar("T")
+D = TypeVar("D")
+
+_DURATION = re.compile(r"(?P<number>\d+)\s*(?P<unit>[smhdw]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+class _Reader:
+    """Validation context: knows the file, the line of every key, and the base directory."""
+
+    def __init__(self, source: str, lines: LineMap, base_dir: Path) -> None:
+        self.source = source
+        self.lines = lines
+        self.base_dir = base_dir
+
+    def fail(self, path: KeyPath, message: str) -> NoReturn:
+        raise ConfigError(message, source=self.source, line=line_for(self.lines, path), path=path)
+
+    def section(self, path: KeyPath, value: Any) -> _Section:
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping of keys, not {_kind(value)}")
+        return _Section(self, path, value)
+
+
+class _Section:
+    def __init__(self, reader: _Reader, path: KeyPath, value: dict[str, Any]) -> None:
+        self.reader = reader
+        self.path = path
+        self.value = value
+        self.taken: set[str] = set()
+
+    def has(self, key: str) -> bool:
+        return key in self.value
+
+    def take(self, key: str, convert: Callable[[_Reader, KeyPath, Any], T], default: D) -> T | D:
+        self.taken.add(key)
+        if key not in self.value or self.value[key] is None:
+            return default
+        return convert(self.reader, (*self.path, key), self.value[key])
+
+    def raw(self, key: str) -> Any:
+        self.taken.add(key)
+        return self.value.get(key)
+
+    def done(self) -> None:
+        for key in self.value:
+            if key not in self.taken:
+                known = ", ".join(sorted(self.taken))
+                self.reader.fail((*self.path, key), f"unknown key (known here: {known})")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+# Converters: (reader, path, raw value) -> typed value, failing with a clear message.
+
+
+def as_str(reader: _Reader, path: KeyPath, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        reader.fail(path, f"must be a string, not {_kind(value)}")
+    return str(value)
+
+
+def as_bool(reader: _Reader, path: KeyPath, value: Any) -> bool:
+    if not isinstance(value, bool):
+        reader.fail(path, f"{value!r} is not true or false")
+    return value
+
+
+def as_int(low: int, high: int) -> Callable[[_Reader, KeyPath, Any], int]:
+    def convert(reader: _Reader, path: KeyPath, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            reader.fail(path, f"{value!r} is not a whole number")
+        if not low <= value <= high:
+            reader.fail(path, f"{value} is outside {low}..{high}")
+        return value
+
+    return convert
+
+
+def as_port(reader: _Reader, path: KeyPath, value: Any) -> int:
+    return as_int(0, 65535)(reader, path, value)
+
+
+def as_seconds(reader: _Reader, path: KeyPath, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        reader.fail(path, f"{value!r} is not a number of seconds")
+    if value < 0:
+        reader.fail(path, f"{value} must not be negative")
+    return float(value)
+
+
+def as_duration(reader: _Reader, path: KeyPath, value: Any) -> int:
+    """Whole seconds, written as ``3600`` or ``1h``, ``30m``, ``2d``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip())
+        if match and int(match["number"]) > 0:
+            return int(match["number"]) * _UNIT_SECONDS[match["unit"]]
+    reader.fail(path, f"{value!r} is not a duration (seconds, or like 30m, 12h, 7d)")
+
+
+def as_ipv4(reader: _Reader, path: KeyPath, value: Any) -> IPv4Address:
+    try:
+        return IPv4Address(str(value))
+    except (AddressValueError, ValueError):
+        reader.fail(path, f"{value!r} is not an IPv4 address")
+
+
+def as_network(reader: _Reader, path: KeyPath, value: Any) -> IPv4Network:
+    try:
+        return IPv4Network(str(value), strict=True)
+    except (AddressValueError, NetmaskValueError, ValueError) as error:
+        reader.fail(path, f"{value!r} is not an IPv4 network like 10.77.0.0/16 ({error})")
+
+
+def as_mac(reader: _Reader, path: KeyPath, value: Any) -> MacAddress:
+    try:
+        return MacAddress.parse(str(value))
+    except InvalidMacAddress:
+        reader.fail(path, f"{value!r} is not a MAC address")
+
+
+def as_uuid(reader: _Reader, path: KeyPath, value: Any) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        reader.fail(path, f"{value!r} is not a UUID")
+
+
+def as_path(reader: _Reader, path: KeyPath, value: Any) -> Path:
+    text = as_str(reader, path, value)
+    if not text:
+        reader.fail(path, "must not be empty")
+    candidate = Path(text).expanduser()
+    return candidate if candidate.is_absolute() else (reader.base_dir / candidate).resolve()
+
+
+def as_name(reader: _Reader, path: KeyPath, value: Any) -> str:
+    text = as_str(reader, path, value)
+    if not _NAME.fullmatch(text):
+        reader.fail(path, f"{text!r} is not a name (letters, digits, '_', '-', '.')")
+    return text
+
+
+def as_list(
+    item: Callable[[_Reader, KeyPath, Any], T],
+) -> Callable[[_Reader, KeyPath, Any], tuple[T, ...]]:
+    def convert(reader: _Reader, path: KeyPath, value: Any) -> tuple[T, ...]:
+        values = value if isinstance(value, list) else [value]
+        return tuple(item(reader, (*path, index), element) for index, element in enumerate(values))
+
+    return convert
+
+
+def as_strict_list(
+    item: Callable[[_Reader, KeyPath, Any], T],
+) -> Callable[[_Reader, KeyPath, Any], tuple[T, ...]]:
+    def convert(reader: _Reader, path: KeyPath, value: Any) -> tuple[T, ...]:
+        if not isinstance(value, list):
+            reader.fail(path, f"must be a list, not {_kind(value)}")
+        return as_list(item)(reader, path, value)
+
+    return convert
+
+
+def as_choice(choices: Mapping[str, T]) -> Callable[[_Reader, KeyPath, Any], T]:
+    def convert(reader: _Reader, path: KeyPath, value: Any) -> T:
+        if isinstance(value, bool):
+            # YAML 1.1 reads a bare `off` as false; `mode: off` means the word.
+            value = {False: "off", True: "on"}[value]
+        if not isinstance(value, str) or value not in choices:
+            reader.fail(path, f"{value!r} is not one of: {', '.join(choices)}")
+        return choices[value]
+
+    return convert
+
+
+# Sections.
+
+
+def _quirks(reader: _Reader, path: KeyPath, value: Any) -> Quirks:
+    section = reader.section(path, value)
+    quirks = Quirks(
+        reply_delay=section.take("reply_delay", as_seconds, 0.0),
+        force_broadcast=section.take("force_broadcast", as_bool, False),
+        omit_pxe_options=section.take("omit_pxe_options", as_bool, False),
+        boot_file=section.take("boot_file", as_str, None),
+    )
+    section.done()
+    return quirks
+
+
+def _boot_table(reader: _Reader, path: KeyPath, value: Any) -> dict[str, str]:
+    section = reader.section(path, value)
+    table = {key: section.take(key, as_str, "") for key in BOOT_KEYS if section.has(key)}
+    for key in BOOT_KEYS:
+        section.taken.add(key)
+    section.done()
+    return table
+
+
+_ACTIONS = {action.value: action for action in BootAction}
+
+
+def _profile_fields(section: _Section) -> Profile:
+    return Profile(
+        kernel=section.take("kernel", as_str, None),
+        initrds=section.take("initrd", as_list(as_str), None),
+        cmdline=section.take("cmdline", as_str, None),
+        boot=section.take("boot", _boot_table, {}),
+        action=section.take("action", as_choice(_ACTIONS), None),
+        quirks=section.take("quirks", _quirks, None),
+    )
+
+
+def _profile(reader: _Reader, path: KeyPath, value: Any) -> Profile:
+    section = reader.section(path, value)
+    profile = _profile_fields(section)
+    section.done()
+    return profile
+
+
+def _machine(reader: _Reader, path: KeyPath, value: Any) -> Machine:
+    section = reader.section(path, value)
+    if not section.has("mac"):
+        reader.fail(path, "a machine needs a 'mac'")
+    machine = Machine(
+        mac=section.take("mac", as_mac, MacAddress(bytes(6))),
+        uuid=section.take("uuid", as_uuid, None),
+        name=section.take("name", as_name, None),
+        group=section.take("group", as_name, None),
+        address=section.take("address", as_ipv4, None),
+        profile=_profile_fields(section),
+    )
+    section.done()
+    return machine
+
+
+def _subnet(reader: _Reader, path: KeyPath, value: Any) -> Subnet:
+    section = reader.section(path, value)
+    if not section.has("network"):
+        reader.fail(path, "a subnet needs a 'network'")
+    network = section.take("network", as_network, IPv4Network("0.0.0.0/0"))
+    pool: tuple[IPv4Address, IPv4Address] | None = None
+    if section.has("range"):
+        bounds = section.take("range", as_strict_list(as_ipv4), ())
+        if len(bounds) != 2:
+            reader.fail((*path, "range"), "must be [first, last]")
+        for index, address in enumerate(bounds):
+            if address not in network:
+                reader.fail((*path, "range", index), f"{address} is not in {network}")
+        if bounds[0] > bounds[1]:
+            reader.fail((*path, "range"), f"{bounds[0]} comes after {bounds[1]}")
+        pool = (bounds[0], bounds[1])
+    subnet = Subnet(
+        network=network,
+        range=pool,
+        router=section.take("router", as_ipv4, None),
+        dns=section.take("dns", as_list(as_ipv4), ()),
+        domain=section.take("domain", as_str, None),
+        lease_time=section.take("lease_time", as_duration, 3600),
+        interface=section.take("interface", as_str, None),
+    )
+    section.done()
+    return subnet
+
+
+_MODES = {mode.value: mode for mode in DhcpMode}
+
+
+def _dhcp(reader: _Reader, path: KeyPath, value: Any) -> DhcpConfig:
+    section = reader.section(path, value)
+    dhcp = DhcpConfig(
+        mode=section.take("mode", as_choice(_MODES), DhcpMode.PROXY),
+        subnets=section.take("subnets", as_strict_list(_subnet), ()),
+        leases=section.take("leases", as_str, ""),
+        offer_hold=section.take("offer_hold", as_duration, 60),
+        decline_quarantine=section.take("decline_quarantine", as_duration, 600),
+        boot_server=section.take("boot_server", as_bool, True),
+        ipxe_user_classes=tuple(
+            text.encode() for text in section.take("ipxe_user_classes", as_list(as_str), ("iPXE",))
+        ),
+        quirks=section.take("quirks", _quirks, Quirks()),
+    )
+    section.done()
+    if dhcp.mode is DhcpMode.AUTHORITATIVE and not dhcp.subnets:
+        reader.fail((*path, "subnets"), "authoritative mode needs at least one subnet")
+    return dhcp
+
+
+def _tftp(reader: _Reader, path: KeyPath, value: Any) -> TftpConfig:
+    section = reader.section(path, value)
+    tftp = TftpConfig(
+        enabled=section.take("enabled", as_bool, True),
+        root=section.take("root", as_path, TftpConfig().root),
+        port=section.take("port", as_port, 69),
+        max_transfers=section.take("max_transfers", as_int(1, 1_000_000), 2000),
+        max_blksize=section.take("max_blksize", as_int(512, 65464), None),
+        max_windowsize=section.take("max_windowsize", as_int(1, 65535), 64),
+        timeout=section.take("timeout", as_seconds, 1.0),
+        retries=section.take("retries", as_int(1, 100), 6),
+        single_port=section.take("single_port", as_bool, False),
+    )
+    section.done()
+    return tftp
+
+
+def _http(reader: _Reader, path: KeyPath, value: Any) -> HttpConfig:
+    section = reader.section(path, value)
+    http = HttpConfig(
+        enabled=section.take("enabled", as_bool, True),
+        root=section.take("root", as_path, HttpConfig().root),
+        port=section.take("port", as_port, 8080),
+    )
+    section.done()
+    return http
+
+
+def _policy(reader: _Reader, path: KeyPath, value: Any) -> PolicyConfig:
+    section = reader.section(path, value)
+    chain = section.take("chain", as_strict_list(as_name), ("static", "arch"))
+    if not chain:
+        reader.fail((*path, "chain"), "must name at least one policy")
+    settings = section.raw("settings") or {}
+    if not isinstance(settings, dict):
+        reader.fail((*path, "settings"), "must be a mapping of policy name to its settings")
+    arch_default: str | None = "bios"
+    if section.has("arch_default"):
+        raw = section.raw("arch_default")
+        if raw in (None, "none", "ignore"):
+            arch_default = None
+        elif raw not in BOOT_KEYS:
+            reader.fail((*path, "arch_default"), f"{raw!r} is not a boot key or 'ignore'")
+        else:
+            arch_default = str(raw)
+    policy = PolicyConfig(
+        chain=chain,
+        plugin_dirs=section.take("plugin_dirs", as_list(as_path), DEFAULT_PLUGIN_DIRS),
+        timeout=section.take("timeout", as_seconds, 2.0),
+        arch_default=arch_default,
+        settings=settings,
+    )
+    section.done()
+    return policy
+
+
+def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    """Validate YAML text; relative paths are taken from ``base_dir`` (the file's directory)."""
+    value, lines = load_located(text, source)
+    reader = _Reader(source, lines, base_dir or Path.cwd())
+    top = reader.section((), value)
+    groups_raw = top.raw("groups") or {}
+    if not isinstance(groups_raw, dict):
+        reader.fail(("groups",), "must be a mapping of group name to settings")
+    groups = {
+        as_name(reader, ("groups", name), name): _profile(reader, ("groups", name), settings)
+        for name, settings in groups_raw.items()
+    }
+    config = Config(
+        source=source,
+        interfaces=top.take("interfaces", as_list(as_str), ()),
+        server_address=top.take("server_address", as_ipv4, None),
+        data_dir=top.take("data_dir", as_path, Config(source).data_dir),
+        dhcp=top.take("dhcp", _dhcp, DhcpConfig()),
+        tftp=top.take("tftp", _tftp, TftpConfig()),
+        http=top.take("http", _http, HttpConfig()),
+        boot=top.take("boot", _boot_table, {}),
+        defaults=top.take("defaults", _profile, Profile()),
+        groups=groups,
+        machines=top.take("machines", as_strict_list(_machine), ()),
+        policy=top.take("policy", _policy, PolicyConfig()),
+    )
+    top.done()
+    _check_machines(reader, config)
+    return config
+
+
+def _check_machines(reader: _Reader, config: Config) -> None:
+    seen_macs: dict[MacAddress, int] = {}
+    seen_addresses: dict[IPv4Address, int] = {}
+    for index, machine in enumerate(config.machines):
+        if machine.mac in seen_macs:
+            reader.fail(
+                ("machines", index, "mac"),
+                f"{machine.mac} is already machines[{seen_macs[machine.mac]}]",
+            )
+        seen_macs[machine.mac] = index
+        if machine.group is not None and machine.group not in config.groups:
+            reader.fail(("machines", index, "group"), f"no group named {machine.group!r}")
+        if machine.address is not None:
+            if machine.address in seen_addresses:
+                reader.fail(
+                    ("machines", index, "address"),
+                    f"{machine.address} is already reserved by "
+                    f"machines[{seen_addresses[machine.address]}]",
+                )
+            seen_addresses[machine.address] = index
+            if config.dhcp.subnets and not any(
+                machine.address in subnet.network for subnet in config.dhcp.subnets
+            ):
+                reader.fail(
+                    ("machines", index, "address"), f"{machine.address} is in no dhcp subnet"
+                )
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; any problem is a :class:`ConfigError`."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read the config: {error.strerror}", source=str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("the config is not UTF-8 text", source=str(path)) from None
+    return parse_config(text, source=str(path), base_dir=file.resolve().parent)

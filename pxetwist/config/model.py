@@ -1,0 +1,160 @@
+"""The validated configuration as frozen values; see ``etc/pxe.yaml`` for what each key means."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from pxetwist.policy.decision import Quirks
+from pxetwist.policy.values import BootAction, MacAddress
+
+
+class DhcpMode(enum.Enum):
+    PROXY = "proxy"  # answer PXE clients only, never hand out addresses (the safe default)
+    AUTHORITATIVE = "authoritative"  # own the network's addresses
+    OFF = "off"
+
+
+def _frozen_dict(value: Mapping[Any, Any]) -> Mapping[Any, Any]:
+    return dict(value)
+
+
+@attrs.frozen
+class Subnet:
+    network: IPv4Network
+    range: tuple[IPv4Address, IPv4Address] | None = None
+    router: IPv4Address | None = None
+    dns: tuple[IPv4Address, ...] = ()
+    domain: str | None = None
+    lease_time: int = 3600
+    interface: str | None = None
+
+
+@attrs.frozen
+class DhcpConfig:
+    mode: DhcpMode = DhcpMode.PROXY
+    subnets: tuple[Subnet, ...] = ()
+    leases: str = ""  # store URL; empty means sqlite:<data_dir>/leases.sqlite
+    offer_hold: int = 60  # seconds an offered address stays held for its client
+    decline_quarantine: int = 600  # seconds a DECLINEd address stays out of the pool
+    boot_server: bool = True  # run the PXE boot server on UDP 4011
+    ipxe_user_classes: tuple[bytes, ...] = (b"iPXE",)
+    quirks: Quirks = Quirks()
+
+
+@attrs.frozen
+class TftpConfig:
+    enabled: bool = True
+    root: Path = Path("/srv/pxetwist/tftp")
+    port: int = 69
+    max_transfers: int = 2000
+    max_blksize: int | None = None  # None: the interface MTU minus 32
+    max_windowsize: int = 64
+    timeout: float = 1.0
+    retries: int = 6
+    single_port: bool = False
+
+
+@attrs.frozen
+class HttpConfig:
+    enabled: bool = True
+    root: Path = Path("/srv/pxetwist/http")
+    port: int = 8080
+
+
+@attrs.frozen
+class Profile:
+    """What a machine boots; used by ``defaults``, ``groups`` and ``machines``."""
+
+    kernel: str | None = None
+    initrds: tuple[str, ...] | None = None
+    cmdline: str | None = None
+    boot: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_dict)
+    action: BootAction | None = None
+    quirks: Quirks | None = None
+
+    def over(self, base: Profile) -> Profile:
+        """This profile's settings, falling back to ``base`` for what it leaves unset."""
+        return Profile(
+            kernel=self.kernel if self.kernel is not None else base.kernel,
+            initrds=self.initrds if self.initrds is not None else base.initrds,
+            cmdline=self.cmdline if self.cmdline is not None else base.cmdline,
+            boot={**base.boot, **self.boot},
+            action=self.action if self.action is not None else base.action,
+            quirks=self.quirks if self.quirks is not None else base.quirks,
+        )
+
+
+@attrs.frozen
+class Machine:
+    mac: MacAddress
+    profile: Profile = Profile()
+    uuid: uuid.UUID | None = None
+    name: str | None = None
+    group: str | None = None
+    address: IPv4Address | None = None  # a DHCP reservation
+
+
+#: Where site-local policy plugins are looked for unless ``policy.plugin_dirs`` says otherwise:
+#: the project's ``plugins/`` (in a checkout) and ``/etc/pxetwist/plugins``.
+DEFAULT_PLUGIN_DIRS: tuple[Path, ...] = (
+    Path(__file__).resolve().parents[2] / "plugins",
+    Path("/etc/pxetwist/plugins"),
+)
+
+#: What each kind of client boots when the config's ``boot`` table does not say.  ``{server}``,
+#: ``{http_port}`` and ``{tftp_port}`` are filled in per interface; ``${...}`` is left for iPXE.
+DEFAULT_BOOT: Mapping[str, str] = {
+    "bios": "undionly.kpxe",
+    "efi-x86_64": "ipxe.efi",
+    "efi-ia32": "ipxe-ia32.efi",
+    "efi-arm64": "ipxe-arm64.efi",
+    "ipxe": "http://{server}:{http_port}/boot.ipxe?mac=${mac}&uuid=${uuid}&arch=${buildarch}",
+    "http-efi-x86_64": "http://{server}:{http_port}/ipxe.efi",
+    "http-efi-arm64": "http://{server}:{http_port}/ipxe-arm64.efi",
+}
+
+
+@attrs.frozen
+class PolicyConfig:
+    chain: tuple[str, ...] = ("static", "arch")
+    plugin_dirs: tuple[Path, ...] = DEFAULT_PLUGIN_DIRS
+    timeout: float = 2.0  # seconds a policy may take before the chain skips it
+    arch_default: str | None = "bios"  # boot key for unknown architectures; None: no answer
+    settings: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
+
+
+@attrs.frozen
+class Config:
+    source: str
+    interfaces: tuple[str, ...] = ()  # empty: every interface with an IPv4 address except lo
+    server_address: IPv4Address | None = None
+    data_dir: Path = Path("/var/lib/pxetwist")
+    dhcp: DhcpConfig = DhcpConfig()
+    tftp: TftpConfig = TftpConfig()
+    http: HttpConfig = HttpConfig()
+    boot: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_dict)
+    defaults: Profile = Profile()
+    groups: Mapping[str, Profile] = attrs.field(factory=dict, converter=_frozen_dict)
+    machines: tuple[Machine, ...] = ()
+    policy: PolicyConfig = PolicyConfig()
+
+    @property
+    def lease_store_url(self) -> str:
+        return self.dhcp.leases or f"sqlite:{self.data_dir / 'leases.sqlite'}"
+
+    @property
+    def boot_table(self) -> Mapping[str, str]:
+        """The built-in boot table with the config's ``boot`` entries over it."""
+        return {**DEFAULT_BOOT, **self.boot}
+
+    def machine_profile(self, machine: Machine) -> Profile:
+        """The machine's settings over its group's over the defaults."""
+        group = self.groups.get(machine.group, Profile()) if machine.group else Profile()
+        return machine.profile.over(group.over(self.defaults))

@@ -1,0 +1,83 @@
+"""Everything checked before serving: interfaces, roots and policy plugins.
+
+Kept apart from :mod:`pxetwist.tap` so ``--check-config``, ``pxetwist explain`` and tests run the
+very same checks as the server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+from pxetwist.config import Config, ConfigError
+from pxetwist.config.model import DhcpMode
+from pxetwist.netinfo import InterfaceInfo, interface_info, ipv4_interfaces
+from pxetwist.policy.interfaces import IBootPolicy
+from pxetwist.policy.plugins import build_policies
+
+
+@attrs.frozen
+class ServerSetup:
+    config: Config
+    interfaces: tuple[InterfaceInfo, ...]
+    policies: tuple[tuple[str, IBootPolicy], ...]
+
+
+def resolve_interfaces(config: Config, names: tuple[str, ...] | None) -> tuple[InterfaceInfo, ...]:
+    """The interfaces to serve: command line, else config, else every IPv4 one but lo."""
+    chosen = names if names is not None else config.interfaces
+    if not chosen:
+        return tuple(ipv4_interfaces())
+    found = []
+    for index, name in enumerate(chosen):
+        try:
+            found.append(interface_info(name))
+        except OSError:
+            raise ConfigError(
+                f"no network interface named {name!r}",
+                source=config.source,
+                path=() if names is not None else ("interfaces", index),
+            ) from None
+    return tuple(found)
+
+
+def _check_root(config: Config, key: str, root: Path) -> None:
+    if not root.is_dir():
+        raise ConfigError(f"{root} is not a directory", source=config.source, path=(key, "root"))
+
+
+def prepare(config: Config, interfaces: tuple[str, ...] | None = None) -> ServerSetup:
+    """Run every startup check; raise ``ConfigError`` or ``PluginError`` on the first problem."""
+    if config.tftp.enabled:
+        _check_root(config, "tftp", config.tftp.root)
+    if config.http.enabled:
+        _check_root(config, "http", config.http.root)
+    return ServerSetup(
+        config=config,
+        interfaces=resolve_interfaces(config, interfaces),
+        policies=tuple(build_policies(config)),
+    )
+
+
+def summarize(setup: ServerSetup) -> str:
+    """The ``--check-config`` report: what would run, where, and with which policies."""
+    config = setup.config
+    lines = [f"config {config.source}: OK"]
+    names = ", ".join(f"{i.name} ({i.address or 'no IPv4'}, mtu {i.mtu})" for i in setup.interfaces)
+    lines.append(f"interfaces: {names or 'none'}")
+    lines.append(f"dhcp: {config.dhcp.mode.value}")
+    if config.dhcp.mode is DhcpMode.AUTHORITATIVE:
+        for subnet in config.dhcp.subnets:
+            pool = f"{subnet.range[0]}-{subnet.range[1]}" if subnet.range else "no pool"
+            lines.append(f"  subnet {subnet.network}: {pool}, lease {subnet.lease_time}s")
+        lines.append(f"  leases: {config.lease_store_url}")
+    if config.dhcp.mode is not DhcpMode.OFF:
+        lines.append(f"  pxe boot server (4011): {'on' if config.dhcp.boot_server else 'off'}")
+    tftp = f"port {config.tftp.port}, root {config.tftp.root}" if config.tftp.enabled else "off"
+    http = f"port {config.http.port}, root {config.http.root}" if config.http.enabled else "off"
+    lines.append(f"tftp: {tftp}")
+    lines.append(f"http: {http}")
+    lines.append(f"policy chain: {' -> '.join(name for name, _ in setup.policies)}")
+    lines.append(f"machines: {len(config.machines)}, groups: {len(config.groups)}")
+    return "\n".join(lines)

@@ -1,0 +1,32 @@
+"""Network-namespace lab harness for pxetwist integration tests and benchmarks.
+
+See :mod:`tests.lab.netlab` for the topology and :class:`NetLab` for the API.
+"""
+
+from .netlab import (
+    BRIDGE,
+    CLIENT_IF,
+    RELAY_BRIDGE,
+    SRV_IF,
+    LabError,
+    NetLab,
+    in_ci,
+    lab_available,
+    remove_stale_labs,
+    require_binary,
+    require_lab,
+)
+
+__all__ = [
+    "BRIDGE",
+    "CLIENT_IF",
+    "RELAY_BRIDGE",
+    "SRV_IF",
+    "LabError",
+    "NetLab",
+    "in_ci",
+    "lab_available",
+    "remove_stale_labs",
+    "require_binary",
+    "require_lab",
+]
