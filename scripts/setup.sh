@@ -13,7 +13,7 @@ mode=${1:-serve}
 SERVE_PKGS=(python3-venv python3-pip ipxe iproute2)
 TEST_PKGS=(
   iproute2 procps tcpdump                                 # lab plumbing
-  busybox udhcpc isc-dhcp-client dhcpcd-base              # real DHCP clients
+  busybox-static udhcpc isc-dhcp-client dhcpcd-base       # real DHCP clients (static busybox: e2e initrd)
   curl tftp-hpa atftp atftpd                              # real TFTP/HTTP clients, atftpd reference
   dnsmasq-base kea-dhcp4-server kea-admin kea-common nginx  # reference servers, perfdhcp
   qemu-system-x86 ipxe-qemu seabios ovmf                  # real firmware
