@@ -9,6 +9,7 @@ from twisted.logger import Logger
 
 from pxetwist.config.model import DhcpMode
 from pxetwist.policy.chain import PolicyChain
+from pxetwist.policy.sightings import SightingRegistry
 from pxetwist.startup import ServerSetup
 
 log = Logger()
@@ -27,8 +28,13 @@ class PxeService(MultiService):
         self.reactor = reactor
         config = setup.config
         self.chain = PolicyChain(setup.policies, reactor, config.policy.timeout)
+        self.sightings = SightingRegistry(reactor.seconds)
         if config.dhcp.mode is not DhcpMode.OFF:
-            self._not_yet("dhcp")
+            from pxetwist.dhcp.service import DhcpService
+
+            DhcpService(
+                config, setup.interfaces, self.chain, self.sightings, reactor
+            ).setServiceParent(self)
         if config.tftp.enabled:
             self._not_yet("tftp")
         if config.http.enabled:

@@ -318,6 +318,7 @@ def _dhcp(reader: _Reader, path: KeyPath, value: Any) -> DhcpConfig:
         offer_hold=section.take("offer_hold", as_duration, 60),
         decline_quarantine=section.take("decline_quarantine", as_duration, 600),
         boot_server=section.take("boot_server", as_bool, True),
+        raspberry_pi=section.take("raspberry_pi", as_bool, True),
         ipxe_user_classes=tuple(
             text.encode() for text in section.take("ipxe_user_classes", as_list(as_str), ("iPXE",))
         ),
@@ -410,6 +411,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
         groups=groups,
         machines=top.take("machines", as_strict_list(_machine), ()),
         policy=top.take("policy", _policy, PolicyConfig()),
+        templates=top.take("templates", as_path, reader.base_dir / "templates"),
     )
     top.done()
     _check_machines(reader, config)

@@ -44,6 +44,7 @@ class DhcpConfig:
     offer_hold: int = 60  # seconds an offered address stays held for its client
     decline_quarantine: int = 600  # seconds a DECLINEd address stays out of the pool
     boot_server: bool = True  # run the PXE boot server on UDP 4011
+    raspberry_pi: bool = True  # answer Raspberry Pi OUIs the way their boot ROM needs (§5)
     ipxe_user_classes: tuple[bytes, ...] = (b"iPXE",)
     quirks: Quirks = Quirks()
 
@@ -144,6 +145,9 @@ class Config:
     groups: Mapping[str, Profile] = attrs.field(factory=dict, converter=_frozen_dict)
     machines: tuple[Machine, ...] = ()
     policy: PolicyConfig = PolicyConfig()
+    # Operator boot-config templates (ipxe.j2, pxelinux.j2, grub.j2), searched before the bundled
+    # ones; the loader defaults it to <config file dir>/templates.  None: bundled templates only.
+    templates: Path | None = None
 
     @property
     def lease_store_url(self) -> str:

@@ -25,7 +25,8 @@ class PolicyChain:
 
     A policy that raises, answers something that is not a decision, or takes longer than
     ``timeout`` seconds is logged and skipped.  When every policy has answered synchronously the
-    returned Deferred has already fired, so the DHCP fast path pays no reactor turn.
+    returned Deferred has already fired, so the DHCP fast path pays no reactor turn;
+    :meth:`decide_now` even skips the Deferred.
     """
 
     policies: Sequence[tuple[str, IBootPolicy]]
@@ -37,39 +38,68 @@ class PolicyChain:
         return tuple(name for name, _ in self.policies)
 
     def decide(self, request: BootRequest) -> Deferred[BootDecision | None]:
-        return self._ask(request, 0)
+        answer = self._ask(request, 0, True)
+        if isinstance(answer, Deferred):
+            return answer
+        return succeed(answer)
 
-    def _ask(self, request: BootRequest, index: int) -> Deferred[BootDecision | None]:
-        if index >= len(self.policies):
+    def decide_now(
+        self, request: BootRequest, *, log_decision: bool = True
+    ) -> BootDecision | Deferred[BootDecision | None] | None:
+        """The decision itself while every policy answers synchronously, else a Deferred.
+
+        The hot path of a busy DHCP server: no Deferred, no reactor turn.  With
+        ``log_decision=False`` the chain does not log which policy decided (nor that none did):
+        for a caller whose own log line already carries the decision.  Failures and odd
+        answers are always logged.
+        """
+        return self._ask(request, 0, log_decision)
+
+    def _ask(
+        self, request: BootRequest, index: int, log_decision: bool
+    ) -> BootDecision | Deferred[BootDecision | None] | None:
+        policies = self.policies
+        while index < len(policies):
+            name, policy = policies[index]
+            try:
+                result = policy.decide(request)
+            except Exception:
+                log.failure(
+                    "policy {policy} raised for {mac}; skipping it",
+                    policy=name,
+                    mac=str(request.mac),
+                    stage=request.stage.value,
+                )
+                index += 1
+                continue
+            if isinstance(result, Deferred):
+                result.addTimeout(self.timeout, self.clock)
+                outcome: Deferred[BootDecision | None] = result.addCallbacks(
+                    self._answered_later,
+                    self._failed,
+                    callbackArgs=(request, index, name, log_decision),
+                    errbackArgs=(request, index, name, log_decision),
+                )
+                return outcome
+            if result is None:
+                index += 1
+                continue
+            if not isinstance(result, BootDecision):
+                self._odd(request, name, result)
+                index += 1
+                continue
+            return self._decided(request, name, result, log_decision)
+        if log_decision:
             log.debug(
                 "no policy decided for {mac}",
                 mac=str(request.mac),
                 stage=request.stage.value,
                 policy=None,
             )
-            return succeed(None)
-        name, policy = self.policies[index]
-        try:
-            result = policy.decide(request)
-        except Exception:
-            log.failure(
-                "policy {policy} raised for {mac}; skipping it",
-                policy=name,
-                mac=str(request.mac),
-                stage=request.stage.value,
-            )
-            return self._ask(request, index + 1)
-        if isinstance(result, Deferred):
-            result.addTimeout(self.timeout, self.clock)
-            outcome: Deferred[BootDecision | None] = result.addCallbacks(
-                lambda answer: self._answered(request, index, name, answer),
-                lambda failure: self._failed(request, index, name, failure),
-            )
-            return outcome
-        return self._answered(request, index, name, result)
+        return None
 
     def _failed(
-        self, request: BootRequest, index: int, name: str, failure: Failure
+        self, failure: Failure, request: BootRequest, index: int, name: str, log_decision: bool
     ) -> Deferred[BootDecision | None]:
         log.failure(
             "policy {policy} failed or timed out for {mac}; skipping it",
@@ -78,31 +108,48 @@ class PolicyChain:
             mac=str(request.mac),
             stage=request.stage.value,
         )
-        return self._ask(request, index + 1)
+        return self._later(self._ask(request, index + 1, log_decision))
 
-    def _answered(
-        self, request: BootRequest, index: int, name: str, answer: object
+    def _answered_later(
+        self, answer: object, request: BootRequest, index: int, name: str, log_decision: bool
     ) -> Deferred[BootDecision | None]:
         if answer is None:
-            return self._ask(request, index + 1)
+            return self._later(self._ask(request, index + 1, log_decision))
         if not isinstance(answer, BootDecision):
-            log.error(
-                "policy {policy} answered {answer!r}, not a BootDecision; skipping it",
-                policy=name,
-                answer=answer,
-                mac=str(request.mac),
-            )
-            return self._ask(request, index + 1)
-        decision = attrs.evolve(answer, policy=name)
-        arch = request.arch
-        log.info(
-            "{policy} decided {action} for {mac} at {stage}: {reason}",
+            self._odd(request, name, answer)
+            return self._later(self._ask(request, index + 1, log_decision))
+        return succeed(self._decided(request, name, answer, log_decision))
+
+    @staticmethod
+    def _later(
+        answer: BootDecision | Deferred[BootDecision | None] | None,
+    ) -> Deferred[BootDecision | None]:
+        return answer if isinstance(answer, Deferred) else succeed(answer)
+
+    @staticmethod
+    def _odd(request: BootRequest, name: str, answer: object) -> None:
+        log.error(
+            "policy {policy} answered {answer!r}, not a BootDecision; skipping it",
             policy=name,
-            action=decision.action.value,
+            answer=answer,
             mac=str(request.mac),
-            arch=int(arch) if arch is not None else None,
-            stage=request.stage.value,
-            reason=decision.reason,
-            program=decision.program,
         )
-        return succeed(decision)
+
+    @staticmethod
+    def _decided(
+        request: BootRequest, name: str, answer: BootDecision, log_decision: bool
+    ) -> BootDecision:
+        decision = attrs.evolve(answer, policy=name)
+        if log_decision:
+            arch = request.arch
+            log.info(
+                "{policy} decided {action} for {mac} at {stage}: {reason}",
+                policy=name,
+                action=decision.action.value,
+                mac=str(request.mac),
+                arch=int(arch) if arch is not None else None,
+                stage=request.stage.value,
+                reason=decision.reason,
+                program=decision.program,
+            )
+        return decision

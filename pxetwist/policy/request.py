@@ -53,9 +53,11 @@ class BootRequest:
     @property
     def firmware(self) -> Firmware:
         """Classify the client, iPXE first: an iPXE ROM also says ``PXEClient``."""
-        if self.ipxe_encap is not None or any(
-            user_class in self.ipxe_user_classes for user_class in self.user_classes
-        ):
+        if any(user_class in self.ipxe_user_classes for user_class in self.user_classes):
+            return Firmware.IPXE
+        if self.ipxe_encap is not None and b"iPXE" in self.ipxe_user_classes:
+            # Option 175 marks any iPXE; with only a custom class configured, a vendor iPXE ROM
+            # (QEMU, OVMF) must get our iPXE build first (protocol-reference §4.2).
             return Firmware.IPXE
         vendor = self.vendor_class or b""
         if vendor.startswith(b"HTTPClient"):

@@ -1,0 +1,681 @@
+"""The DHCP decisions: (packet, where it arrived, lease table, policy decision, now) -> replies.
+
+Pure and synchronous: the Twisted protocol asks the policy chain first (``boot_request``), then
+calls ``handle`` with the decision, persists ``Outcome.durable`` and only then sends the replies.
+Rules: RFC 2131 and protocol-reference §1 (addresses, leases, reply addressing), §2-§5 (boot).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv4Network
+
+import attrs
+
+from pxetwist.config.model import Config, DhcpMode, Subnet
+from pxetwist.dhcp.boot import BootFields, boot_fields, boot_item_echo
+from pxetwist.dhcp.leases import Lease, LeaseTable
+from pxetwist.dhcp.options import (
+    MessageType,
+    OptionCode,
+    encode_ipv4_list,
+    encode_string,
+    encode_uint32,
+)
+from pxetwist.dhcp.packet import ESSENTIAL_OPTIONS, DhcpPacket, encode, make_reply
+from pxetwist.policy.decision import BootDecision
+from pxetwist.policy.request import BootRequest, unique_arches
+from pxetwist.policy.values import BootAction, Firmware, Stage
+
+BROADCAST = IPv4Address("255.255.255.255")
+ZERO = IPv4Address(0)
+CLIENT_PORT = 68
+SERVER_PORT = 67
+PXE_PORT = 4011
+
+
+@attrs.frozen
+class Interface:
+    """Where a request arrived: the served interface and our address on it."""
+
+    name: str
+    address: IPv4Address
+    network: IPv4Network
+    mtu: int = 1500
+
+
+@attrs.frozen
+class Incoming:
+    """A decoded request and how it reached us."""
+
+    packet: DhcpPacket
+    interface: Interface
+    source: tuple[str, int]
+    local_port: int = SERVER_PORT
+    to_broadcast: bool = True  # sent to a broadcast address (False: unicast to us)
+
+
+@attrs.frozen
+class Reply:
+    packet: DhcpPacket
+    address: IPv4Address
+    port: int
+    max_size: int
+    delay: float = 0.0
+    keep: frozenset[int] = frozenset()  # options that must not be dropped to fit
+
+    @property
+    def broadcast(self) -> bool:
+        return self.address == BROADCAST
+
+    def wire(self) -> bytes:
+        """The datagram to send: within the client's budget, boot options never trimmed.
+
+        The one place a reply is encoded, so ``pxetwist explain`` shows the very bytes the
+        server sends.  Raises ``PacketTooLarge`` or ``ValueError`` like :func:`encode`.
+        """
+        return encode(self.packet, max_size=self.max_size, keep=ESSENTIAL_OPTIONS | self.keep)
+
+
+class Verdict(enum.Enum):
+    ANSWERED = "answered"
+    IGNORED = "ignored"  # deliberately silent (RFC or policy)
+    DROPPED = "dropped"  # could not be served (exhausted pool, unknown subnet, ...)
+
+
+@attrs.frozen
+class Outcome:
+    """Replies to send once ``durable`` leases are stored, and why, for the log."""
+
+    verdict: Verdict
+    reason: str
+    replies: tuple[Reply, ...] = ()
+    durable: tuple[Lease, ...] = ()
+    seen: tuple[tuple[BootRequest, IPv4Address | None], ...] = ()
+
+
+# Options the server always sends unrequested in address replies (§1.9): mask, router, DNS,
+# broadcast; they go after the client's requested ones.
+_SUBNET_OPTIONS = (
+    OptionCode.SUBNET_MASK,
+    OptionCode.ROUTER,
+    OptionCode.DNS,
+    OptionCode.DOMAIN_NAME,
+    OptionCode.BROADCAST,
+)
+_BOOT_KEEP = frozenset(
+    {
+        OptionCode.VENDOR_CLASS,
+        OptionCode.VENDOR_SPECIFIC,
+        OptionCode.BOOTFILE,
+        OptionCode.CLIENT_UUID,
+        OptionCode.MESSAGE_TYPE,
+        OptionCode.SERVER_ID,
+        OptionCode.LEASE_TIME,
+        OptionCode.CLIENT_ID,
+        OptionCode.RELAY_AGENT_INFO,
+    }
+)
+
+
+_ASKING = frozenset((MessageType.DISCOVER, MessageType.REQUEST, MessageType.INFORM))
+_OPTION_ORDER_CACHE = 256  # distinct option-55 lists remembered per subnet
+
+
+class _SubnetInfo:
+    """A subnet's reply options, encoded once instead of for every packet."""
+
+    __slots__ = ("_by_request_list", "lease_times", "subnet", "values")
+
+    def __init__(self, subnet: Subnet) -> None:
+        self.subnet = subnet
+        lease_time = subnet.lease_time
+        self.lease_times: tuple[tuple[int, bytes], ...] = (
+            (OptionCode.LEASE_TIME, encode_uint32(lease_time)),
+            (OptionCode.RENEWAL_T1, encode_uint32(lease_time // 2)),
+            (OptionCode.REBINDING_T2, encode_uint32(lease_time * 7 // 8)),
+        )
+        values: dict[int, bytes] = {
+            OptionCode.SUBNET_MASK: subnet.network.netmask.packed,
+            OptionCode.BROADCAST: subnet.network.broadcast_address.packed,
+        }
+        if subnet.router is not None:
+            values[OptionCode.ROUTER] = subnet.router.packed
+        if subnet.dns:
+            values[OptionCode.DNS] = encode_ipv4_list(subnet.dns)
+        if subnet.domain:
+            values[OptionCode.DOMAIN_NAME] = encode_string(subnet.domain)
+        self.values = values
+        self._by_request_list: dict[bytes | None, tuple[tuple[int, bytes], ...]] = {}
+
+    def options_for(self, request_list: bytes | None) -> tuple[tuple[int, bytes], ...]:
+        """Mask, router, DNS, ...: the ones the client asked for (55) first, in its order."""
+        cached = self._by_request_list.get(request_list)
+        if cached is not None:
+            return cached
+        values = self.values
+        requested = [code for code in (request_list or b"") if code in values]
+        order = dict.fromkeys([*requested, *_SUBNET_OPTIONS])
+        options = tuple((code, values[code]) for code in order if code in values)
+        if len(self._by_request_list) >= _OPTION_ORDER_CACHE:
+            self._by_request_list.clear()
+        self._by_request_list[request_list] = options
+        return options
+
+
+_IPXE_NO_PROXYDHCP = bytes((176, 1, 1))
+
+#: Raspberry Pi OUIs (smee's list, protocol-reference §5 quirk 4).
+RASPBERRY_PI_OUIS = frozenset(
+    bytes.fromhex(oui) for oui in ("b827eb", "dca632", "e45f01", "28cdc1", "d83add", "2ccf67")
+)
+#: Option 43 as a one-item PXE menu naming "Raspberry Pi Boot": what the Pi 3/4 ROM looks for
+#: (§5 quirk 3, dnsmasq's pxe-service=0,"Raspberry Pi Boot").
+RASPBERRY_PI_43 = bytes.fromhex("0601030a04005058450914000011") + b"Raspberry Pi Boot" + b"\xff"
+
+
+class DhcpEngine:
+    """Authoritative DHCP, proxyDHCP and the port-4011 PXE boot server, in one set of rules."""
+
+    def __init__(
+        self,
+        config: Config,
+        leases: LeaseTable,
+        server_ids: Sequence[IPv4Address] = (),
+    ) -> None:
+        self.config = config
+        self.leases = leases
+        self.server_ids = frozenset(server_ids)
+        self.http_port = config.http.port
+        self.tftp_port = config.tftp.port
+        # Per-packet constants, worked out once: the hot path of a busy server.
+        self._mode = config.dhcp.mode
+        self._offer_hold = float(config.dhcp.offer_hold)
+        self._subnet_bounds = tuple(
+            (int(s.network.network_address), int(s.network.broadcast_address), s)
+            for s in config.dhcp.subnets
+        )
+        self._subnet_info = {id(s): _SubnetInfo(s) for s in config.dhcp.subnets}
+
+    # -- the policy question -------------------------------------------------------------------
+
+    def boot_request(self, incoming: Incoming) -> BootRequest | None:
+        """The request to put to the policy chain, or ``None`` when no decision is needed.
+
+        Every message that may carry boot information (DISCOVER, REQUEST, INFORM) from any
+        client asks: a policy may ``ignore`` a machine altogether, even a plain DHCP client.
+        """
+        packet = incoming.packet
+        options = dict(packet.options)
+        kind = options.get(OptionCode.MESSAGE_TYPE)
+        if kind is None or kind[0] not in _ASKING:
+            return None
+        mac = packet.mac
+        if mac is None:
+            return None
+        if incoming.local_port == PXE_PORT:
+            stage = Stage.PROXY_4011
+        elif self._mode is DhcpMode.PROXY:
+            stage = Stage.PROXY
+        else:
+            stage = Stage.DHCP
+        giaddr = packet.giaddr if packet.giaddr != ZERO else None
+        # Only options the packet carries are decoded: most clients send few of these.
+        return BootRequest(
+            mac=mac,
+            stage=stage,
+            arches=(
+                unique_arches(int(arch) for arch in packet.client_arches)
+                if OptionCode.CLIENT_ARCH in options
+                else ()
+            ),
+            vendor_class=options.get(OptionCode.VENDOR_CLASS),
+            user_classes=packet.user_classes if OptionCode.USER_CLASS in options else (),
+            uuid=packet.client_uuid if OptionCode.CLIENT_UUID in options else None,
+            ipxe_encap=options.get(OptionCode.IPXE_ENCAP),
+            relay_address=giaddr,
+            relay_info=options.get(OptionCode.RELAY_AGENT_INFO),
+            client_address=packet.ciaddr if packet.ciaddr != ZERO else None,
+            server_address=self.server_address(incoming),
+            interface=incoming.interface.name,
+            ipxe_user_classes=self.config.dhcp.ipxe_user_classes,
+        )
+
+    def _is_raspberry_pi(self, packet: DhcpPacket) -> bool:
+        return self.config.dhcp.raspberry_pi and packet.chaddr[:3] in RASPBERRY_PI_OUIS
+
+    def server_address(self, incoming: Incoming) -> IPv4Address:
+        return self.config.server_address or incoming.interface.address
+
+    # -- the answer ----------------------------------------------------------------------------
+
+    def handle(
+        self,
+        incoming: Incoming,
+        request: BootRequest | None,
+        decision: BootDecision | None,
+        now: float,
+    ) -> Outcome:
+        packet = incoming.packet
+        if packet.mac is None:
+            return Outcome(Verdict.DROPPED, "no Ethernet hardware address (htype/hlen)")
+        if decision is not None and decision.action is BootAction.IGNORE:
+            return Outcome(Verdict.IGNORED, f"policy: {decision.reason or 'ignore'}")
+        if incoming.local_port == PXE_PORT:
+            return self._boot_server(incoming, request, decision)
+        mode = self._mode
+        if mode is DhcpMode.PROXY:
+            return self._proxy(incoming, request, decision)
+        if mode is DhcpMode.AUTHORITATIVE:
+            return self._authoritative(incoming, request, decision, now)
+        return Outcome(Verdict.IGNORED, "dhcp is off")
+
+    # -- proxyDHCP (§2.3) ----------------------------------------------------------------------
+
+    def _proxy(
+        self, incoming: Incoming, request: BootRequest | None, decision: BootDecision | None
+    ) -> Outcome:
+        packet = incoming.packet
+        if packet.message_type is not MessageType.DISCOVER:
+            return Outcome(Verdict.IGNORED, "proxy mode answers DISCOVERs only")
+        if request is None or request.firmware is Firmware.PLAIN:
+            return Outcome(Verdict.IGNORED, "not a network-boot client")
+        if not request.arches and not self._is_raspberry_pi(packet):
+            # §2.3: a PXE DISCOVER carries option 93; without it this is no PXE client.
+            return Outcome(Verdict.IGNORED, "no client architecture (option 93)")
+        if decision is None:
+            return Outcome(Verdict.IGNORED, "no policy decided for this machine")
+        server = self.server_address(incoming)
+        firmware = request.firmware
+        arch = request.arch
+        # A proxy offer is only a proxy offer with 60 (and 43 or a 4011 server) in it (§2.2), so
+        # the omit-60/43 quirk, meant for full DHCP replies, does not apply here.
+        decision = attrs.evolve(
+            decision, quirks=attrs.evolve(decision.quirks, omit_pxe_options=False)
+        )
+        uefi_pxe = (
+            firmware is Firmware.PXE_ROM
+            and arch is not None
+            and (arch.boot_key or "").startswith("efi-")
+        )
+        if uefi_pxe and self.config.dhcp.boot_server:
+            # §2.3 strategy 1 (R2): PXEClient without 43 sends UEFI firmware to port 4011 of
+            # siaddr, so siaddr must be us whatever next server the policy chose.
+            fields = self._boot(packet, firmware, decision, server, discovery_control=False)
+            if fields is not None:
+                fields = attrs.evolve(fields, siaddr=server, sname=str(server).encode())
+            how = "proxy offer, redirect to port 4011"
+        else:
+            fields = self._boot(packet, firmware, decision, server)
+            how = "proxy offer"
+        if fields is None:
+            return Outcome(Verdict.IGNORED, f"nothing to boot ({decision.reason})")
+        reply = make_reply(
+            packet,
+            MessageType.OFFER,
+            siaddr=fields.siaddr,
+            sname=fields.sname,
+            file=fields.file,
+            options=[(OptionCode.SERVER_ID, server.packed), *fields.options],
+        )
+        return Outcome(
+            Verdict.ANSWERED,
+            f"{how}: {decision.reason}",
+            replies=(self._send(incoming, reply, decision, force_broadcast=True),),
+            seen=((request, None),),
+        )
+
+    def _boot_server(
+        self, incoming: Incoming, request: BootRequest | None, decision: BootDecision | None
+    ) -> Outcome:
+        """The PXE boot server on port 4011: ACK from 4011 to the source address and port."""
+        packet = incoming.packet
+        if packet.message_type not in (MessageType.REQUEST, MessageType.INFORM):
+            return Outcome(Verdict.IGNORED, "port 4011 answers REQUEST and INFORM only")
+        if request is None or decision is None:
+            return Outcome(Verdict.IGNORED, "no policy decided for this machine")
+        server = self.server_address(incoming)
+        fields = self._boot(packet, request.firmware, decision, server, discovery_control=False)
+        if fields is None:
+            return Outcome(Verdict.IGNORED, f"nothing to boot ({decision.reason})")
+        options = [(OptionCode.SERVER_ID, server.packed), *fields.options]
+        if OptionCode.VENDOR_CLASS not in fields.option_codes:
+            options.insert(1, (OptionCode.VENDOR_CLASS, b"PXEClient"))
+        echo = boot_item_echo(packet)
+        if echo is not None:
+            options.append(echo)
+        reply = make_reply(
+            packet,
+            MessageType.ACK,
+            siaddr=fields.siaddr,
+            sname=fields.sname,
+            file=fields.file,
+            options=options,
+        )
+        host, port = incoming.source
+        client = packet.ciaddr if packet.ciaddr != ZERO else IPv4Address(host)
+        return Outcome(
+            Verdict.ANSWERED,
+            f"boot server ACK: {decision.reason}",
+            replies=(
+                Reply(
+                    reply,
+                    IPv4Address(host),
+                    port,
+                    packet.max_reply_size(incoming.interface.mtu),
+                    decision.quirks.reply_delay,
+                    _BOOT_KEEP,
+                ),
+            ),
+            seen=((request, client if client != ZERO else None),),
+        )
+
+    # -- authoritative DHCP (§1.4) -------------------------------------------------------------
+
+    def _authoritative(
+        self,
+        incoming: Incoming,
+        request: BootRequest | None,
+        decision: BootDecision | None,
+        now: float,
+    ) -> Outcome:
+        packet = incoming.packet
+        kind = packet.message_type
+        subnet = self.select_subnet(incoming)
+        if subnet is None:
+            return Outcome(Verdict.DROPPED, "no configured subnet for this request")
+        if kind is MessageType.DISCOVER:
+            return self._discover(incoming, subnet, request, decision, now)
+        if kind is MessageType.REQUEST:
+            return self._request(incoming, subnet, request, decision, now)
+        if kind is MessageType.DECLINE:
+            return self._decline(incoming, subnet, now)
+        if kind is MessageType.RELEASE:
+            return self._release(incoming, now)
+        if kind is MessageType.INFORM:
+            return self._inform(incoming, subnet, request, decision)
+        return Outcome(Verdict.IGNORED, f"{kind.name if kind else 'no message type'} is not served")
+
+    def select_subnet(self, incoming: Incoming) -> Subnet | None:
+        """Option 118, then 82.5 (link selection), then giaddr, then the receiving interface."""
+        packet = incoming.packet
+        hint = packet.subnet_selection
+        if hint is None and OptionCode.RELAY_AGENT_INFO in packet:
+            hint = packet.link_selection
+        if hint is not None:
+            return self._subnet_containing(hint, None)
+        if packet.giaddr != ZERO:
+            return self._subnet_containing(packet.giaddr, None)
+        return self._subnet_containing(incoming.interface.address, incoming.interface.name)
+
+    def _subnet_containing(self, address: IPv4Address, interface: str | None) -> Subnet | None:
+        a = int(address)
+        for first, last, subnet in self._subnet_bounds:
+            if first <= a <= last and (interface is None or subnet.interface in (None, interface)):
+                return subnet
+        return None
+
+    def _discover(
+        self,
+        incoming: Incoming,
+        subnet: Subnet,
+        request: BootRequest | None,
+        decision: BootDecision | None,
+        now: float,
+    ) -> Outcome:
+        packet = incoming.packet
+        lease = self.leases.offer(
+            packet.client_id,
+            packet.mac,
+            subnet.network,
+            packet.requested_ip,
+            now,
+            self._offer_hold,
+        )
+        if lease is None:
+            # RFC 2131 §4.3.1: no address to offer -> no OFFER (the client tries again later).
+            return Outcome(Verdict.DROPPED, f"no free address in {subnet.network}")
+        reply = self._address_reply(
+            incoming, MessageType.OFFER, lease.address, subnet, request, decision
+        )
+        return Outcome(
+            Verdict.ANSWERED,
+            f"offer {lease.address}" + (f": {decision.reason}" if decision else ""),
+            replies=(self._send(incoming, reply, decision),),
+        )
+
+    def _request(
+        self,
+        incoming: Incoming,
+        subnet: Subnet,
+        request: BootRequest | None,
+        decision: BootDecision | None,
+        now: float,
+    ) -> Outcome:
+        packet = incoming.packet
+        server_id = packet.server_id
+        requested = packet.requested_ip
+        if server_id is not None:
+            # SELECTING: the client chose a server.
+            if server_id not in self.server_ids and server_id != self.server_address(incoming):
+                self.leases.forget_offer(packet.client_id, packet.mac, now)
+                return Outcome(Verdict.IGNORED, f"client chose server {server_id}")
+            address = requested if requested is not None else packet.ciaddr
+            state = "selecting"
+        elif requested is not None and packet.ciaddr == ZERO:
+            address, state = requested, "init-reboot"
+        elif packet.ciaddr != ZERO:
+            address = packet.ciaddr
+            state = "renewing" if not incoming.to_broadcast else "rebinding"
+        else:
+            return self._nak(incoming, "REQUEST without an address")
+        if address == ZERO or address not in subnet.network:
+            if state == "rebinding":
+                return Outcome(Verdict.IGNORED, f"rebinding {address}: not our network")
+            return self._nak(incoming, f"{state} {address}: wrong network for {subnet.network}")
+        if state in ("renewing", "rebinding"):
+            current = self.leases.find_client(packet.client_id, packet.mac, now)
+            if current is None or current.address != address:
+                if state == "rebinding":
+                    return Outcome(Verdict.IGNORED, f"rebinding {address}: not our lease")
+                return self._nak(incoming, f"renewing {address}: not this client's lease")
+        lease = self.leases.bind(
+            packet.client_id,
+            packet.mac,
+            address,
+            subnet.network,
+            now,
+            float(subnet.lease_time),
+            packet.hostname,
+        )
+        if lease is None:
+            return self._nak(incoming, f"{state} {address}: not available to this client")
+        reply = self._address_reply(
+            incoming, MessageType.ACK, lease.address, subnet, request, decision
+        )
+        seen: tuple[tuple[BootRequest, IPv4Address | None], ...] = (
+            ((request, lease.address),) if request is not None else ()
+        )
+        return Outcome(
+            Verdict.ANSWERED,
+            f"ack {lease.address} ({state})" + (f": {decision.reason}" if decision else ""),
+            replies=(self._send(incoming, reply, decision),),
+            durable=tuple(self.leases.take_changes()),
+            seen=seen,
+        )
+
+    def _nak(self, incoming: Incoming, reason: str) -> Outcome:
+        packet = incoming.packet
+        reply = make_reply(
+            packet,
+            MessageType.NAK,
+            options=[
+                (OptionCode.SERVER_ID, self.server_address(incoming).packed),
+                (OptionCode.MESSAGE, reason.encode()[:200]),
+            ],
+        )
+        if packet.giaddr != ZERO:
+            destination, port = packet.giaddr, SERVER_PORT
+        else:
+            destination, port = BROADCAST, CLIENT_PORT
+        max_size = packet.max_reply_size(incoming.interface.mtu)
+        return Outcome(
+            Verdict.ANSWERED,
+            f"nak: {reason}",
+            replies=(Reply(reply, destination, port, max_size),),
+            durable=tuple(self.leases.take_changes()),
+        )
+
+    def _decline(self, incoming: Incoming, subnet: Subnet, now: float) -> Outcome:
+        packet = incoming.packet
+        address = packet.requested_ip
+        if address is None or packet.server_id not in (None, *self.server_ids):
+            return Outcome(Verdict.IGNORED, "DECLINE not for us")
+        lease = self.leases.decline(
+            packet.client_id,
+            packet.mac,
+            address,
+            now,
+            float(self.config.dhcp.decline_quarantine),
+        )
+        return Outcome(
+            Verdict.IGNORED,
+            f"decline {address}: quarantined" if lease else f"decline {address}: not ours",
+            durable=tuple(self.leases.take_changes()),
+        )
+
+    def _release(self, incoming: Incoming, now: float) -> Outcome:
+        packet = incoming.packet
+        lease = self.leases.release(packet.client_id, packet.mac, packet.ciaddr, now)
+        return Outcome(
+            Verdict.IGNORED,
+            f"release {packet.ciaddr}" + ("" if lease else ": no such lease"),
+            durable=tuple(self.leases.take_changes()),
+        )
+
+    def _inform(
+        self,
+        incoming: Incoming,
+        subnet: Subnet,
+        request: BootRequest | None,
+        decision: BootDecision | None,
+    ) -> Outcome:
+        packet = incoming.packet
+        if packet.ciaddr == ZERO:
+            return Outcome(Verdict.DROPPED, "INFORM without ciaddr")
+        reply = self._address_reply(
+            incoming, MessageType.ACK, None, subnet, request, decision, lease_times=False
+        )
+        return Outcome(
+            Verdict.ANSWERED,
+            f"inform ack to {packet.ciaddr}",
+            replies=(self._send(incoming, reply, decision),),
+        )
+
+    # -- building replies ----------------------------------------------------------------------
+
+    def _boot(
+        self,
+        packet: DhcpPacket,
+        firmware: Firmware,
+        decision: BootDecision,
+        server: IPv4Address,
+        *,
+        discovery_control: bool = True,
+    ) -> BootFields | None:
+        if decision.action is BootAction.LOCAL and decision.program is None:
+            return None
+        fields = boot_fields(
+            packet,
+            firmware,
+            decision,
+            server=server,
+            http_port=self.http_port,
+            tftp_port=self.tftp_port,
+            discovery_control=discovery_control,
+        )
+        if fields is not None and firmware is Firmware.PXE_ROM and self._is_raspberry_pi(packet):
+            # §5 quirks 2-4: the Pi wants 60 PXEClient with the "Raspberry Pi Boot" menu in 43,
+            # and reads its TFTP server from option 66 (which boot_fields always sends).
+            kept = tuple(
+                (code, value)
+                for code, value in fields.options
+                if code not in (OptionCode.VENDOR_CLASS, OptionCode.VENDOR_SPECIFIC)
+            )
+            fields = attrs.evolve(
+                fields,
+                options=(
+                    (OptionCode.VENDOR_CLASS, b"PXEClient"),
+                    (OptionCode.VENDOR_SPECIFIC, RASPBERRY_PI_43),
+                    *kept,
+                ),
+            )
+        return fields
+
+    def _address_reply(
+        self,
+        incoming: Incoming,
+        kind: MessageType,
+        address: IPv4Address | None,
+        subnet: Subnet,
+        request: BootRequest | None,
+        decision: BootDecision | None,
+        *,
+        lease_times: bool = True,
+    ) -> DhcpPacket:
+        packet = incoming.packet
+        server = self.server_address(incoming)
+        info = self._info(subnet)
+        options: list[tuple[int, bytes]] = [(OptionCode.SERVER_ID, server.packed)]
+        if lease_times:
+            options += info.lease_times
+        fields: BootFields | None = None
+        if decision is not None and request is not None and request.firmware is not Firmware.PLAIN:
+            fields = self._boot(packet, request.firmware, decision, server)
+        if fields is not None:
+            options += fields.options
+            if request is not None and request.firmware is Firmware.IPXE:
+                # 175.176 no-pxedhcp: we are the DHCP server and there is no proxy to wait for;
+                # saves iPXE its ~2-3 s ProxyDHCP wait (protocol-reference §4.2).
+                options.append((OptionCode.IPXE_ENCAP, _IPXE_NO_PROXYDHCP))
+        options += info.options_for(packet.get(OptionCode.PARAMETER_REQUEST_LIST))
+        return make_reply(
+            packet,
+            kind,
+            yiaddr=address or ZERO,
+            siaddr=fields.siaddr if fields else server,
+            sname=fields.sname if fields else b"",
+            file=fields.file if fields else b"",
+            options=options,
+        )
+
+    def _info(self, subnet: Subnet) -> _SubnetInfo:
+        info = self._subnet_info.get(id(subnet))
+        if info is None or info.subnet is not subnet:  # not one of the config's own subnets
+            info = _SubnetInfo(subnet)
+        return info
+
+    def _send(
+        self,
+        incoming: Incoming,
+        reply: DhcpPacket,
+        decision: BootDecision | None,
+        *,
+        force_broadcast: bool = False,
+    ) -> Reply:
+        """Where a reply goes, by RFC 2131 §4.1 (protocol-reference §1.6)."""
+        packet = incoming.packet
+        delay = decision.quirks.reply_delay if decision else 0.0
+        if decision is not None and decision.quirks.force_broadcast:
+            force_broadcast = True
+        max_size = packet.max_reply_size(incoming.interface.mtu)
+        if packet.giaddr != ZERO:
+            address, port = packet.giaddr, SERVER_PORT
+        elif packet.ciaddr != ZERO and not force_broadcast:
+            address, port = packet.ciaddr, CLIENT_PORT
+        else:
+            # Unicast to yiaddr needs an ARP entry the client cannot answer yet; RFC 2131 §4.1
+            # allows a broadcast instead, as pixiecore and PyPXE do.
+            address, port = BROADCAST, CLIENT_PORT
+        return Reply(reply, address, port, max_size, delay, _BOOT_KEEP)

@@ -1,0 +1,127 @@
+"""The DHCP service: sockets per interface on 67 (and 4011), the lease table and its store."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+
+from pxetwist.config.model import Config, DhcpMode
+from pxetwist.dhcp.engine import PXE_PORT, SERVER_PORT, DhcpEngine, Interface
+from pxetwist.dhcp.leases import LeaseTable, Pool
+from pxetwist.dhcp.protocol import DhcpEndpoint
+from pxetwist.dhcp.sockets import DatagramReader, open_udp_socket
+from pxetwist.dhcp.store import ILeaseStore, open_lease_store
+from pxetwist.netinfo import InterfaceInfo
+from pxetwist.policy.chain import PolicyChain
+from pxetwist.policy.sightings import SightingRegistry
+
+log = Logger()
+
+
+def pools_for(config: Config) -> list[Pool]:
+    """One pool per subnet, with the reservations of the machines whose address falls in it."""
+    pools = []
+    for subnet in config.dhcp.subnets:
+        reservations = {
+            machine.mac: machine.address
+            for machine in config.machines
+            if machine.address is not None and machine.address in subnet.network
+        }
+        first, last = subnet.range if subnet.range else (None, None)
+        pools.append(Pool(subnet.network, first, last, reservations))
+    return pools
+
+
+class DhcpService(Service):
+    """Authoritative DHCP or proxyDHCP on port 67, and the PXE boot server on 4011."""
+
+    name = "dhcp"
+
+    def __init__(
+        self,
+        config: Config,
+        interfaces: tuple[InterfaceInfo, ...],
+        chain: PolicyChain,
+        sightings: SightingRegistry,
+        reactor: Any,
+    ) -> None:
+        self.config = config
+        self.interfaces = interfaces
+        self.chain = chain
+        self.sightings = sightings
+        self.reactor = reactor
+        self.table = LeaseTable(pools_for(config))
+        self.store: ILeaseStore | None = None
+        self.readers: list[DatagramReader] = []
+        self.endpoints: list[DhcpEndpoint] = []
+
+    def _served(self) -> list[Interface]:
+        served = []
+        for info in self.interfaces:
+            if info.address is None:
+                log.warn(
+                    "interface {interface} has no IPv4 address; not serving DHCP on it",
+                    interface=info.name,
+                )
+                continue
+            served.append(Interface(info.name, info.address.ip, info.address.network, info.mtu))
+        return served
+
+    def privilegedStartService(self) -> None:
+        config = self.config
+        served = self._served()
+        server_ids: list[IPv4Address] = [interface.address for interface in served]
+        if config.server_address is not None:
+            server_ids.append(config.server_address)
+        if config.dhcp.mode is DhcpMode.AUTHORITATIVE:
+            self.store = open_lease_store(config.lease_store_url, self.reactor)
+            leases = self.store.load()
+            self.table.restore(leases, self.reactor.seconds())
+            log.info(
+                "loaded {count} leases from {url}", count=len(leases), url=config.lease_store_url
+            )
+        engine = DhcpEngine(config, self.table, server_ids)
+        ports = [SERVER_PORT] if config.dhcp.mode is not DhcpMode.OFF else []
+        if config.dhcp.boot_server and config.dhcp.mode is not DhcpMode.OFF:
+            ports.append(PXE_PORT)
+        for interface in served:
+            for port in ports:
+                sock = open_udp_socket(interface.name, port)
+                endpoint = DhcpEndpoint(
+                    sock=sock,
+                    interface=interface,
+                    port=port,
+                    engine=engine,
+                    chain=self.chain,
+                    store=self.store,
+                    sightings=self.sightings,
+                    clock=self.reactor,
+                )
+                self.endpoints.append(endpoint)
+                self.readers.append(DatagramReader(sock, endpoint.datagram_received))
+                log.info(
+                    "dhcp ({mode}) listening on {interface} {address}:{port}",
+                    mode=config.dhcp.mode.value,
+                    interface=interface.name,
+                    address=str(interface.address),
+                    port=port,
+                )
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        for reader in self.readers:
+            self.reactor.addReader(reader)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        for reader in self.readers:
+            self.reactor.removeReader(reader)
+            reader.socket.close()
+        self.readers.clear()
+        if self.store is not None:
+            return self.store.close()
+        return None

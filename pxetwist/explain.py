@@ -1,0 +1,296 @@
+"""``pxetwist explain``: what would pxetwist answer this machine, and why?
+
+It loads the same config and policy plugins as the server, builds the DHCP request a client of
+the given kind sends (or decodes a captured one), runs the policy chain and the DHCP engine, and
+prints the deciding policy, its reason, and every field of each reply, without any network I/O.
+In proxy mode a UEFI client's follow-up REQUEST to port 4011 is answered too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from pxetwist.config import ConfigError, load_config
+from pxetwist.config.model import Config, DhcpMode
+from pxetwist.dhcp.engine import PXE_PORT, DhcpEngine, Incoming, Interface, Outcome
+from pxetwist.dhcp.leases import LeaseTable
+from pxetwist.dhcp.options import MessageType, OptionCode, encode_arches
+from pxetwist.dhcp.packet import DhcpPacket, MalformedPacket, decode
+from pxetwist.dhcp.service import pools_for
+from pxetwist.policy.plugins import PluginError, build_policies
+from pxetwist.policy.values import InvalidMacAddress, MacAddress
+from pxetwist.testing import run_chain
+
+_NAMES = {int(code): code.name.lower().replace("_", "-") for code in OptionCode}
+
+
+def build_discover(
+    mac: MacAddress,
+    *,
+    arch: int | None,
+    vendor_class: str | None,
+    user_class: str | None,
+    client_uuid: uuid.UUID | None,
+) -> DhcpPacket:
+    """The DISCOVER a client of that kind sends (the shape of protocol-reference §7's vectors)."""
+    options: list[tuple[int, bytes]] = [(OptionCode.MESSAGE_TYPE, bytes((MessageType.DISCOVER,)))]
+    options.append((OptionCode.MAX_MESSAGE_SIZE, (1472).to_bytes(2, "big")))
+    if arch is not None:
+        options.append((OptionCode.CLIENT_ARCH, encode_arches([arch])))
+    if vendor_class is None and arch is not None:
+        vendor_class = f"PXEClient:Arch:{arch:05d}:UNDI:003010"
+    if vendor_class:
+        options.append((OptionCode.VENDOR_CLASS, vendor_class.encode()))
+    if user_class:
+        options.append((OptionCode.USER_CLASS, user_class.encode()))
+    if client_uuid is not None:
+        options.append((OptionCode.CLIENT_UUID, b"\x00" + client_uuid.bytes_le))
+    return DhcpPacket(xid=0x50584554, flags=0x8000, chaddr=mac.octets, options=tuple(options))
+
+
+def describe_packet(packet: DhcpPacket) -> list[str]:
+    kind = packet.message_type
+    lines = [
+        f"  {kind.name if kind else '?'}: yiaddr {packet.yiaddr}  siaddr {packet.siaddr}  "
+        f"ciaddr {packet.ciaddr}  giaddr {packet.giaddr}  flags {packet.flags:#06x}",
+        f"  sname {packet.sname.decode(errors='replace')!r}"
+        f"  file {packet.file.decode(errors='replace')!r}",
+    ]
+    for code, value in packet.options:
+        name = _NAMES.get(code, f"option-{code}")
+        lines.append(f"  option {code:3d} {name}: {_render_value(code, value)}")
+    return lines
+
+
+def _render_value(code: int, value: bytes) -> str:
+    if code == OptionCode.MESSAGE_TYPE and len(value) == 1:
+        return MessageType(value[0]).name if value[0] in MessageType._value2member_map_ else "?"
+    if code in _ADDRESS_OPTIONS and value and len(value) % 4 == 0:
+        return ", ".join(str(IPv4Address(value[i : i + 4])) for i in range(0, len(value), 4))
+    if code in _SECONDS_OPTIONS and len(value) == 4:
+        return f"{int.from_bytes(value, 'big')} s"
+    if _is_text(value):
+        text = value.rstrip(b"\x00").decode("ascii")
+        return text + ("\\0" * (len(value) - len(value.rstrip(b"\x00"))))
+    return value.hex(" ")
+
+
+_ADDRESS_OPTIONS = frozenset(
+    {
+        OptionCode.SUBNET_MASK,
+        OptionCode.ROUTER,
+        OptionCode.DNS,
+        OptionCode.SERVER_ID,
+        OptionCode.BROADCAST,
+    }
+)
+_SECONDS_OPTIONS = frozenset(
+    {OptionCode.LEASE_TIME, OptionCode.RENEWAL_T1, OptionCode.REBINDING_T2}
+)
+
+
+def _is_text(value: bytes) -> bool:
+    stripped = value.rstrip(b"\x00")
+    return bool(stripped) and all(32 <= byte < 127 for byte in stripped)
+
+
+def explain(
+    config: Config,
+    packet: DhcpPacket,
+    *,
+    server: IPv4Address,
+    network: IPv4Network,
+    mode: DhcpMode | None = None,
+) -> dict[str, Any]:
+    """Run one request through policy chain and engine; return what would be sent."""
+    if mode is not None:
+        config = attrs.evolve(config, dhcp=attrs.evolve(config.dhcp, mode=mode))
+    policies = build_policies(config)
+    engine = DhcpEngine(config, LeaseTable(pools_for(config)), [server])
+    interface = Interface("explain", server, network)
+    steps: list[dict[str, Any]] = []
+    incoming = Incoming(packet, interface, ("0.0.0.0", 68), 67, True)
+    steps.append(_step(engine, policies, incoming))
+    first = steps[0]
+    offer = first["outcome"].replies[0].packet if first["outcome"].replies else None
+    if (
+        config.dhcp.mode is DhcpMode.PROXY
+        and offer is not None
+        and offer.get(OptionCode.VENDOR_CLASS) == b"PXEClient"
+        and offer.get(OptionCode.VENDOR_SPECIFIC) is None
+    ):
+        follow_up = attrs.evolve(
+            packet,
+            ciaddr=IPv4Address(int(network.network_address) + 100),
+            options=tuple(
+                (code, bytes((MessageType.REQUEST,)) if code == OptionCode.MESSAGE_TYPE else value)
+                for code, value in packet.options
+            ),
+        )
+        client = (str(follow_up.ciaddr), PXE_PORT)
+        steps.append(
+            _step(engine, policies, Incoming(follow_up, interface, client, PXE_PORT, False))
+        )
+    return {"steps": steps}
+
+
+def _step(engine: DhcpEngine, policies: Any, incoming: Incoming) -> dict[str, Any]:
+    request = engine.boot_request(incoming)
+    decision = run_chain(policies, request) if request is not None else None
+    outcome: Outcome = engine.handle(incoming, request, decision, 0.0)
+    return {"incoming": incoming, "request": request, "decision": decision, "outcome": outcome}
+
+
+def render_text(result: dict[str, Any]) -> str:
+    lines: list[str] = []
+    for step in result["steps"]:
+        incoming: Incoming = step["incoming"]
+        request = step["request"]
+        decision = step["decision"]
+        outcome: Outcome = step["outcome"]
+        kind = incoming.packet.message_type
+        lines.append(f"request: {kind.name if kind else '?'} to port {incoming.local_port}")
+        if request is not None:
+            arch = request.arch
+            lines.append(
+                f"  client {request.mac}  firmware {request.firmware.value}  "
+                f"arch {int(arch) if arch is not None else '-'}"
+                f"{f' ({arch.name})' if arch is not None else ''}  stage {request.stage.value}"
+            )
+        if decision is None:
+            lines.append("decision: none (no policy answered)")
+        else:
+            lines.append(
+                f"decision: {decision.action.value} by policy {decision.policy}: {decision.reason}"
+            )
+            for label, value in (
+                ("program", decision.program),
+                ("kernel", decision.kernel),
+                ("initrd", " ".join(decision.initrds) or None),
+                ("cmdline", decision.cmdline),
+            ):
+                if value:
+                    lines.append(f"  {label}: {value}")
+        lines.append(f"outcome: {outcome.verdict.value}: {outcome.reason}")
+        for reply in outcome.replies:
+            lines.append(
+                f"reply to {reply.address}:{reply.port}"
+                + (f" after {reply.delay}s" if reply.delay else "")
+            )
+            lines.extend(describe_packet(reply.packet))
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_json(result: dict[str, Any]) -> str:
+    steps = []
+    for step in result["steps"]:
+        outcome: Outcome = step["outcome"]
+        decision = step["decision"]
+        steps.append(
+            {
+                "port": step["incoming"].local_port,
+                "policy": decision.policy if decision else None,
+                "action": decision.action.value if decision else None,
+                "reason": decision.reason if decision else None,
+                "verdict": outcome.verdict.value,
+                "replies": [
+                    {
+                        "address": str(reply.address),
+                        "port": reply.port,
+                        "hex": reply.wire().hex(),
+                    }
+                    for reply in outcome.replies
+                ],
+            }
+        )
+    return json.dumps({"steps": steps}, indent=2) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", type=Path, help="the YAML config (as for twistd pxe)")
+    parser.add_argument("--mac", help="the client's MAC address (any notation)")
+    parser.add_argument(
+        "--arch", type=int, help="option 93 value (0 BIOS, 7 x64 UEFI, 16 HTTP Boot)"
+    )
+    parser.add_argument("--vendor-class", help="option 60 (default PXEClient:Arch:<arch>:...)")
+    parser.add_argument("--user-class", help="option 77, e.g. iPXE")
+    parser.add_argument("--uuid", type=uuid.UUID, help="option 97 SMBIOS UUID")
+    parser.add_argument("--mode", choices=[m.value for m in DhcpMode], help="override dhcp.mode")
+    parser.add_argument("--packet", help="a captured DHCP request as hex (overrides the above)")
+    parser.add_argument(
+        "--server-address", type=IPv4Address, help="our address (default: config or 192.0.2.1)"
+    )
+    parser.add_argument("--network", type=IPv4Network, help="the serving interface's network")
+    parser.add_argument(
+        "--json", action="store_true", help="machine-readable output with reply bytes"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from pxetwist.tap import default_config_path
+
+    path = args.config or default_config_path()
+    try:
+        config = load_config(path)
+        if args.packet:
+            packet = decode(bytes.fromhex("".join(args.packet.split())))
+        else:
+            if not args.mac:
+                raise SystemExit("pxetwist explain: give --mac (or --packet)")
+            packet = build_discover(
+                MacAddress.parse(args.mac),
+                arch=args.arch,
+                vendor_class=args.vendor_class,
+                user_class=args.user_class,
+                client_uuid=args.uuid,
+            )
+        if args.server_address is not None:
+            config = attrs.evolve(config, server_address=args.server_address)
+        server = config.server_address or IPv4Address("192.0.2.1")
+        network = args.network or _guess_network(config, server)
+        result = explain(
+            config,
+            packet,
+            server=server,
+            network=network,
+            mode=DhcpMode(args.mode) if args.mode else None,
+        )
+    except ConfigError as error:
+        sys.stderr.write(f"{error}\n")
+        return 1
+    except PluginError as error:
+        sys.stderr.write(f"{path}: {error}\n")
+        return 1
+    except (MalformedPacket, ValueError, InvalidMacAddress) as error:
+        sys.stderr.write(f"pxetwist explain: {error}\n")
+        return 2
+    try:
+        output = render_json(result) if args.json else render_text(result)
+    except ValueError as error:  # PacketTooLarge: the reply cannot be sent at all
+        sys.stderr.write(f"pxetwist explain: the reply cannot be encoded: {error}\n")
+        return 3
+    sys.stdout.write(output)
+    return 0
+
+
+def _guess_network(config: Config, server: IPv4Address) -> IPv4Network:
+    for subnet in config.dhcp.subnets:
+        if server in subnet.network:
+            return subnet.network
+    return IPv4Network(f"{server}/24", strict=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pxetwist explain", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
