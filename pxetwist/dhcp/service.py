@@ -76,13 +76,6 @@ class DhcpService(Service):
         server_ids: list[IPv4Address] = [interface.address for interface in served]
         if config.server_address is not None:
             server_ids.append(config.server_address)
-        if config.dhcp.mode is DhcpMode.AUTHORITATIVE:
-            self.store = open_lease_store(config.lease_store_url, self.reactor)
-            leases = self.store.load()
-            self.table.restore(leases, self.reactor.seconds())
-            log.info(
-                "loaded {count} leases from {url}", count=len(leases), url=config.lease_store_url
-            )
         engine = DhcpEngine(config, self.table, server_ids)
         ports = [SERVER_PORT] if config.dhcp.mode is not DhcpMode.OFF else []
         if config.dhcp.boot_server and config.dhcp.mode is not DhcpMode.OFF:
@@ -112,6 +105,19 @@ class DhcpService(Service):
         super().privilegedStartService()
 
     def startService(self) -> None:
+        # The lease database is opened here, after twistd has dropped privileges (--uid/--gid),
+        # so its files belong to the user that keeps writing them; no packet is read before
+        # every lease is back in the table.
+        config = self.config
+        if config.dhcp.mode is DhcpMode.AUTHORITATIVE:
+            self.store = open_lease_store(config.lease_store_url, self.reactor)
+            leases = self.store.load()
+            self.table.restore(leases, self.reactor.seconds())
+            for endpoint in self.endpoints:
+                endpoint.store = self.store
+            log.info(
+                "loaded {count} leases from {url}", count=len(leases), url=config.lease_store_url
+            )
         super().startService()
         for reader in self.readers:
             self.reactor.addReader(reader)
