@@ -1,0 +1,383 @@
+"""Per-machine boot-loader configs rendered from a :class:`BootDecision`: iPXE, PXELINUX, GRUB.
+
+A decision names a kernel, initrds and a command line (or an iPXE script, or "boot locally"); each
+boot loader wants those in its own syntax and fetches files its own way, so two things happen
+here:
+
+* **Locations.**  Kernel and initrd values are URLs (``http://``, ``tftp://``) or paths under the
+  HTTP or TFTP root.  :func:`ipxe_location`, :func:`pxelinux_location` and :func:`grub_location`
+  turn one value into what that loader can fetch: iPXE takes URLs (HTTP when the file is under the
+  HTTP root, else TFTP), PXELINUX paths relative to the TFTP root, GRUB ``/path`` on the TFTP
+  root or ``(http,server:port)/path``.  ``{server}``, ``{http_port}`` and ``{tftp_port}`` in a
+  value are filled in first by :func:`expand_placeholders`; iPXE's own ``${...}`` stay.
+* **Templates.**  The config text comes from a Jinja2 template (``ipxe.j2``, ``pxelinux.j2``,
+  ``grub.j2``), looked up first in the operator's ``templates:`` directory and then among the
+  bundled ones (``pxetwist/templates``).  Undefined variables are errors (``StrictUndefined``),
+  and every failure, from a syntax error to a missing variable, is one :class:`RenderError`
+  naming the template file and line.  Rendering produces the whole text or raises: nothing ever
+  serves half a file.
+
+The functions are pure apart from two ``stat`` calls per path (is the file under the HTTP root?),
+so the TFTP and HTTP front ends call them straight from the reactor.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any, Final
+from urllib.parse import quote, urlsplit
+
+import attrs
+import jinja2
+
+from pxetwist.policy.decision import BootDecision
+from pxetwist.policy.request import BootRequest
+from pxetwist.policy.values import BootAction
+from pxetwist.tftp.paths import PathRefused, normalize_request_path, resolve_path
+
+#: The templates shipped with pxetwist; an operator's ``templates:`` directory is searched first.
+BUNDLED_TEMPLATES: Final = Path(__file__).resolve().parents[1] / "templates"
+
+_PLACEHOLDER = re.compile(r"(?<!\$)\{(server|http_port|tftp_port)\}")
+_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
+_TFTP_DEFAULT_PORT: Final = 69
+
+
+class RenderError(Exception):
+    """A config could not be rendered; the message names the template and, if known, the line.
+
+    ``template`` is the template's name (``pxelinux.j2``), ``filename`` the file it was loaded
+    from (the operator's copy or the bundled one), ``line`` the 1-based line in it.
+    """
+
+    def __init__(
+        self, template: str, message: str, *, filename: str | None = None, line: int | None = None
+    ) -> None:
+        where = template if filename is None else f"{template} ({filename})"
+        if line is not None:
+            where += f" line {line}"
+        super().__init__(f"template {where}: {message}")
+        self.template = template
+        self.filename = filename
+        self.line = line
+        self.message = message
+
+
+class LoaderKind(enum.Enum):
+    """The boot loaders pxetwist writes configs for; the value is the template's stem."""
+
+    IPXE = "ipxe"
+    PXELINUX = "pxelinux"
+    GRUB = "grub"
+
+    @property
+    def template(self) -> str:
+        return f"{self.value}.j2"
+
+
+@attrs.frozen
+class ServingContext:
+    """Where the client reached us, and what it can fetch from where.
+
+    ``server`` is the address the client should use (the interface address the request came to,
+    or the config's ``server_address``).  ``http_root`` is ``None`` when HTTP is not served, so
+    nothing is ever pointed at it; ``tftp_root`` is ``None`` when TFTP is not served.
+    """
+
+    server: str
+    http_port: int = 8080
+    tftp_port: int = _TFTP_DEFAULT_PORT
+    http_root: Path | None = None
+    tftp_root: Path | None = None
+
+    def expand(self, text: str) -> str:
+        return expand_placeholders(
+            text, server=self.server, http_port=self.http_port, tftp_port=self.tftp_port
+        )
+
+
+def expand_placeholders(text: str, *, server: str, http_port: int, tftp_port: int) -> str:
+    """Fill ``{server}``, ``{http_port}`` and ``{tftp_port}``; leave everything else as it is.
+
+    Unlike ``str.format`` this ignores other braces, so iPXE's ``${mac}`` and ``${net0/ip}``, a
+    GRUB ``${root}`` or a literal ``{`` in a kernel command line pass through untouched, and so
+    does ``${server}`` (an iPXE variable that happens to share the name).
+    """
+    values = {"server": server, "http_port": str(http_port), "tftp_port": str(tftp_port)}
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], text)
+
+
+def _is_url(value: str) -> bool:
+    return "://" in value
+
+
+def _check_url(value: str) -> str:
+    if _UNSAFE.search(value):
+        raise ValueError(f"{value!r} contains a space or control character")
+    return value
+
+
+def _relative(value: str) -> str:
+    """A path value as a clean root-relative path; ``..`` above the root is refused."""
+    try:
+        relative = normalize_request_path(value)
+    except PathRefused as refused:
+        raise ValueError(f"{value!r}: {refused.reason}") from None
+    if _UNSAFE.search(relative):
+        raise ValueError(f"{value!r} contains a space or control character")
+    return relative
+
+
+def _under(root: Path | None, relative: str) -> bool:
+    """Is there a regular file at ``relative`` under ``root`` (symlinks resolved, confined)?"""
+    if root is None:
+        return False
+    try:
+        resolve_path(root, relative)
+    except (PathRefused, OSError):
+        return False
+    return True
+
+
+def _url_path(relative: str) -> str:
+    return quote(relative, safe="/-._~!$&'()*+,;=:@")
+
+
+def _http_url(context: ServingContext, relative: str) -> str:
+    return f"http://{context.server}:{context.http_port}/{_url_path(relative)}"
+
+
+def ipxe_location(value: str, context: ServingContext) -> str:
+    """What iPXE fetches: a URL as is; a path as HTTP if the file is under the HTTP root, else TFTP.
+
+    HTTP is preferred because it is many times faster than TFTP for kernels and initrds.
+    """
+    value = context.expand(value)
+    if _is_url(value):
+        return _check_url(value)
+    relative = _relative(value)
+    if _under(context.http_root, relative):
+        return _http_url(context, relative)
+    port = "" if context.tftp_port == _TFTP_DEFAULT_PORT else f":{context.tftp_port}"
+    return f"tftp://{context.server}{port}/{_url_path(relative)}"
+
+
+def pxelinux_location(value: str, context: ServingContext, *, absolute: bool = False) -> str:
+    """What PXELINUX fetches: a TFTP-root-relative path, or a URL as is.
+
+    PXELINUX resolves relative names against its path prefix, the directory it was loaded from;
+    when that is not the TFTP root (the config was asked for as ``bios/pxelinux.cfg/...``) pass
+    ``absolute=True`` and the path gets PXELINUX's ``::`` prefix, "absolute on the TFTP server".
+    A path that exists only under the HTTP root becomes an HTTP URL, which ``lpxelinux.0`` can
+    fetch (plain ``pxelinux.0`` could not fetch it over TFTP anyway).
+    """
+    value = context.expand(value)
+    if _is_url(value):
+        return _check_url(value)
+    relative = _relative(value)
+    if not _under(context.tftp_root, relative) and _under(context.http_root, relative):
+        return _http_url(context, relative)
+    return f"::{relative}" if absolute else relative
+
+
+def grub_location(value: str, context: ServingContext) -> str:
+    """What GRUB fetches: ``/path`` on the TFTP root it booted from, ``(http,host:port)/path``.
+
+    GRUB has no ``https`` and no URL syntax: ``http://`` and ``tftp://`` URLs are rewritten as
+    GRUB device paths, anything else is refused.
+    """
+    value = context.expand(value)
+    if _is_url(value):
+        parts = urlsplit(_check_url(value))
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "tftp") or not parts.netloc:
+            raise ValueError(f"GRUB cannot fetch {value!r} (only http:// and tftp://)")
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        return f"({scheme},{parts.netloc}){path}"
+    relative = _relative(value)
+    if not _under(context.tftp_root, relative) and _under(context.http_root, relative):
+        return f"(http,{context.server}:{context.http_port})/{relative}"
+    return f"/{relative}"
+
+
+def _basename(location: str) -> str:
+    """The name iPXE gives an image it downloaded: the last component of the URL's path."""
+    path = urlsplit(location).path if _is_url(location) else location
+    return PurePosixPath(path).name or location
+
+
+def _one_line(text: str | None) -> str:
+    """Collapse whitespace, so a stray newline cannot end a config line early."""
+    return " ".join((text or "").split())
+
+
+def has_boot_config(kind: LoaderKind, decision: BootDecision | None) -> bool:
+    """Does the decision say something this loader's config can express?
+
+    A kernel (with initrds and command line), or "boot locally"; for iPXE also a script.  A
+    decision that only names a boot program has no per-machine config: the program is a file.
+    """
+    if decision is None or decision.action is BootAction.IGNORE:
+        return False
+    if decision.action is BootAction.LOCAL or decision.kernel is not None:
+        return True
+    return kind is LoaderKind.IPXE and decision.script is not None
+
+
+_Locate = Callable[[str, ServingContext], str]
+
+
+class Renderer:
+    """Renders boot-loader configs with operator templates first, then the bundled ones."""
+
+    def __init__(self, override_dir: Path | None = None) -> None:
+        loaders: list[jinja2.BaseLoader] = []
+        if override_dir is not None:
+            loaders.append(jinja2.FileSystemLoader(str(override_dir)))
+        loaders.append(jinja2.FileSystemLoader(str(BUNDLED_TEMPLATES)))
+        self.override_dir = override_dir
+        self._environment = jinja2.Environment(
+            loader=jinja2.ChoiceLoader(loaders),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            auto_reload=True,
+        )
+
+    def render(
+        self,
+        kind: LoaderKind,
+        decision: BootDecision,
+        request: BootRequest,
+        context: ServingContext,
+        *,
+        absolute_paths: bool = False,
+    ) -> str:
+        """The complete config text, or :class:`RenderError`.
+
+        For iPXE a decision's ``script`` is returned as written (placeholders filled, and a
+        ``#!ipxe`` line added if it lacks one, since iPXE will not run a script without it);
+        everything else goes through the loader's template.  ``absolute_paths`` is for PXELINUX
+        configs asked for below a directory (see :func:`pxelinux_location`).
+        """
+        name = kind.template
+        if decision.action is BootAction.IGNORE:
+            raise RenderError(name, "the decision is 'ignore': there is nothing to boot")
+        if kind is LoaderKind.IPXE and decision.script is not None:
+            script = context.expand(decision.script)
+            if not script.lstrip().startswith("#!ipxe"):
+                script = "#!ipxe\n" + script
+            return script if script.endswith("\n") else script + "\n"
+        if kind is LoaderKind.PXELINUX:
+            absolute = absolute_paths
+
+            def locate(value: str, context: ServingContext) -> str:
+                return pxelinux_location(value, context, absolute=absolute)
+        else:
+            locate = ipxe_location if kind is LoaderKind.IPXE else grub_location
+        variables = self._variables(name, kind, decision, request, context, locate)
+        try:
+            template = self._environment.get_template(name)
+        except jinja2.TemplateSyntaxError as error:
+            raise RenderError(
+                name, error.message or "syntax error", filename=error.filename, line=error.lineno
+            ) from error
+        except jinja2.TemplateNotFound:
+            raise RenderError(
+                name, "no such template, neither the operator's nor bundled"
+            ) from None
+        try:
+            return template.render(variables)
+        except jinja2.TemplateError as error:
+            raise RenderError(
+                name,
+                error.message or type(error).__name__,
+                filename=template.filename,
+                line=_template_line(error, template.filename),
+            ) from error
+        except Exception as error:
+            raise RenderError(
+                name,
+                f"{type(error).__name__}: {error}",
+                filename=template.filename,
+                line=_template_line(error, template.filename),
+            ) from error
+
+    def _variables(
+        self,
+        name: str,
+        kind: LoaderKind,
+        decision: BootDecision,
+        request: BootRequest,
+        context: ServingContext,
+        locate: _Locate,
+    ) -> Mapping[str, Any]:
+        def place(what: str, value: str | None) -> str | None:
+            if value is None:
+                return None
+            try:
+                return locate(value, context)
+            except ValueError as error:
+                raise RenderError(name, f"decision {what}: {error}") from None
+
+        local = decision.action is BootAction.LOCAL
+        kernel = None if local else place("kernel", decision.kernel)
+        if not local and kernel is None and not (kind is LoaderKind.IPXE and decision.program):
+            raise RenderError(name, "the decision has no kernel to boot")
+        initrds = [] if local else [place("initrd", value) or "" for value in decision.initrds]
+        program = (
+            place("program", decision.program)
+            if kind is LoaderKind.IPXE and not local and kernel is None
+            else None
+        )
+        return {
+            "action": decision.action.value,
+            "kernel": kernel,
+            "initrds": initrds,
+            "initrd_names": [_basename(location) for location in initrds],
+            "cmdline": _one_line(context.expand(decision.cmdline or "")),
+            "program": program,
+            "mac": str(request.mac),
+            "name": decision.name,
+            "group": decision.group,
+            "reason": _one_line(decision.reason),
+            "policy": decision.policy,
+            "server": context.server,
+            "http_port": context.http_port,
+            "tftp_port": context.tftp_port,
+            "request": request,
+            "decision": decision,
+        }
+
+
+def _template_line(error: BaseException, filename: str | None) -> int | None:
+    """The template line an exception was raised on (Jinja maps its frames to template lines)."""
+    if filename is None:
+        return getattr(error, "lineno", None)
+    line = None
+    for frame in traceback.extract_tb(error.__traceback__):
+        if frame.filename == filename:
+            line = frame.lineno
+    return line
+
+
+__all__ = [
+    "BUNDLED_TEMPLATES",
+    "LoaderKind",
+    "RenderError",
+    "Renderer",
+    "ServingContext",
+    "expand_placeholders",
+    "grub_location",
+    "has_boot_config",
+    "ipxe_location",
+    "pxelinux_location",
+]

@@ -1,0 +1,159 @@
+# -*- test-case-name: tests.tftp.test_protocol -*-
+"""The TFTP service: one listener per served interface address, bound before privileges drop.
+
+Each interface with an IPv4 address gets a :class:`~pxetwist.tftp.protocol.TftpListener` on
+``tftp.port`` bound to that address (see :mod:`pxetwist.tftp.protocol` for why not
+``0.0.0.0``), in ``privilegedStartService`` so that ``twistd -u/-g`` can drop root after port 69
+is bound.  ``stopService`` ends running transfers (the client gets ERROR 0) and unbinds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.logger import Logger
+
+from pxetwist.config.model import Config
+from pxetwist.netinfo import InterfaceInfo
+from pxetwist.policy.render import Renderer, ServingContext
+from pxetwist.policy.sightings import SightingRegistry
+from pxetwist.tftp.protocol import FileResolver, ServerSettings, TftpListener, TftpServer
+
+log = Logger()
+
+#: File descriptors a process keeps besides its transfers (logs, listeners, HTTP, DHCP, ...).
+_FD_HEADROOM = 512
+
+
+def settings_from(config: Config) -> ServerSettings:
+    tftp = config.tftp
+    return ServerSettings(
+        root=tftp.root,
+        max_transfers=tftp.max_transfers,
+        max_blksize=tftp.max_blksize,
+        max_windowsize=tftp.max_windowsize,
+        timeout=tftp.timeout,
+        retries=tftp.retries,
+        single_port=tftp.single_port,
+    )
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` towards ``wanted`` (up to the hard limit); return it.
+
+    Every transfer holds a socket and, for a file on disk, an open file: thousands of
+    concurrent transfers need more than the usual soft limit of 1024.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return soft
+
+
+class TftpService(Service):
+    """Serves ``config.tftp`` on every given interface that has an IPv4 address."""
+
+    name = "tftp"
+
+    def __init__(
+        self,
+        config: Config,
+        interfaces: Sequence[InterfaceInfo],
+        chain: Any,
+        sightings: SightingRegistry,
+        reactor: Any,
+    ) -> None:
+        self.config = config
+        self.interfaces = tuple(interfaces)
+        self.reactor = reactor
+        self.settings = settings_from(config)
+        self.renderer = Renderer(config.templates)
+        self.server = TftpServer(
+            self.settings,
+            FileResolver(config.tftp.root, self.renderer, chain, sightings),
+            reactor,
+        )
+        self.ports: list[Any] = []
+
+    def _context(self, address: str, port: int) -> ServingContext:
+        config = self.config
+        server = str(config.server_address) if config.server_address is not None else address
+        return ServingContext(
+            server=server,
+            http_port=config.http.port,
+            tftp_port=port,
+            http_root=config.http.root if config.http.enabled else None,
+            tftp_root=config.tftp.root,
+        )
+
+    def _bind(self) -> None:
+        if self.ports:
+            return
+        wanted = 2 * self.settings.max_transfers + _FD_HEADROOM
+        limit = raise_fd_limit(wanted)
+        if limit < wanted and not self.settings.single_port:
+            log.warn(
+                "tftp: only {limit} file descriptors allowed; fewer than tftp.max_transfers "
+                "({max_transfers}) transfers can run at once",
+                limit=limit,
+                max_transfers=self.settings.max_transfers,
+            )
+        served = [info for info in self.interfaces if info.ip is not None]
+        if not served:
+            log.error("tftp: no interface with an IPv4 address to serve; TFTP is not served")
+        for info in served:
+            address = str(info.ip)
+            listener = TftpListener(
+                self.server,
+                address,
+                self._context(address, self.config.tftp.port),
+                mtu=info.mtu,
+                interface=info.name,
+            )
+            port = self.reactor.listenUDP(self.config.tftp.port, listener, interface=address)
+            bound = port.getHost().port
+            if bound != self.config.tftp.port:  # port 0: tests and benchmarks
+                listener.context = self._context(address, bound)
+            self.ports.append(port)
+            log.info(
+                "tftp: serving {root} on {address}:{port} ({interface}, mtu {mtu}, "
+                "blksize up to {blksize})",
+                root=str(self.config.tftp.root),
+                address=address,
+                port=bound,
+                interface=info.name,
+                mtu=info.mtu,
+                blksize=listener.limits.blksize_limit,
+            )
+
+    def privilegedStartService(self) -> None:
+        self._bind()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self._bind()
+        super().startService()
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        self.server.abort_all("server shutting down")
+        ports, self.ports = self.ports, []
+        self.server.listeners.clear()
+        return DeferredList([maybeDeferred(port.stopListening) for port in ports])
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """``(address, port)`` of every listener, as bound."""
+        hosts = [port.getHost() for port in self.ports]
+        return [(host.host, host.port) for host in hosts]
+
+
+__all__ = ["TftpService", "raise_fd_limit", "settings_from"]
