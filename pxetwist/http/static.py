@@ -771,6 +771,12 @@ class _SendfileTransfer(_Transfer):
     3. With every byte sent, it unregisters, closes its descriptors, and finishes the request,
        which hands the connection back to the HTTP channel for the next request.
 
+    The socket is corked (``TCP_CORK``, nginx's ``tcp_nopush``) from step 1 to the end of the
+    body, so the headers leave in the first full segment of the body and every segment is full
+    size; this raised the best single-stream rate over veth from about 2.8 to about 4.2 GB/s
+    (bench/http). Uncorking when the transfer ends, however it ends, pushes out the last
+    partial segment at once instead of after the kernel's 200 ms cork timeout.
+
     Literal pieces of the body (multipart boundaries) are written with ``os.write`` on the same
     descriptor, so multipart ranges take this path too.
     """
@@ -799,7 +805,14 @@ class _SendfileTransfer(_Transfer):
         except OSError as e:  # EMFILE: the headers are out, all that is left is to give up
             self._abort(f"cannot dup the socket: {e}")
             return
+        self._cork(True)
         self._watch()
+
+    def _cork(self, on: bool) -> None:
+        """Hold back partial segments (on) or send what is held (off); only a performance hint,
+        so a socket that refuses (not TCP, already closed) is left as it is."""
+        with contextlib.suppress(OSError, AttributeError):
+            self._transport.getHandle().setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, int(on))
 
     def _watch(self) -> None:
         if not (self._watching or self._paused or self._done):
@@ -814,6 +827,7 @@ class _SendfileTransfer(_Transfer):
     def _release(self) -> None:
         self._unwatch()
         if self._out != -1:
+            self._cork(False)
             os.close(self._out)
             self._out = -1
 

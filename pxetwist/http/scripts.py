@@ -1,0 +1,537 @@
+# -*- test-case-name: tests.http.test_scripts -*-
+"""Boot scripts written per machine: iPXE scripts and GRUB configs, from the policy's decision.
+
+Which names are scripts (:func:`script_name`):
+
+* ``boot.ipxe`` (in any directory): the script URL the ``ipxe`` boot entry points iPXE at,
+  ``/boot.ipxe?mac=${mac}&uuid=${uuid}&arch=${buildarch}`` (protocol-reference §4.2).
+  ``<mac>.ipxe`` names its machine in the file name. Other ``*.ipxe`` files are plain files.
+* GRUB's network search, for a GRUB loaded over HTTP: ``grub.cfg``, ``grub.cfg-01-<mac>``,
+  ``grub.cfg-<mac>`` (any notation), ``grub.cfg-<UUID>`` and the client's address in hex and its
+  prefixes, in any directory (``/grub/grub.cfg``). The naming is the TFTP front end's
+  (:func:`pxetwist.tftp.generated.match_generated`), so both protocols answer the same names.
+* PXELINUX configs are not generated over HTTP: ``pxelinux.cfg/...`` is an ordinary file here.
+
+Who is asking: the MAC in the file name, else ``mac=`` in the query, else whatever DHCP saw at
+the client's address (:meth:`SightingRegistry.request_for`, with its neighbour-table fallback).
+A machine DHCP never saw gets a fresh :class:`BootRequest` whose architecture comes from
+``arch=`` (iPXE's ``${buildarch}``, refined by ``platform=${platform}`` if given; see
+:func:`arch_from_query`). Whoever fetches an iPXE script *is* iPXE, so such a request always
+carries an iPXE user class, and policies answer it as they answer iPXE's DHCP request.
+
+What is answered:
+
+* 200 ``text/plain`` with the whole rendered text, ``Content-Length`` and ``no-store``. A decision
+  with a kernel renders the loader's template (iPXE: ``kernel``/``initrd``/``boot``, with
+  ``initrd=<name>`` on the command line, which the EFI stub needs to find its initrd); ``local``
+  renders ``exit``; an iPXE ``script`` is sent as written; a decision naming only a boot program
+  makes iPXE ``chain`` to it.
+* 404 with a one-line reason in the body, and a log line, when no machine can be identified,
+  when no policy decides for it, or when the policy ignores it.
+* 404, or the file of that name under the HTTP root if there is one, when the decision has
+  nothing this loader can run: no kernel for GRUB, or for iPXE nothing but a boot program that
+  is this very script (chaining to it would loop). So an operator's own static ``boot.ipxe``
+  still serves machines the policy knows only as "an iPXE client", but it never overrides what
+  the policy decided, and it is never sent to a machine the policy ignores.
+* 500 and an error log line naming the template and line when rendering fails; nothing of the
+  script is sent, since the text is rendered completely before the first byte is written.
+* 400 for a ``mac=`` that is not a MAC address (an unexpanded ``${mac}``, say).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Mapping, Sequence
+from ipaddress import AddressValueError, IPv4Address
+from pathlib import Path
+from typing import Any, Final, Protocol, cast
+from urllib.parse import urlsplit
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from pxetwist.config.model import Config
+from pxetwist.http.static import PathRefused, resolve_path, serve_file
+from pxetwist.netinfo import InterfaceInfo
+from pxetwist.policy.decision import BootDecision
+from pxetwist.policy.render import (
+    LoaderKind,
+    Renderer,
+    RenderError,
+    ServingContext,
+    has_boot_config,
+    ipxe_location,
+)
+from pxetwist.policy.request import BootRequest
+from pxetwist.policy.sightings import SightingRegistry
+from pxetwist.policy.values import (
+    Arch,
+    BootAction,
+    Firmware,
+    InvalidMacAddress,
+    MacAddress,
+    Stage,
+)
+from pxetwist.tftp.generated import match_generated
+
+__all__ = [
+    "MAC_ATTRIBUTE",
+    "BootScripts",
+    "ScriptName",
+    "arch_from_query",
+    "script_name",
+]
+
+_log = Logger()
+
+MAC_ATTRIBUTE: Final = "boot_mac"
+"""The request attribute a script sets to the MAC it identified, for the access log."""
+
+_TEXT: Final = b"text/plain; charset=utf-8"
+
+# iPXE's ${buildarch} (ipxe.org/cfg/buildarch) and ${platform} (ipxe.org/cfg/platform) to the
+# option-93 architecture the same machine would have sent over DHCP.
+_EFI_ARCHES: Final[Mapping[str, Arch]] = {
+    "i386": Arch.EFI_IA32,
+    "x86_64": Arch.EFI_X86_64,
+    "arm32": Arch.EFI_ARM32,
+    "arm64": Arch.EFI_ARM64,
+    "riscv32": Arch.EFI_RISCV32,
+    "riscv64": Arch.EFI_RISCV64,
+    "loong64": Arch.EFI_LOONGARCH64,
+}
+_BIOS_ARCHES: Final = frozenset({"i386", "x86_64"})
+
+
+def arch_from_query(buildarch: str | None, platform: str | None = None) -> Arch | None:
+    """The option-93 architecture for iPXE's ``${buildarch}`` and (optional) ``${platform}``.
+
+    ``platform`` decides between BIOS and UEFI where it is given (``pcbios`` or ``efi``). Without
+    it, ``i386`` means BIOS (iPXE's BIOS builds, ``undionly.kpxe`` included, are 32-bit even on
+    64-bit machines) and every other architecture means UEFI (``x86_64`` iPXE is almost always
+    ``ipxe.efi``/``snponly.efi``). A decimal number is taken as an option-93 value as is.
+    Anything else (an empty or unexpanded variable) is None: no architecture.
+    """
+    value = (buildarch or "").strip().lower()
+    kind = (platform or "").strip().lower()
+    if value.isdigit() and len(value) <= 5:
+        return Arch(int(value)).normalized() if int(value) <= 0xFFFF else None
+    if kind == "pcbios":
+        return Arch.BIOS if value in _BIOS_ARCHES else None
+    if kind == "efi" or value != "i386":
+        return _EFI_ARCHES.get(value)
+    return Arch.BIOS
+
+
+@attrs.frozen
+class ScriptName:
+    """A request path that names a generated config: for which loader, and the MAC if it names
+    one. ``path`` is the clean root-relative path (``grub/grub.cfg``)."""
+
+    kind: LoaderKind
+    mac: MacAddress | None
+    path: str
+
+
+def _clean_path(segments: Sequence[bytes]) -> str | None:
+    """``a/b/c`` from URL path segments, or None for anything not plainly a file path (those go
+    to :class:`~pxetwist.http.static.BootFiles`, which refuses them with the right status)."""
+    if not segments or segments[-1] == b"":
+        return None
+    names: list[str] = []
+    for segment in segments:
+        if segment == b"":
+            continue
+        if segment in (b".", b"..") or any(c in segment for c in (b"/", b"\\", b"\x00")):
+            return None
+        try:
+            names.append(segment.decode("utf-8"))
+        except UnicodeDecodeError:
+            return None
+    return "/".join(names) or None
+
+
+def script_name(segments: Sequence[bytes], client: IPv4Address | None) -> ScriptName | None:
+    """Whether URL path *segments* (``request.postpath``) name a generated config; see the module
+    docstring for which names do. *client* is needed for GRUB's hex-address names: only the
+    asking client's own address (and its prefixes) is generated, another machine's is a file."""
+    path = _clean_path(segments)
+    if path is None:
+        return None
+    base = path.rpartition("/")[2].lower()
+    if base == "boot.ipxe":
+        return ScriptName(LoaderKind.IPXE, None, path)
+    generated = match_generated(path, client)
+    if generated is None or generated.kind is LoaderKind.PXELINUX:
+        return None
+    if generated.kind is LoaderKind.IPXE and generated.mac is None:
+        return None  # menu.ipxe and friends: the operator's files
+    return ScriptName(generated.kind, generated.mac, path)
+
+
+class _BadQuery(Exception):
+    """A query parameter that cannot be what a boot loader sent; the message says which."""
+
+
+@attrs.frozen
+class _Query:
+    mac: MacAddress | None = None
+    uuid: uuid.UUID | None = None
+    arch: Arch | None = None
+
+
+def _parameter(args: Mapping[bytes, Sequence[bytes]], name: bytes) -> str | None:
+    values = args.get(name)
+    if not values:
+        return None
+    text = values[0].decode("utf-8", "replace").strip()
+    return text or None
+
+
+def _parse_query(args: Mapping[bytes, Sequence[bytes]]) -> _Query:
+    """``mac``, ``uuid``, ``arch`` and ``platform`` from the query string.
+
+    A bad ``mac`` is an error: a wrong MAC would boot some other machine's config. A bad or empty
+    ``uuid`` (iPXE expands ``${uuid}`` to nothing when SMBIOS has none) is just absent.
+    """
+    mac = None
+    text = _parameter(args, b"mac")
+    if text is not None:
+        try:
+            mac = MacAddress.parse(text)
+        except InvalidMacAddress:
+            raise _BadQuery(f"mac={text!r} is not a MAC address") from None
+    machine_uuid = None
+    text = _parameter(args, b"uuid")
+    if text is not None:
+        try:
+            machine_uuid = uuid.UUID(text)
+        except ValueError:
+            machine_uuid = None
+    arch = arch_from_query(_parameter(args, b"arch"), _parameter(args, b"platform"))
+    return _Query(mac, machine_uuid, arch)
+
+
+class _ScriptRequest(Protocol):
+    """The typed subset of :class:`twisted.web.server.Request` used here."""
+
+    method: bytes
+    path: bytes
+    args: dict[bytes, list[bytes]]
+    postpath: list[bytes] | None
+    requestHeaders: Headers
+    responseHeaders: Headers
+    startedWriting: int
+
+    def setResponseCode(self, code: int) -> None: ...
+    def write(self, data: bytes) -> None: ...
+    def finish(self) -> None: ...
+    def notifyFinish(self) -> Deferred[None]: ...
+    def getClientAddress(self) -> Any: ...
+    def getHost(self) -> Any: ...
+
+
+def _ipv4(address: object) -> IPv4Address | None:
+    host = getattr(address, "host", None)
+    if not isinstance(host, str):
+        return None
+    try:
+        return IPv4Address(host)
+    except AddressValueError:
+        return None
+
+
+class BootScripts(Resource):
+    """A ``twisted.web`` resource answering :func:`script_name` paths with generated configs.
+
+    Used as a leaf: the request path below its mount point is the script's path. Paths that
+    are not scripts get a 404; :class:`pxetwist.http.service.HttpService` puts it in front of
+    :class:`~pxetwist.http.static.BootFiles` with :meth:`claims` deciding which one answers.
+
+    :param config: the server's config: HTTP and TFTP roots and ports, ``server_address``,
+        operator templates, iPXE user classes.
+    :param chain: asks the policies (``decide(BootRequest) -> Deferred``).
+    :param sightings: who DHCP saw where.
+    :param reactor: for the file fallback (:func:`~pxetwist.http.static.serve_file`).
+    :param interfaces: the served interfaces, so a request records which one it came in on.
+    :param renderer: renders the configs; default one with the config's ``templates``.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        config: Config,
+        chain: Any,
+        sightings: SightingRegistry,
+        reactor: IReactorTime,
+        *,
+        interfaces: Sequence[InterfaceInfo] = (),
+        renderer: Renderer | None = None,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._config = config
+        self._chain = chain
+        self._sightings = sightings
+        self._reactor = reactor
+        self._renderer = renderer if renderer is not None else Renderer(config.templates)
+        self._root = Path(config.http.root).resolve()
+        self._interfaces = {str(info.ip): info.name for info in interfaces if info.ip is not None}
+
+    def claims(self, request: Request) -> ScriptName | None:
+        """The script this request asks for, or None if it is for something else."""
+        typed = cast(_ScriptRequest, request)
+        return script_name(typed.postpath or [], _ipv4(typed.getClientAddress()))
+
+    def render(self, request: Request) -> int:
+        name = self.claims(request)
+        if name is None:
+            return _respond(cast(_ScriptRequest, request), 404, "Not Found")
+        return self.serve(request, name)
+
+    def serve(self, request: Request, name: ScriptName) -> int:
+        """Answer *request* with the config *name* for the machine asking; ``NOT_DONE_YET``."""
+        typed = cast(_ScriptRequest, request)
+        if typed.method not in (b"GET", b"HEAD"):
+            return _respond(typed, 405, "Method Not Allowed", [(b"Allow", b"GET, HEAD")])
+        client = _ipv4(typed.getClientAddress())
+        try:
+            query = _parse_query(typed.args or {})
+        except _BadQuery as error:
+            _log.info(
+                "http: bad request for {path} from {client}: {why}",
+                path=name.path,
+                client=str(client),
+                why=str(error),
+            )
+            return _respond(typed, 400, f"Bad Request: {error}")
+        context = self._context(typed, name.kind)
+        boot_request = self._boot_request(name, query, client, context)
+        if boot_request is None:
+            why = (
+                f"cannot tell which machine {client} is: DHCP has not seen it and the URL "
+                "has no mac= (iPXE: ?mac=${mac})"
+            )
+            _log.info(
+                "http: no {path} for {client}: {why}", path=name.path, client=str(client), why=why
+            )
+            return _respond(typed, 404, f"Not Found: {why}")
+        setattr(request, MAC_ATTRIBUTE, boot_request.mac)
+        gone: list[bool] = []
+        typed.notifyFinish().addErrback(lambda _: gone.append(True))
+        decided: Deferred[BootDecision | None] = self._chain.decide(boot_request)
+
+        def answer(decision: BootDecision | None) -> None:
+            if not gone:
+                self._answer(request, name, boot_request, context, decision)
+
+        def failed(failure: Failure) -> None:
+            _log.failure(
+                "http: answering {path} for {mac} failed",
+                failure=failure,
+                path=name.path,
+                mac=str(boot_request.mac),
+            )
+            if not gone and not typed.startedWriting:
+                _respond(typed, 500, "Internal Server Error: see the server log")
+
+        decided.addCallback(answer).addErrback(failed)
+        return NOT_DONE_YET
+
+    # -- identifying the machine ---------------------------------------------------------------
+
+    def _context(self, request: _ScriptRequest, kind: LoaderKind) -> ServingContext:
+        """Where this client reached us: the address and port it connected to, unless the config
+        names a ``server_address`` (NAT, a load balancer), then that and ``http.port``.
+
+        A GRUB loaded over HTTP fetches ``/path`` from the HTTP server it came from, so for GRUB
+        the TFTP root is left out: a file under the HTTP root gets an explicit ``(http,...)``
+        location and anything else stays relative to GRUB's own (HTTP) root.
+        """
+        config = self._config
+        host = request.getHost()
+        if config.server_address is not None:
+            server, http_port = str(config.server_address), config.http.port
+        else:
+            server = str(getattr(host, "host", "")) or "0.0.0.0"
+            http_port = int(getattr(host, "port", config.http.port))
+        tftp_root = config.tftp.root if config.tftp.enabled and kind is LoaderKind.IPXE else None
+        return ServingContext(
+            server=server,
+            http_port=http_port,
+            tftp_port=config.tftp.port,
+            http_root=self._root,
+            tftp_root=tftp_root,
+        )
+
+    def _boot_request(
+        self,
+        name: ScriptName,
+        query: _Query,
+        client: IPv4Address | None,
+        context: ServingContext,
+    ) -> BootRequest | None:
+        request = self._sightings.request_for(
+            stage=Stage.HTTP, address=client, mac=name.mac or query.mac, path=name.path
+        )
+        if request is None:
+            return None
+        changes: dict[str, Any] = {}
+        with contextlib.suppress(AddressValueError):
+            changes["server_address"] = IPv4Address(context.server)
+        interface = self._interfaces.get(context.server)
+        if interface is not None:
+            changes["interface"] = interface
+        if self._sightings.by_mac(request.mac) is None:
+            # DHCP never saw it: what the URL says is all there is.
+            changes["ipxe_user_classes"] = self._config.dhcp.ipxe_user_classes
+            if query.arch is not None:
+                changes["arches"] = (query.arch,)
+        if request.uuid is None and query.uuid is not None:
+            changes["uuid"] = query.uuid
+        request = attrs.evolve(request, **changes)
+        if name.kind is LoaderKind.IPXE and request.firmware is not Firmware.IPXE:
+            classes = request.ipxe_user_classes or (b"iPXE",)
+            request = attrs.evolve(request, user_classes=(*request.user_classes, classes[0]))
+        return request
+
+    # -- answering -----------------------------------------------------------------------------
+
+    def _answer(
+        self,
+        request: Request,
+        name: ScriptName,
+        boot_request: BootRequest,
+        context: ServingContext,
+        decision: BootDecision | None,
+    ) -> None:
+        typed = cast(_ScriptRequest, request)
+        mac = str(boot_request.mac)
+        if decision is None:
+            why = f"no boot policy decided for {mac}"
+            _log.info("http: no {path} for {mac}: {why}", path=name.path, mac=mac, why=why)
+            _respond(typed, 404, f"Not Found: {why}")
+            return
+        if decision.action is BootAction.IGNORE:
+            why = f"{mac} is ignored by policy {decision.policy}: {decision.reason}"
+            _log.info("http: no {path} for {mac}: {why}", path=name.path, mac=mac, why=why)
+            _respond(typed, 404, f"Not Found: {why}")
+            return
+        if not self._expressible(name, decision, context):
+            self._nothing_to_run(request, name, mac, decision)
+            return
+        try:
+            text = self._renderer.render(name.kind, decision, boot_request, context)
+        except RenderError as error:
+            _log.error(
+                "http: cannot render {path} for {mac} with template {template}: {error}",
+                path=name.path,
+                mac=mac,
+                template=error.filename or error.template,
+                line=error.line,
+                error=str(error),
+            )
+            _respond(typed, 500, f"Internal Server Error: cannot render {error.template}")
+            return
+        body = text.encode("utf-8")
+        typed.setResponseCode(200)
+        headers = typed.responseHeaders
+        headers.setRawHeaders(b"Content-Type", [_TEXT])
+        headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+        headers.setRawHeaders(b"Cache-Control", [b"no-store"])
+        typed.write(body)  # twisted.web drops the body itself for HEAD
+        typed.finish()
+        _log.info(
+            "http: sent {path} ({kind}) to {mac}: {action} by {policy}",
+            path=name.path,
+            kind=name.kind.value,
+            mac=mac,
+            action=decision.action.value,
+            policy=decision.policy,
+            reason=decision.reason,
+        )
+
+    def _expressible(
+        self, name: ScriptName, decision: BootDecision, context: ServingContext
+    ) -> bool:
+        """Can this loader's config say what the decision says, without looping back here?"""
+        if has_boot_config(name.kind, decision):
+            return True
+        if name.kind is not LoaderKind.IPXE or decision.program is None:
+            return False
+        return not self._is_own_script(decision.program, context)
+
+    def _is_own_script(self, program: str, context: ServingContext) -> bool:
+        """Whether iPXE chaining to *program* would fetch one of our own iPXE scripts again.
+
+        That is the ``ipxe`` boot entry itself (``http://{server}:{http_port}/boot.ipxe?...``),
+        which is what an iPXE client gets from a policy that names no kernel for it.
+        """
+        try:
+            location = ipxe_location(program, context)
+        except ValueError:
+            return False  # rendering will report it
+        parts = urlsplit(location)
+        if parts.scheme.lower() != "http" or parts.hostname != context.server:
+            return False
+        try:
+            port = parts.port or 80
+        except ValueError:
+            return False
+        if port != context.http_port:
+            return False
+        segments = [s.encode("utf-8") for s in parts.path.split("/")]
+        named = script_name(segments, None)
+        return named is not None and named.kind is LoaderKind.IPXE
+
+    def _nothing_to_run(
+        self, request: Request, name: ScriptName, mac: str, decision: BootDecision
+    ) -> None:
+        """The decision names nothing this loader can run: the operator's file of that name if
+        there is one, else a 404 that says so."""
+        typed = cast(_ScriptRequest, request)
+        try:
+            path = resolve_path(self._root, [part.encode("utf-8") for part in name.path.split("/")])
+        except PathRefused:
+            what = "kernel or script" if name.kind is LoaderKind.IPXE else "kernel"
+            why = (
+                f"the decision for {mac} ({decision.policy}: {decision.reason}) names no "
+                f"{what} for {name.kind.value}, and there is no file {name.path}"
+            )
+            _log.info("http: no {path} for {mac}: {why}", path=name.path, mac=mac, why=why)
+            _respond(typed, 404, f"Not Found: {why}")
+            return
+        _log.info(
+            "http: sending the file {path} to {mac}: the decision names nothing for {kind}",
+            path=name.path,
+            mac=mac,
+            kind=name.kind.value,
+        )
+        serve_file(request, path, self._reactor)
+
+
+def _respond(
+    request: _ScriptRequest,
+    code: int,
+    text: str,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> int:
+    """A complete short plain-text response with an exact length."""
+    body = (text + "\n").encode("utf-8")
+    request.setResponseCode(code)
+    headers = request.responseHeaders
+    headers.setRawHeaders(b"Content-Type", [_TEXT])
+    headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+    headers.setRawHeaders(b"Cache-Control", [b"no-store"])
+    for field, value in extra:
+        headers.setRawHeaders(field, [value])
+    request.write(body)
+    request.finish()
+    return NOT_DONE_YET
