@@ -36,9 +36,17 @@ class PxeService(MultiService):
                 config, setup.interfaces, self.chain, self.sightings, reactor
             ).setServiceParent(self)
         if config.tftp.enabled:
-            self._not_yet("tftp")
+            from pxetwist.tftp.service import TftpService
+
+            TftpService(
+                config, setup.interfaces, self.chain, self.sightings, reactor
+            ).setServiceParent(self)
         if config.http.enabled:
-            self._not_yet("http")
+            from pxetwist.http.service import HttpService
+
+            HttpService(
+                config, setup.interfaces, self.chain, self.sightings, reactor
+            ).setServiceParent(self)
 
     def _not_yet(self, protocol: str) -> None:
         log.warn(
