@@ -175,6 +175,11 @@ class FileSource:
         filled by one ``pread``, so a 512-octet transfer costs one system call per 128 blocks
         instead of one per block; larger reads (a window) go to the file directly.
         """
+        # The hot path first: a lockstep block inside the buffer (which never extends past the
+        # end of the file, so a read running past it falls through to be clipped below).
+        position = offset - self._chunk_start
+        if position >= 0 and position + length <= len(self._chunk):
+            return self._chunk[position : position + length]
         length = min(length, self._size - offset)
         if length <= 0:
             return b""
@@ -431,7 +436,18 @@ class Transfer:
         if self.finished:
             return
         if len(data) >= 4 and data[0] == 0 and data[1] == 4:  # ACK: the hot path
-            self._apply(self.session.receive(Ack((data[2] << 8) | data[3]), self._clock.seconds()))
+            block = (data[2] << 8) | data[3]
+            now = self._clock.seconds()
+            if self._timer is not None:
+                datagrams = self.session.receive_ack(block, now)
+                if datagrams is not None:
+                    # The session's fast path never moves the deadline earlier: the armed
+                    # timer stays as it is (see ReadSession.receive_ack).
+                    sender = self._sender
+                    if sender is not None:
+                        sender.send(datagrams)
+                    return
+            self._apply(self.session.receive(Ack(block), now))
             return
         try:
             packet = decode(data)
@@ -705,6 +721,10 @@ class TransferSocket:
         if addr == self._peer:
             self.transfer.receive(data)
             return _PEER
+        self._stray(data, addr)
+        return _STRAY
+
+    def _stray(self, data: bytes, addr: Address) -> None:
         if data[:2] != b"\0\x05":  # never answer an ERROR with an ERROR
             log.info(
                 "tftp: stray datagram from {stray} on the transfer to {peer}",
@@ -713,7 +733,6 @@ class TransferSocket:
             )
             with contextlib.suppress(OSError):
                 self.socket.sendto(error_datagram(ErrorCode.UNKNOWN_TRANSFER_ID), addr)
-        return _STRAY
 
     def _wait_here(self) -> None:
         reactor = self.reactor
@@ -739,11 +758,19 @@ class TransferSocket:
         try:
             transfer = self.transfer
             server = transfer.owner.server
-            read_one = self._read_one
+            receive = transfer.receive
+            recvfrom = sock.recvfrom
+            peer = self._peer
             handled = 0
             while not transfer.finished and server.busy == 1:
-                if read_one() is not _PEER:
-                    return  # timed out (nothing to read) or a stranger: back to the reactor
+                try:
+                    data, addr = recvfrom(2048)
+                except OSError:
+                    return  # timed out (nothing to read): back to the reactor
+                if addr != peer:
+                    self._stray(data, addr)
+                    return  # a stranger: back to the reactor
+                receive(data)
                 handled += 1
                 if handled % _CHECK_EVERY == 0 and (
                     others.poll(0) or time.monotonic() >= give_back

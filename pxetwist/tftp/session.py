@@ -30,6 +30,7 @@ Why the rules are what they are:
 from __future__ import annotations
 
 import enum
+import struct
 from bisect import bisect_right
 from typing import Final, Protocol
 
@@ -56,6 +57,9 @@ DEFAULT_BLKSIZE: Final = 512
 MAX_WINDOWSIZE: Final = 65535
 """RFC 7440 §3: the largest window; also what keeps 16-bit ACK numbers unambiguous."""
 _WIRE_MASK: Final = 0xFFFF
+_OPCODE_DATA: Final = 3
+_data_header = struct.Struct("!HH").pack
+"""A DATA header, as :func:`~pxetwist.tftp.packet.encode_data` builds it, without the call."""
 
 
 class BlockSource(Protocol):
@@ -366,6 +370,15 @@ class ReadSession:
         self._outcome: Outcome | None = None
         self._detail = ""
         self._retransmissions = 0
+        # The fast path (:meth:`receive_ack`) is open only while nothing unusual can happen:
+        # started, not finished, no adaptive window.  Its retransmission interval is the one
+        # without back-off, the only one it ever uses (it requires ``_retries == 0``).
+        self._lean = False
+        self._lean_interval = (
+            self._base_timeout
+            if self._fixed_timeout
+            else min(self._base_timeout, limits.max_timeout)
+        )
 
     # Introspection, for the adapter's logs and for metrics.
 
@@ -436,12 +449,68 @@ class ReadSession:
         if self._started:
             raise RuntimeError("ReadSession.start called twice")
         self._started = True
+        self._lean = not self._adaptive
         if self._fatal is not None:
             return self._finish(Outcome.ERROR, self._fatal.message, self._fatal)
         if self._oack is not None:
             self._deadline = now + self._interval()
             return Actions((self._oack,), self._deadline)
         return self._send_window(now)
+
+    def receive_ack(self, block: int, now: float) -> tuple[bytes, ...] | None:
+        """The per-block fast path: an ACK, by its 16-bit wire ``block`` number.
+
+        Handles only the common case, an in-order ACK of the last block sent (lockstep's every
+        ACK, a window's final block) before the last block of the file, with no retransmission
+        pending, and returns the datagrams to send next.  Its deadline (:attr:`deadline`) is
+        ``now`` plus the interval without back-off, never earlier than any deadline returned
+        since the last back-off, so an adapter that keeps one lazily moved timer (see
+        :class:`Actions`) leaves that timer alone.  ``None`` means "not the common case":
+        nothing changed, call :meth:`receive` with ``Ack(block)`` for the full answer.
+        """
+        sent = self._max_sent
+        if (
+            block != sent & _WIRE_MASK
+            or not self._lean
+            or self._retries
+            or self._acked >= sent
+            or sent >= self._last
+        ):
+            return None
+        window = self._window
+        end = sent + window
+        last = self._last
+        if end > last:
+            end = last
+        blksize = self._blksize
+        offset = sent * blksize
+        wanted = (end - sent) * blksize
+        try:
+            data = self._source.read(offset, wanted)
+        except OSError:
+            return None  # the general path reads again and reports the error
+        size = self._size
+        if len(data) != (wanted if offset + wanted <= size else size - offset):
+            return None
+        if end == sent + 1:
+            datagram = _data_header(_OPCODE_DATA, end & _WIRE_MASK) + data
+            datagrams: tuple[bytes, ...] = (datagram,)
+            self._cache = [datagram]
+        else:
+            cache = [
+                _data_header(_OPCODE_DATA, number & _WIRE_MASK) + data[start : start + blksize]
+                for number, start in zip(
+                    range(sent + 1, end + 1), range(0, wanted, blksize), strict=True
+                )
+            ]
+            datagrams = tuple(cache)
+            self._cache = cache
+        self._acked = sent
+        self._max_sent = self._window_end = end
+        self._window_full = end - sent == window
+        self._cache_start = sent + 1
+        self._deadline = now + self._lean_interval
+        return datagrams
 
     def receive(self, packet: Packet, now: float) -> Actions:
         """Handle a packet from the client's transfer ID.
@@ -574,6 +643,7 @@ class ReadSession:
     def _finish(self, outcome: Outcome, detail: str, error: Error | None = None) -> Actions:
         self._outcome = outcome
         self._detail = detail
+        self._lean = False
         self._deadline = None
         self._cache = []
         datagrams = (encode(error),) if error is not None else ()

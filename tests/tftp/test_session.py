@@ -778,3 +778,77 @@ class LossyChannelTests(SynchronousTestCase):
         self.assertEqual(outcome, Outcome.COMPLETED)
         self.assertEqual(session.retransmissions, 0)
         self.assertEqual(b"".join(client.chunks), content(1000))
+
+
+class FastPathEquivalenceTests(SynchronousTestCase):
+    """``receive_ack`` (the per-block fast path) must behave exactly like ``receive``.
+
+    Two sessions get the same random stream of ACKs (in order, stale, duplicate, out of
+    range) and timer firings; one goes through ``receive_ack`` with its fallback, the other
+    through the general ``receive``.  Datagrams, deadlines, outcomes and internal state must
+    match after every event.
+    """
+
+    def test_fast_path_matches_the_general_path(self) -> None:
+        import random
+
+        from pxetwist.tftp.packet import Ack as AckPacket
+
+        def state(session: ReadSession) -> tuple[object, ...]:
+            return (
+                session._acked,
+                session._max_sent,
+                session._window_end,
+                session._window_full,
+                session._cache_start,
+                list(session._cache),
+                session._retries,
+                session._deadline,
+                session._outcome,
+                session._retransmissions,
+                session._window,
+            )
+
+        rng = random.Random(1)
+        fast_hits = 0
+        for _ in range(400):
+            size = rng.choice([0, 1, 7, 8, 64, 511, 512, 4096, 5000])
+            data = bytes(rng.getrandbits(8) for _ in range(size))
+            options: list[tuple[str, str]] = []
+            if rng.random() < 0.8:
+                options.append(("blksize", str(rng.choice([8, 9, 512, 1468]))))
+            if rng.random() < 0.6:
+                options.append(("windowsize", str(rng.choice([1, 2, 3, 8, 32]))))
+            limits = SessionLimits(adaptive_window=rng.random() < 0.3, max_retries=3)
+            request = ReadRequest("f", "octet", tuple(options))
+            fast = ReadSession(request, BytesSource(data), limits)
+            general = ReadSession(request, BytesSource(data), limits)
+            now = 0.0
+            self.assertEqual(fast.start(now), general.start(now))
+            for _step in range(300):
+                if fast.finished:
+                    break
+                now += rng.random() * 0.5
+                roll = rng.random()
+                if roll < 0.08:
+                    self.assertEqual(fast.timer_fired(now), general.timer_fired(now))
+                    continue
+                sent = fast._max_sent
+                if roll < 0.75:
+                    block = sent
+                elif roll < 0.85:
+                    block = max(0, sent - rng.randint(0, 3))
+                else:
+                    block = sent + rng.randint(-40, 40)
+                block &= 0xFFFF
+                out = fast.receive_ack(block, now)
+                expected = general.receive(AckPacket(block), now)
+                if out is None:
+                    self.assertEqual(fast.receive(AckPacket(block), now), expected)
+                else:
+                    fast_hits += 1
+                    self.assertEqual(out, expected.datagrams)
+                    self.assertIsNone(expected.outcome)
+                    self.assertEqual(expected.deadline, fast.deadline)
+                self.assertEqual(state(fast), state(general))
+        self.assertGreater(fast_hits, 1000)
