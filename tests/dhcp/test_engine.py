@@ -424,3 +424,69 @@ class ProxyTests(EngineTestCase):
         http = self.reply(self.handle(decode(V6)))
         self.assertEqual(option(http, OptionCode.VENDOR_CLASS), b"HTTPClient")
         self.assertEqual(http.yiaddr, IPv4Address(0))
+
+
+class QuirkTests(EngineTestCase):
+    """Issue 4 quirk controls (protocol-reference §5): per machine, per group, or global."""
+
+    config_text = AUTHORITATIVE.replace(
+        "machines:\n",
+        "groups:\n"
+        "  slowroms: {quirks: {reply_delay: 1.5}}\n"
+        "machines:\n"
+        "  - mac: 52:54:00:00:00:20\n"
+        "    group: slowroms\n"
+        "  - mac: 52:54:00:00:00:21\n"
+        "    quirks: {force_broadcast: true, omit_pxe_options: true, boot_file: legacy.0}\n",
+    )
+
+    def test_group_reply_delay(self) -> None:
+        v3 = decode(V3)
+        outcome = self.handle(
+            DhcpPacket(xid=v3.xid, chaddr=bytes.fromhex("525400000020"), options=v3.options)
+        )
+        self.assertEqual(outcome.replies[0].delay, 1.5)
+
+    def test_machine_quirks(self) -> None:
+        v3 = decode(V3)
+        mac = bytes.fromhex("525400000021")
+        offer = self.reply(self.handle(DhcpPacket(xid=v3.xid, chaddr=mac, options=v3.options)))
+        self.assertEqual(offer.file, b"legacy.0")
+        self.assertEqual(option(offer, OptionCode.BOOTFILE), b"legacy.0\x00")
+        self.assertIsNone(option(offer, OptionCode.VENDOR_CLASS))
+        self.assertIsNone(option(offer, OptionCode.VENDOR_SPECIFIC))
+        address = offer.yiaddr
+        renew = DhcpPacket(
+            xid=7,
+            ciaddr=address,
+            chaddr=mac,
+            options=((OptionCode.MESSAGE_TYPE, bytes((MessageType.REQUEST,))), *v3.options[1:]),
+        )
+        self.handle(
+            DhcpPacket(
+                xid=7,
+                chaddr=mac,
+                options=(
+                    (OptionCode.MESSAGE_TYPE, bytes((MessageType.REQUEST,))),
+                    (OptionCode.SERVER_ID, SERVER.packed),
+                    (OptionCode.REQUESTED_IP, address.packed),
+                    *v3.options[1:],
+                ),
+            )
+        )
+        outcome = self.handle(renew, to_broadcast=False)
+        self.assertEqual(outcome.replies[0].address, BROADCAST)  # forced, although ciaddr is set
+
+    def test_global_quirks_apply_to_unlisted_machines(self) -> None:
+        config = config_from_yaml(
+            AUTHORITATIVE.replace(
+                "  offer_hold: 60\n", "  offer_hold: 60\n  quirks: {reply_delay: 0.25}\n"
+            )
+        )
+        engine = DhcpEngine(config, LeaseTable(pools_for(config)), [SERVER])
+        incoming = Incoming(decode(V3), ETH0, ("0.0.0.0", 68), 67, True)
+        request = engine.boot_request(incoming)
+        assert request is not None
+        decision = run_chain([("arch", ArchPolicy(config))], request)
+        outcome = engine.handle(incoming, request, decision, self.now)
+        self.assertEqual(outcome.replies[0].delay, 0.25)
