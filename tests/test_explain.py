@@ -148,7 +148,7 @@ class TextOutputTests(ExplainCase):
     def test_ipxe(self) -> None:
         out = self.text("--mac", MAC, *CLIENTS["ipxe"])
         self.assertIn("firmware ipxe", out)
-        self.assertIn("iPXE client -> boot.ipxe", out)
+        self.assertIn("iPXE client -> boot[ipxe] = ", out)
         self.assertIn("file 'http://192.0.2.10:8080/boot.ipxe?mac=${mac}'", out)
         self.assertNotIn("4011", out)
 

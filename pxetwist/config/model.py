@@ -159,6 +159,10 @@ class Config:
         return {**DEFAULT_BOOT, **self.boot}
 
     def machine_profile(self, machine: Machine) -> Profile:
-        """The machine's settings over its group's over the defaults."""
+        """The machine's settings over its group's over the defaults.
+
+        ``defaults.action`` is what *unlisted* machines get (``ignore`` there means "answer only
+        the machines I list"), so a listed machine does not inherit it.
+        """
         group = self.groups.get(machine.group, Profile()) if machine.group else Profile()
-        return machine.profile.over(group.over(self.defaults))
+        return machine.profile.over(group.over(attrs.evolve(self.defaults, action=None)))

@@ -92,7 +92,7 @@ def _program(
         return None, f"{why}: nothing to boot"
     program = table.get(key)
     if program is None:
-        return None, f"{why}: no boot.{key} configured"
+        return None, f"{why}: no boot[{key}] configured"
     if request.firmware is Firmware.HTTP_BOOT and "://" not in program:
         program = "http://{server}:{http_port}/" + program.lstrip("/")
-    return program, f"{why} -> boot.{key}"
+    return program, f"{why} -> boot[{key}] = {program}"

@@ -124,6 +124,16 @@ class ValueTests(SynchronousTestCase):
         self.assertEqual(config.data_dir, Path("/etc/state"))
         self.assertEqual(config.lease_store_url, "sqlite:/etc/state/leases.sqlite")
 
+    def test_default_action_is_for_unlisted_machines_only(self) -> None:
+        config = parse_config(
+            "defaults: {action: ignore, kernel: k0}\n"
+            "machines: [{mac: 52:54:00:00:00:01}, {mac: 52:54:00:00:00:02, action: local}]\n"
+        )
+        first, second = (config.machine_profile(m) for m in config.machines)
+        self.assertIsNone(first.action)
+        self.assertEqual(first.kernel, "k0")
+        self.assertIs(second.action, BootAction.LOCAL)
+
     def test_profiles_merge_machine_over_group_over_defaults(self) -> None:
         config = parse_config(
             "defaults: {kernel: k0, initrd: i0, cmdline: c0}\n"
