@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Callable
 from ipaddress import IPv4Address
 
@@ -25,8 +26,11 @@ _IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 _PKTINFO = struct.Struct("=I4s4s")  # ipi_ifindex, ipi_spec_dst, ipi_addr
 _ANCILLARY_SIZE = socket.CMSG_SPACE(_PKTINFO.size)
 _MAX_DATAGRAM = 4096
+_SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # Linux: the socket's memory accounting
+_MEMINFO = struct.Struct("=II")  # SK_MEMINFO_RMEM_ALLOC, SK_MEMINFO_RCVBUF (bytes)
 
 DatagramHandler = Callable[[bytes, tuple[str, int], IPv4Address | None], None]
+_Datagram = tuple[bytes, tuple[str, int], IPv4Address | None]  # data, source, destination
 
 
 #: Receive buffer asked for: a burst of requests (a rack powering on, a relay flushing its
@@ -73,14 +77,48 @@ def _set_receive_buffer(sock: socket.socket, size: int) -> None:
         log.warn("cannot enlarge the DHCP receive buffer: {error}", error=error)
 
 
+def _is_discover(data: bytes) -> bool:
+    """A BOOTREQUEST whose first option is 53 = DHCPDISCOVER, read without decoding it.
+
+    Most clients (perfdhcp, dhclient, udhcpc, PXE ROMs) put option 53 first; a DISCOVER that
+    does not is simply never shed.
+    """
+    return data[0:1] == b"\x01" and data[240:243] == b"\x35\x01\x01"
+
+
 @implementer(IReadDescriptor)
 class DatagramReader:
-    """Feeds every datagram on a socket to a handler, with its destination address."""
+    """Feeds every datagram on a socket to a handler, with its destination address.
 
-    def __init__(self, sock: socket.socket, handler: DatagramHandler, batch: int = 64) -> None:
+    It drains up to ``batch`` datagrams per wake-up.  A full batch while more than
+    ``shed_above`` of the receive buffer is still taken means the server has been behind for a
+    while.  Then it sheds load the way that completes the most exchanges: every
+    REQUEST (and any other message) of the batch is handled first, and at most
+    ``discover_quota`` DISCOVERs, the latest ones; the others are dropped unread, as the
+    kernel would drop them anyway once the socket's buffer is full.  Their clients
+    retransmit (RFC 2131 §4.1).  Without this, a flood of DISCOVERs keeps the buffer full, the
+    REQUESTs that would finish exchanges are lost in it, and the server spends itself on
+    OFFERs nobody can take up.  Short of that nothing is reordered or shed.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        handler: DatagramHandler,
+        batch: int = 64,
+        discover_quota: int | None = 2,
+        shed_above: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.socket = sock
         self.handler = handler
         self.batch = batch
+        self.discover_quota = discover_quota
+        self.shed_above = shed_above
+        self.clock = clock
+        self.shed = 0  # DISCOVERs dropped unread since the start
+        self._shed_logged = 0
+        self._shed_log_at = 0.0
         # Packets arrive for a handful of destinations (our address, broadcasts): parse each
         # IP_PKTINFO address once.
         self._destinations: dict[bytes, IPv4Address] = {}
@@ -93,16 +131,16 @@ class DatagramReader:
 
     def doRead(self) -> None:
         recvmsg = self.socket.recvmsg
-        handler = self.handler
         destinations = self._destinations
+        received: list[_Datagram] = []
         for _ in range(self.batch):
             try:
                 data, ancillary, _flags, source = recvmsg(_MAX_DATAGRAM, _ANCILLARY_SIZE)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as error:
                 log.warn("dhcp socket receive failed: {error}", error=error)
-                return
+                break
             destination: IPv4Address | None = None
             for level, kind, value in ancillary:
                 if (
@@ -116,10 +154,54 @@ class DatagramReader:
                         if len(destinations) >= 256:
                             destinations.clear()
                         destination = destinations[raw] = IPv4Address(raw)
+            received.append((data, source, destination))
+        if len(received) >= self.batch and self.discover_quota is not None and self._backlogged():
+            received = self._shed(received, self.discover_quota)
+        handler = self.handler
+        for data, source, destination in received:
             try:
                 handler(data, source, destination)
             except Exception:
                 log.failure("unexpected error handling a datagram from {peer}", peer=source)
+
+    def _backlogged(self) -> bool:
+        """More than ``shed_above`` of the receive buffer is taken: behind for a while now.
+
+        A short burst (a pause for a garbage collection, a rack powering on) fills a fraction of
+        the buffer and drains again; only a queue this deep means the offered load is more
+        than the server can answer.
+        """
+        try:
+            info = self.socket.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size)
+        except OSError:
+            return True  # no SO_MEMINFO: a full batch is all we know
+        allocated, size = _MEMINFO.unpack_from(info)
+        return bool(allocated > size * self.shed_above)
+
+    def _shed(self, received: list[_Datagram], quota: int) -> list[_Datagram]:
+        """Backlogged: everything but DISCOVERs first, then the last ``quota`` DISCOVERs."""
+        others: list[_Datagram] = []
+        discovers: list[_Datagram] = []
+        for item in received:
+            (discovers if _is_discover(item[0]) else others).append(item)
+        if len(discovers) > quota:
+            self.shed += len(discovers) - quota
+            discovers = discovers[len(discovers) - quota :] if quota else []
+            self._log_shed()
+        return others + discovers
+
+    def _log_shed(self) -> None:
+        now = self.clock()
+        if now - self._shed_log_at < 1.0:
+            return
+        log.warn(
+            "dhcp socket backlogged: {count} DISCOVERs shed unanswered since the last report "
+            "({total} in all); their clients will retry",
+            count=self.shed - self._shed_logged,
+            total=self.shed,
+        )
+        self._shed_logged = self.shed
+        self._shed_log_at = now
 
     def connectionLost(self, reason: Failure) -> None:
         self.socket.close()

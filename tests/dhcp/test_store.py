@@ -339,6 +339,9 @@ class CrashTests(TestCase):
             [sys.executable, str(script), str(path), mode, str(limit)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            # Unbuffered: readline() below and communicate() then read one stream, and no
+            # line read ahead into a buffer is lost between them.
+            bufsize=0,
             cwd=REPO,
             env=env,
         )
