@@ -31,6 +31,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 import unittest
@@ -304,6 +305,11 @@ class BootScenarioTests(_TestCase):
     """
 
     server_binaries: tuple[str, ...] = ()  # extra binaries the server needs (checked first)
+    #: A boot is tried again once, from scratch (new lab, server, VM, MAC and token), when the
+    #: marker does not come: emulated firmware under TCG on a loaded 2-core machine stalls now
+    #: and then (seen once in CI: pxelinux hung after a completed TFTP transfer of the kernel).
+    #: A broken server still fails, because it fails both times; the first failure is printed.
+    boot_attempts: int = 2
 
     def make_server(self) -> BootServer:
         raise NotImplementedError
@@ -328,6 +334,19 @@ class BootScenarioTests(_TestCase):
 
     def boot(self, scenario: Scenario, *, ipv6_ra: bool = True) -> BootResult:
         """Boot ``scenario`` against ``make_server()``; assert the token comes back."""
+        for attempt in range(1, self.boot_attempts + 1):
+            try:
+                return self._boot_once(scenario, ipv6_ra=ipv6_ra)
+            except self.failureException as error:
+                if attempt == self.boot_attempts:
+                    raise
+                sys.stderr.write(
+                    f"\n{scenario.name}: attempt {attempt} failed, trying again from scratch:"
+                    f"\n{str(error)[:2000]}\n"
+                )
+        raise AssertionError("unreachable")
+
+    def _boot_once(self, scenario: Scenario, *, ipv6_ra: bool = True) -> BootResult:
         self._require()
         t0 = time.monotonic()
         remove_stale_labs()
