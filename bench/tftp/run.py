@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -129,6 +130,9 @@ class Bench:
         self.want = {name: sha256(self.root / name) for name in (self.big, self.small)}
         self.lab = NetLab(clients=0)
         self.servers: dict[str, subprocess.Popen[Any]] = {}
+        server_cpus, _, client_cpus = (args.pin or "").partition(":")
+        self.pin_server = ["taskset", "-c", server_cpus] if server_cpus else []
+        self.pin_client = ["taskset", "-c", client_cpus or server_cpus] if server_cpus else []
 
     # Servers.
 
@@ -141,7 +145,8 @@ class Bench:
             f"data_dir: {self.work / 'data'}\n"
             'dhcp: {mode: "off"}\n'
             "http: {enabled: false}\n"
-            f"tftp: {{root: {self.root}, port: {PORTS['pxetwist']}, max_blksize: 65464}}\n"
+            f"tftp: {{root: {self.root}, port: {PORTS['pxetwist']}, max_blksize: 65464, "
+            f"workers: {self.args.workers}}}\n"
             "policy: {plugin_dirs: []}\n"
         )
         twistd = Path(sys.executable).with_name("twistd")
@@ -186,10 +191,31 @@ class Bench:
         for name in self.args.servers:
             with (self.work / f"{name}.err").open("w") as err:
                 self.servers[name] = lab.spawn(
-                    "srv", commands[name], stdout=subprocess.DEVNULL, stderr=err, cwd=str(REPO)
+                    "srv",
+                    [*self.pin_server, *commands[name]],
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    cwd=str(REPO),
                 )
         for name in self.args.servers:
             lab.wait_port("srv", "udp", PORTS[name], timeout=20, proc=self.servers[name])
+        if "pxetwist" in self.servers:
+            self._wait_for_workers()
+
+    def _wait_for_workers(self) -> None:
+        """Transfer workers start after the port is bound; until then transfers run in the
+        main process, which is not what a long-running server does."""
+        log = self.work / "pxetwist.log"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            started = re.search(r"tftp: (\d+) transfer worker processes", text)
+            if started is not None:
+                ready = len(re.findall(r"tftp: transfer worker \d+ ready", text))
+                if ready >= int(started.group(1)):
+                    return
+            time.sleep(0.1)
+        raise SystemExit("pxetwist's transfer workers did not start; see its log")
 
     def stop(self) -> None:
         try:
@@ -197,6 +223,8 @@ class Bench:
                 self.lab.stop(proc)
             self.lab.down()
         finally:
+            if os.environ.get("BENCH_KEEP_LOG"):
+                shutil.copy(self.work / "pxetwist.log", os.environ["BENCH_KEEP_LOG"])
             shutil.rmtree(self.work, ignore_errors=True)
             shutil.rmtree(self.out, ignore_errors=True)
 
@@ -213,7 +241,7 @@ class Bench:
     def single(self, server: str, client: Client, name: str) -> float | None:
         """One timed download; MB/s, or None if it failed or the content differs."""
         out = self.out / f"{server}-single"
-        argv = client(self.lab.srv_ip, PORTS[server], name, str(out))
+        argv = [*self.pin_client, *client(self.lab.srv_ip, PORTS[server], name, str(out))]
         began = time.monotonic()
         try:
             result = self.lab.run("cli", argv, timeout=self.args.timeout)
@@ -237,7 +265,7 @@ class Bench:
         procs = [
             self.lab.spawn(
                 "cli",
-                client(self.lab.srv_ip, PORTS[server], self.small, str(out)),
+                [*self.pin_client, *client(self.lab.srv_ip, PORTS[server], self.small, str(out))],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -311,7 +339,13 @@ class Bench:
         servers = self.args.servers
         print(
             f"\nTFTP throughput, MB/s (10^6 B/s), median of {self.args.repeats}; "
-            "ratio = pxetwist / tftpd-hpa; failures = failed or corrupt downloads\n"
+            "ratio = pxetwist / tftpd-hpa; failures = failed or corrupt downloads; "
+            + (
+                f"servers on CPUs {self.args.pin.replace(':', ', clients on CPUs ')}"
+                if self.args.pin
+                else "not pinned"
+            )
+            + f"; pxetwist tftp.workers: {self.args.workers}\n"
         )
         header = "| case | " + " | ".join(servers) + " | pxetwist / hpa | failures |"
         print(header)
@@ -358,6 +392,7 @@ class Bench:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", default="auto", help="pxetwist's tftp.workers (default auto)")
     parser.add_argument("--big-mib", type=int, default=64)
     parser.add_argument("--small-mib", type=int, default=4)
     parser.add_argument(
@@ -382,6 +417,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="seconds allowed for one download (or one concurrent batch)",
     )
     parser.add_argument("--hpa-bin", help="tftpd-hpa's in.tftpd")
+    parser.add_argument(
+        "--pin",
+        metavar="SERVER_CPUS:CLIENT_CPUS",
+        help="pin servers and clients with taskset, e.g. 0:1 (a server with its own CPU, as "
+        "when the clients are other machines)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("run as root: the lab needs network namespaces")

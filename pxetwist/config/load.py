@@ -117,6 +117,15 @@ def as_int(low: int, high: int) -> Callable[[_Reader, KeyPath, Any], int]:
     return convert
 
 
+def as_worker_count(reader: _Reader, path: KeyPath, value: Any) -> int | None:
+    """A process count, or ``auto`` (None: one per CPU, decided at start)."""
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        reader.fail(path, f"{value!r} is not a whole number or auto")
+    return as_int(0, 64)(reader, path, value)
+
+
 def as_port(reader: _Reader, path: KeyPath, value: Any) -> int:
     return as_int(0, 65535)(reader, path, value)
 
@@ -342,6 +351,7 @@ def _tftp(reader: _Reader, path: KeyPath, value: Any) -> TftpConfig:
         timeout=section.take("timeout", as_seconds, 1.0),
         retries=section.take("retries", as_int(1, 100), 6),
         single_port=section.take("single_port", as_bool, False),
+        workers=section.take("workers", as_worker_count, None),
     )
     section.done()
     return tftp

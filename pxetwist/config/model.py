@@ -60,6 +60,7 @@ class TftpConfig:
     timeout: float = 1.0
     retries: int = 6
     single_port: bool = False
+    workers: int | None = None  # None: auto, one per CPU (none on a single CPU)
 
 
 @attrs.frozen

@@ -29,7 +29,6 @@ knows about the client's address. A download the client abandons is logged too, 
 from __future__ import annotations
 
 import itertools
-import resource
 from collections.abc import Sequence
 from ipaddress import AddressValueError, IPv4Address
 from typing import Any, Final
@@ -43,6 +42,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from pxetwist.config.model import Config
+from pxetwist.fdlimit import HEADROOM, raise_fd_limit
 from pxetwist.http.scripts import MAC_ATTRIBUTE, BootScripts, script_name
 from pxetwist.http.static import BootFiles
 from pxetwist.netinfo import InterfaceInfo
@@ -60,7 +60,6 @@ Twisted's default of 50 would make the rest retry their SYN a second later."""
 
 _SCAN_LIMIT: Final = 10_000  # entries of the root looked at for shadowed files at start
 _FD_PER_DOWNLOAD: Final = 3  # the socket, the file, and the socket's dup for sendfile
-_FD_HEADROOM: Final = 512
 
 
 class BootRoot(Resource):
@@ -232,11 +231,7 @@ class HttpService(Service):
 
 def _raise_fd_limit() -> None:
     """Make room for a boot storm: each download holds three descriptors."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 2000 * _FD_PER_DOWNLOAD + _FD_HEADROOM
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            log.warn("http: cannot raise the open-file limit above {soft}", soft=soft)
+    wanted = 2000 * _FD_PER_DOWNLOAD + HEADROOM
+    limit = raise_fd_limit(wanted)
+    if limit < wanted:
+        log.warn("http: cannot raise the open-file limit above {soft}", soft=limit)

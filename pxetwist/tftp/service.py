@@ -9,25 +9,23 @@ is bound.  ``stopService`` ends running transfers (the client gets ERROR 0) and 
 
 from __future__ import annotations
 
-import contextlib
-import resource
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.interfaces import IReactorFDSet, IReactorProcess
 from twisted.logger import Logger
 
 from pxetwist.config.model import Config
+from pxetwist.fdlimit import HEADROOM, raise_fd_limit
 from pxetwist.netinfo import InterfaceInfo
 from pxetwist.policy.render import Renderer, ServingContext
 from pxetwist.policy.sightings import SightingRegistry
 from pxetwist.tftp.protocol import FileResolver, ServerSettings, TftpListener, TftpServer
+from pxetwist.tftp.workers import WorkerPool, default_worker_count
 
 log = Logger()
-
-#: File descriptors a process keeps besides its transfers (logs, listeners, HTTP, DHCP, ...).
-_FD_HEADROOM = 512
 
 
 def settings_from(config: Config) -> ServerSettings:
@@ -40,22 +38,8 @@ def settings_from(config: Config) -> ServerSettings:
         timeout=tftp.timeout,
         retries=tftp.retries,
         single_port=tftp.single_port,
+        workers=default_worker_count() if tftp.workers is None else tftp.workers,
     )
-
-
-def raise_fd_limit(wanted: int) -> int:
-    """Raise the soft ``RLIMIT_NOFILE`` towards ``wanted`` (up to the hard limit); return it.
-
-    Every transfer holds a socket and, for a file on disk, an open file: thousands of
-    concurrent transfers need more than the usual soft limit of 1024.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-    return soft
 
 
 class TftpService(Service):
@@ -97,7 +81,7 @@ class TftpService(Service):
     def _bind(self) -> None:
         if self.ports:
             return
-        wanted = 2 * self.settings.max_transfers + _FD_HEADROOM
+        wanted = 2 * self.settings.max_transfers + HEADROOM
         limit = raise_fd_limit(wanted)
         if limit < wanted and not self.settings.single_port:
             log.warn(
@@ -141,13 +125,31 @@ class TftpService(Service):
     def startService(self) -> None:
         self._bind()
         super().startService()
+        # After twistd dropped privileges: workers run as the service user.  They need a real
+        # process reactor, and single-port mode keeps every transfer on the listener's socket.
+        workers = self.settings.workers
+        if (
+            workers > 0
+            and self.ports
+            and not self.settings.single_port
+            and IReactorProcess.providedBy(self.reactor)
+            and IReactorFDSet.providedBy(self.reactor)
+        ):
+            pool = WorkerPool(self.reactor, workers)
+            self.server.pool = pool
+            pool.start()
+            log.info("tftp: {count} transfer worker processes", count=workers)
+        elif self.ports:
+            log.info("tftp: 0 transfer worker processes (transfers run in this process)")
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        pool, self.server.pool = self.server.pool, None
+        stopping = [pool.stop()] if pool is not None else []
         self.server.abort_all("server shutting down")
         ports, self.ports = self.ports, []
         self.server.listeners.clear()
-        return DeferredList([maybeDeferred(port.stopListening) for port in ports])
+        return DeferredList(stopping + [maybeDeferred(port.stopListening) for port in ports])
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -156,4 +158,4 @@ class TftpService(Service):
         return [(host.host, host.port) for host in hosts]
 
 
-__all__ = ["TftpService", "raise_fd_limit", "settings_from"]
+__all__ = ["TftpService", "settings_from"]

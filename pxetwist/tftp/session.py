@@ -650,6 +650,41 @@ class ReadSession:
         return Actions(datagrams, None, outcome, detail)
 
 
+@attrs.frozen
+class TransferSummary:
+    """How a transfer went, for its log line: what the main process logs for every transfer."""
+
+    outcome: Outcome
+    detail: str
+    bytes: int
+    """Octets the client has: the size when delivered, else what it acknowledged."""
+    size: int
+    seconds: float
+    blksize: int
+    windowsize: int
+    retransmissions: int
+
+    @classmethod
+    def of(
+        cls, session: ReadSession, outcome: Outcome, detail: str, seconds: float
+    ) -> TransferSummary:
+        delivered = (
+            session.size
+            if outcome.delivered
+            else min(session.size, session.acked_blocks * session.blksize)
+        )
+        return cls(
+            outcome=outcome,
+            detail=detail,
+            bytes=delivered,
+            size=session.size,
+            seconds=round(seconds, 6),
+            blksize=session.blksize,
+            windowsize=session.windowsize,
+            retransmissions=session.retransmissions,
+        )
+
+
 __all__ = [
     "DEFAULT_BLKSIZE",
     "MAX_BLKSIZE",
@@ -663,5 +698,6 @@ __all__ = [
     "Outcome",
     "ReadSession",
     "SessionLimits",
+    "TransferSummary",
     "negotiate",
 ]

@@ -109,6 +109,16 @@ class ValueTests(SynchronousTestCase):
         self.assertEqual(config.policy.chain, ("static", "arch"))
         self.assertTrue(config.tftp.enabled)
 
+    def test_tftp_workers(self) -> None:
+        self.assertIsNone(parse_config("").tftp.workers)  # auto: decided at start
+        self.assertIsNone(parse_config("tftp: {workers: auto}").tftp.workers)
+        self.assertEqual(parse_config("tftp: {workers: 0}").tftp.workers, 0)
+        self.assertEqual(parse_config("tftp: {workers: 4}").tftp.workers, 4)
+        self.assertIn(
+            "tftp.workers: 'many' is not a whole number or auto", error_for("tftp: {workers: many}")
+        )
+        self.assertIn("tftp.workers: 65 is outside 0..64", error_for("tftp: {workers: 65}"))
+
     def test_durations(self) -> None:
         config = parse_config(
             "dhcp:\n  offer_hold: 2m\n  subnets: [{network: 10.0.0.0/8, lease_time: 12h}]\n"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,6 +80,7 @@ class ServerLab:
         self.lab = NetLab(clients=0)
         self.server: subprocess.Popen[Any] | None = None
         self.log = self.work / "server.log"
+        self.workers: list[int] = []
 
     @property
     def ip(self) -> str:
@@ -97,6 +99,7 @@ class ServerLab:
                     cwd=str(REPO),
                 )  # fmt: skip
             self.lab.wait_port("srv", "udp", 69, timeout=20, proc=self.server)
+            self.workers = self.wait_for_workers()
         except LabError as error:
             tail = self.log_tail()
             self.down()
@@ -105,6 +108,26 @@ class ServerLab:
             self.down()
             raise
         return self
+
+    def wait_for_workers(self, at_least: int = 0, timeout: float = 20.0) -> list[int]:
+        """PIDs of the transfer workers that said they are ready (after start-up, or after a
+        respawn when ``at_least`` more than the first ones), in order."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_text()
+            started = re.search(r"tftp: (\d+) transfer worker processes", text)
+            pids = [int(pid) for pid in re.findall(r"tftp: transfer worker (\d+) ready", text)]
+            if started is not None and len(pids) >= max(int(started.group(1)), at_least):
+                return pids
+            if time.monotonic() > deadline:
+                raise LabError(f"transfer workers did not start\n{text[-2000:]}")
+            time.sleep(0.05)
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
 
     def down(self) -> None:
         try:
@@ -203,7 +226,13 @@ class LabTestCase(SynchronousTestCase):
 
 
 class ClientTests(LabTestCase):
-    """Each client, each block size, byte-identical; rollover; exact multiples; concurrency."""
+    """Each client, each block size, byte-identical; rollover; exact multiples; concurrency.
+
+    Transfers run in two worker processes here (:mod:`pxetwist.tftp.workers`), and in the
+    listening process in :class:`InProcessClientTests`.
+    """
+
+    tftp_options: ClassVar[str] = ", timeout: 0.2, workers: 2"
 
     files: ClassVar[dict[str, int]] = {
         "small.bin": 300_000,
@@ -352,6 +381,12 @@ def add_loss(lab: NetLab, namespace: str, device: str, percent: int) -> str:
 def remove_loss(lab: NetLab, namespace: str, device: str) -> None:
     for qdisc in ("root", "clsact"):
         lab.run(namespace, ["tc", "qdisc", "del", "dev", device, qdisc], timeout=10)
+
+
+class InProcessClientTests(ClientTests):
+    """:class:`ClientTests` with ``tftp.workers: 0``: every transfer in the listening process."""
+
+    tftp_options: ClassVar[str] = ", timeout: 0.2, workers: 0"
 
 
 class LossTests(LabTestCase):

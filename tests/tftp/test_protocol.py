@@ -22,7 +22,10 @@ from pxetwist.policy.render import Renderer, ServingContext
 from pxetwist.policy.sightings import SightingRegistry
 from pxetwist.policy.values import MacAddress
 from pxetwist.testing import config_from_yaml, make_request
+from pxetwist.tftp import files as files_module
 from pxetwist.tftp import protocol as protocol_module
+from pxetwist.tftp import sockets as sockets_module
+from pxetwist.tftp import transfer as transfer_module
 from pxetwist.tftp.packet import (
     Ack,
     Data,
@@ -41,6 +44,7 @@ from pxetwist.tftp.protocol import (
     ServerSettings,
     TftpListener,
     TftpServer,
+    Transfer,
 )
 from pxetwist.tftp.service import TftpService
 from tests.util import temp_dir
@@ -107,7 +111,8 @@ class Harness:
         self.port = self.reactor.listenUDP(69, self.listener, interface=SERVER)
         self.events: list[dict[str, Any]] = []
         observer = cast(ILogObserver, self.events.append)
-        testcase.patch(protocol_module, "log", Logger(observer=observer))
+        for module in (protocol_module, files_module, transfer_module, sockets_module):
+            testcase.patch(module, "log", Logger(observer=observer))
 
     def file(self, name: str, content: bytes) -> bytes:
         path = self.root / name
@@ -273,7 +278,8 @@ class ReadTransferTests(SynchronousTestCase):
         port = harness.request(rrq("f"))
         assert port is not None
         (transfer,) = harness.listener.transfers.values()
-        source = transfer.resolved.source
+        assert isinstance(transfer, Transfer)
+        source = transfer.source
         assert isinstance(source, FileSource)
         fd = source._fd
         os.fstat(fd)

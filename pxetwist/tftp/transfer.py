@@ -1,0 +1,212 @@
+# -*- test-case-name: tests.tftp.test_protocol -*-
+"""One running TFTP read transfer: a sans-I/O session bound to a socket and one timer.
+
+A :class:`Transfer` is the same object in the main process and in a transfer worker
+(:mod:`pxetwist.tftp.worker`); what differs is its *owner*, which is told when it ends, with a
+:class:`TransferSummary` (the listener logs it; a worker reports it to the main process, which
+logs it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Protocol
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from pxetwist.tftp.files import close_source
+from pxetwist.tftp.packet import Ack, ErrorCode, MalformedPacket, Packet, decode, error_datagram
+from pxetwist.tftp.session import Actions, BlockSource, Outcome, ReadSession, TransferSummary
+from pxetwist.tftp.sockets import Address, Sender, peer_text
+
+log = Logger()
+
+
+class TransferServer(Protocol):
+    """What a transfer needs of the server it runs in."""
+
+    reactor: Any
+    busy: int
+    """Transfers running (and requests being resolved); a lone one is served in place."""
+
+
+class TransferOwner(Protocol):
+    """Who started a transfer and is told when it ends."""
+
+    @property
+    def server(self) -> TransferServer: ...
+
+    def transfer_ended(self, transfer: Transfer, summary: TransferSummary) -> None: ...
+
+
+class Transfer:
+    """One running read transfer: a session, its source, its peer, its one timer.
+
+    The session is driven by :meth:`receive` (packets from the peer) and by the timer.  Per the
+    contract in :mod:`pxetwist.tftp.session`, one ``IDelayedCall`` is kept per transfer: it is
+    moved only when a deadline comes *earlier* than the armed one, and re-armed from what an
+    early firing returns, so a fast transfer costs about one timer per retransmission interval
+    instead of one per block.
+    """
+
+    def __init__(
+        self,
+        owner: TransferOwner,
+        peer: Address,
+        session: ReadSession,
+        source: BlockSource,
+        started: float,
+        mtu: int = 1500,
+    ) -> None:
+        self.owner = owner
+        self.peer = peer
+        self.session = session
+        self.source = source
+        self.started = started
+        self.mtu = mtu
+        self.finished = False
+        self.origin: Any = None
+        """Whatever the owner keeps with the transfer (the listener: the resolved file)."""
+        self._clock = owner.server.reactor
+        self._timer: IDelayedCall | None = None
+        self._armed = 0.0
+        self._sender: Sender | None = None
+        self._port: Any = None
+
+    @property
+    def filename(self) -> str:
+        """The name the client asked for (a retransmitted RRQ names it again)."""
+        return self.session.request.filename
+
+    def attach(self, port: Any, transport: Any) -> None:
+        """Use ``transport`` to send; ``port`` (if any) is closed when the transfer ends."""
+        self._port = port
+        self._sender = Sender(transport, self.peer, self.mtu)
+
+    def start(self) -> None:
+        self._apply(self.session.start(self._clock.seconds()))
+
+    def receive(self, data: bytes) -> None:
+        """A datagram from the peer's TID."""
+        if self.finished:
+            return
+        if len(data) >= 4 and data[0] == 0 and data[1] == 4:  # ACK: the hot path
+            block = (data[2] << 8) | data[3]
+            now = self._clock.seconds()
+            if self._timer is not None:
+                datagrams = self.session.receive_ack(block, now)
+                if datagrams is not None:
+                    # The session's fast path never moves the deadline earlier: the armed
+                    # timer stays as it is (see ReadSession.receive_ack).
+                    sender = self._sender
+                    if sender is not None:
+                        sender.send(datagrams)
+                    return
+            self._apply(self.session.receive(Ack(block), now))
+            return
+        try:
+            packet = decode(data)
+        except MalformedPacket as error:
+            log.debug(
+                "tftp: malformed datagram from {peer} during a transfer: {error}",
+                peer=peer_text(self.peer),
+                error=str(error),
+            )
+            return
+        self.receive_packet(packet)
+
+    def receive_packet(self, packet: Packet) -> None:
+        if self.finished:
+            return
+        self._apply(self.session.receive(packet, self._clock.seconds()))
+
+    def abort(self, reason: str) -> None:
+        """End the transfer now (service stopping, client restarted): ERROR 0 to the client."""
+        if self.finished:
+            return
+        if self._sender is not None:
+            self._sender.send((error_datagram(ErrorCode.NOT_DEFINED, reason),))
+        self._finish(Outcome.ERROR, reason)
+
+    def _apply(self, actions: Actions) -> None:
+        if actions.datagrams and self._sender is not None:
+            self._sender.send(actions.datagrams)
+        if actions.outcome is not None:
+            self._finish(actions.outcome, actions.detail)
+            return
+        deadline = actions.deadline
+        timer = self._timer
+        if deadline is None:
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
+            return
+        # ``_timer`` is set exactly while the call is pending (it clears itself when it fires),
+        # and ``_armed`` is its time: no IDelayedCall method on the per-block path.
+        if timer is None:
+            self._armed = deadline
+            self._timer = self._clock.callLater(
+                max(0.0, deadline - self._clock.seconds()), self._timer_fired
+            )
+        elif deadline < self._armed:
+            self._armed = deadline
+            timer.reset(max(0.0, deadline - self._clock.seconds()))
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        if self.finished:
+            return
+        try:
+            self._apply(self.session.timer_fired(self._clock.seconds()))
+        except Exception:
+            log.failure("tftp: transfer to {peer} failed", peer=peer_text(self.peer))
+            self._finish(Outcome.ERROR, "internal error")
+
+    def _finish(self, outcome: Outcome, detail: str) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        close_source(self.source)
+        port, self._port = self._port, None
+        if port is not None:
+            port.stopListening()
+        summary = TransferSummary.of(
+            self.session, outcome, detail, self._clock.seconds() - self.started
+        )
+        self.owner.transfer_ended(self, summary)
+
+
+class TransferProtocol(DatagramProtocol):
+    """The server's TID for one transfer: a UDP port that talks to exactly one client port."""
+
+    noisy = False
+
+    def __init__(self, transfer: Transfer) -> None:
+        self.transfer = transfer
+        self._peer = transfer.peer
+
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:
+        if addr == self._peer:
+            self.transfer.receive(datagram)
+            return
+        # RFC 1350 §4: an unknown TID gets ERROR 5 and the transfer goes on; never answer an
+        # ERROR with an ERROR.
+        if len(datagram) >= 2 and datagram[1] == 5 and datagram[0] == 0:
+            return
+        log.info(
+            "tftp: stray datagram from {stray} on the transfer to {peer}",
+            stray=peer_text(addr),
+            peer=peer_text(self._peer),
+        )
+        transport = self.transport
+        if transport is not None:
+            with contextlib.suppress(OSError):
+                transport.write(error_datagram(ErrorCode.UNKNOWN_TRANSFER_ID), addr)
+
+
+__all__ = ["Transfer", "TransferOwner", "TransferProtocol", "TransferServer", "TransferSummary"]

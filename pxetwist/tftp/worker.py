@@ -1,0 +1,222 @@
+# -*- test-case-name: tests.tftp.test_workers -*-
+"""A TFTP transfer worker process: runs the transfers the main process hands it.
+
+Started by :class:`pxetwist.tftp.workers.WorkerPool` as ``python -m pxetwist.tftp.worker
+--control-fd 3``, with one end of a ``SOCK_SEQPACKET`` pair as descriptor 3.  It runs its own
+epoll reactor with the same transfer machinery as the main process (:class:`Transfer` over a
+:class:`TransferSocket` in a :class:`TransferMux`), fed by :class:`Handoff` messages that carry
+the transfer's bound socket and its file.  It reports every transfer's end, and it exits when
+the main process closes the control socket (or dies): its transfers get ERROR 0 first.
+
+It decides nothing about files or machines: confinement and the policy were applied by the main
+process, which also writes every transfer's log line.  What it logs itself (send errors, stray
+datagrams) goes to stderr as ``LEVEL text`` lines, which the main process relays into its log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent, globalLogBeginner
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from pxetwist.tftp.files import FileSource
+from pxetwist.tftp.handoff import (
+    MAX_MESSAGE,
+    Cancel,
+    Ended,
+    Handoff,
+    MalformedMessage,
+    Ready,
+    decode_message,
+    encode_message,
+)
+from pxetwist.tftp.packet import ErrorCode, error_datagram
+from pxetwist.tftp.session import Outcome, ReadSession, TransferSummary
+from pxetwist.tftp.sockets import TransferMux, TransferSocket
+from pxetwist.tftp.transfer import Transfer
+
+log = Logger()
+
+
+@implementer(IReadDescriptor)
+class WorkerHost:
+    """The worker's side of the control socket, and the owner of the transfers it runs."""
+
+    def __init__(self, reactor: Any, control: socket.socket) -> None:
+        self.reactor = reactor
+        self.control = control
+        self.busy = 0
+        self.transfers: dict[int, Transfer] = {}
+        self._ids: dict[Transfer, int] = {}
+        self._mux: TransferMux | None = None
+        control.setblocking(False)
+
+    @property
+    def server(self) -> WorkerHost:
+        """Transfers ask their owner's server how many run (a lone one is served in place)."""
+        return self
+
+    def mux(self) -> TransferMux:
+        if self._mux is None:
+            self._mux = TransferMux(self.reactor)
+        return self._mux
+
+    def start(self) -> None:
+        self.reactor.addReader(self)
+        self._send(Ready(os.getpid()))
+
+    # IReadDescriptor.
+
+    def fileno(self) -> int:
+        return self.control.fileno()
+
+    def logPrefix(self) -> str:
+        return "tftp-worker-control"
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._shut_down()
+
+    def doRead(self) -> None:
+        for _ in range(64):
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(self.control, MAX_MESSAGE, 2)
+            except BlockingIOError:
+                return
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                self._shut_down()
+                return
+            try:
+                message = decode_message(data)
+            except MalformedMessage as error:
+                log.error("undecodable control message: {error}", error=str(error))
+                for fd in fds:
+                    os.close(fd)
+                continue
+            if isinstance(message, Handoff):
+                self._take(message, fds)
+            else:
+                for fd in fds:
+                    os.close(fd)
+                if isinstance(message, Cancel):
+                    transfer = self.transfers.get(message.transfer_id)
+                    if transfer is not None:
+                        transfer.abort(message.reason)
+
+    # Transfers.
+
+    def _take(self, handoff: Handoff, fds: Sequence[int]) -> None:
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            log.error("hand-off {id} without its two descriptors", id=handoff.transfer_id)
+            self._send(Ended(handoff.transfer_id, _failed("hand-off without descriptors")))
+            return
+        sock = socket.socket(fileno=fds[0])
+        source = FileSource(fds[1], os.fstat(fds[1]).st_size)
+        try:
+            session = ReadSession(handoff.request, source, handoff.limits)
+        except Exception as error:
+            source.close()
+            with contextlib.suppress(OSError):
+                sock.sendto(error_datagram(ErrorCode.NOT_DEFINED, "Internal error"), handoff.peer)
+            sock.close()
+            log.error("cannot start a transfer: {error}", error=str(error))
+            self._send(Ended(handoff.transfer_id, _failed(f"cannot start: {error}")))
+            return
+        transfer = Transfer(
+            self, handoff.peer, session, source, self.reactor.seconds(), handoff.mtu
+        )
+        port = TransferSocket(self.mux(), sock, transfer)
+        transfer.attach(port, port.socket)
+        self.transfers[handoff.transfer_id] = transfer
+        self._ids[transfer] = handoff.transfer_id
+        self.busy += 1
+        transfer.start()
+
+    def transfer_ended(self, transfer: Transfer, summary: TransferSummary) -> None:
+        transfer_id = self._ids.pop(transfer, None)
+        if transfer_id is None:
+            return
+        del self.transfers[transfer_id]
+        self.busy -= 1
+        self._send(Ended(transfer_id, summary))
+
+    def _send(self, message: Ready | Ended) -> None:
+        try:
+            self.control.send(encode_message(message))
+        except OSError as error:
+            log.error("cannot report to the main process: {error}", error=str(error))
+
+    def _shut_down(self) -> None:
+        """The main process is gone or stopping: end every transfer (ERROR 0) and exit."""
+        if self.control.fileno() < 0:
+            return
+        self.reactor.removeReader(self)
+        for transfer in list(self.transfers.values()):
+            transfer.abort("server shutting down")
+        self.control.close()
+        if self._mux is not None:
+            self._mux.close()
+        if self.reactor.running:
+            self.reactor.stop()
+
+
+def _failed(detail: str) -> TransferSummary:
+    return TransferSummary(Outcome.ERROR, detail, 0, 0, 0.0, 0, 0, 0)
+
+
+@implementer(ILogObserver)
+class LineObserver:
+    """Writes ``LEVEL text`` lines for the main process to relay (info and above)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def __call__(self, event: LogEvent) -> None:
+        level = event.get("log_level")
+        if level is None or level.name == "debug":
+            return
+        text = formatEvent(event).replace("\n", " | ")
+        failure = event.get("log_failure")
+        if failure is not None:
+            text += " | " + failure.getTraceback().replace("\n", " | ")
+        try:
+            self.stream.write(f"{level.name} {text}\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--control-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    # The main process stops us by closing the control socket; a Ctrl-C meant for it must not.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from twisted.internet import epollreactor
+
+    epollreactor.install()
+    from twisted.internet import reactor
+
+    globalLogBeginner.beginLoggingTo([LineObserver(sys.stderr)], redirectStandardIO=False)
+    host = WorkerHost(reactor, socket.socket(fileno=args.control_fd))
+    reactor.callWhenRunning(host.start)
+    reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
+
+
+if __name__ == "__main__":
+    main()
