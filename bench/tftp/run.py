@@ -223,8 +223,8 @@ class Bench:
                 self.lab.stop(proc)
             self.lab.down()
         finally:
-            if os.environ.get("BENCH_KEEP_LOG"):
-                shutil.copy(self.work / "pxetwist.log", os.environ["BENCH_KEEP_LOG"])
+            if self.args.keep_log and (self.work / "pxetwist.log").exists():
+                shutil.copy(self.work / "pxetwist.log", self.args.keep_log)
             shutil.rmtree(self.work, ignore_errors=True)
             shutil.rmtree(self.out, ignore_errors=True)
 
@@ -417,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="seconds allowed for one download (or one concurrent batch)",
     )
     parser.add_argument("--hpa-bin", help="tftpd-hpa's in.tftpd")
+    parser.add_argument("--keep-log", metavar="PATH", help="copy pxetwist's log here at the end")
     parser.add_argument(
         "--pin",
         metavar="SERVER_CPUS:CLIENT_CPUS",
