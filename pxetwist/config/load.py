@@ -352,6 +352,7 @@ def _tftp(reader: _Reader, path: KeyPath, value: Any) -> TftpConfig:
         retries=section.take("retries", as_int(1, 100), 6),
         single_port=section.take("single_port", as_bool, False),
         workers=section.take("workers", as_worker_count, None),
+        adaptive_window=section.take("adaptive_window", as_bool, False),
     )
     section.done()
     return tftp

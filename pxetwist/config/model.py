@@ -61,6 +61,7 @@ class TftpConfig:
     retries: int = 6
     single_port: bool = False
     workers: int | None = None  # None: auto, one per CPU (none on a single CPU)
+    adaptive_window: bool = False
 
 
 @attrs.frozen

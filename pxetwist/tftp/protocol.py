@@ -96,6 +96,8 @@ class ServerSettings:
     single_port: bool = False
     workers: int = 0
     """Transfer worker processes (0: every transfer runs in the listening process)."""
+    adaptive_window: bool = False
+    """Shrink a negotiated window under loss and grow it back (see SessionLimits)."""
 
     def limits(self, mtu: int) -> SessionLimits:
         """Session limits for an interface: blocks fit its MTU unless ``max_blksize`` is set.
@@ -113,6 +115,7 @@ class ServerSettings:
             max_timeout=max(8.0, timeout),
             max_retries=max(self.retries - 1, 0),
             max_window=self.max_windowsize,
+            adaptive_window=self.adaptive_window,
         )
 
 

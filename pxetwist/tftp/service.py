@@ -39,6 +39,7 @@ def settings_from(config: Config) -> ServerSettings:
         retries=tftp.retries,
         single_port=tftp.single_port,
         workers=default_worker_count() if tftp.workers is None else tftp.workers,
+        adaptive_window=tftp.adaptive_window,
     )
 
 

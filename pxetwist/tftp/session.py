@@ -171,10 +171,14 @@ class SessionLimits:
     doubles on each retry up to ``max_timeout`` (exponential back-off, RFC 1123 §4.2.3.2).  After
     ``max_retries`` retransmissions without progress the transfer is abandoned.
 
-    ``adaptive_window`` shrinks the effective window under loss and grows it back (AIMD).  It is off
-    by default because an RFC 7440 receiver acknowledges only after a full negotiated window or on
-    its own timeout: a shrunk window therefore costs one client timeout per window.  It pays off on
-    lossy links with clients that acknowledge partial windows promptly.
+    ``adaptive_window`` paces windows under loss (AIMD on the burst): every window still carries
+    the negotiated number of blocks, because an RFC 7440 receiver acknowledges only after a full
+    window (or a gap, or its own timeout), but after a loss it leaves in bursts of fewer blocks,
+    ``pace_interval`` seconds apart; the burst halves on each loss and grows by one block per
+    window that arrives whole, until the window leaves in one go again.  That is what a
+    shallow-buffered or slower link needs (a window of 32 blocks is 47 KB at once, more than many
+    switch ports and boot ROM receive rings hold).  It is off by default: on random loss, which
+    pacing cannot prevent, it slows a transfer down (bench/tftp/loss.py).
 
     A session caches the datagrams of its window, so its memory is about
     ``max_window * blksize_limit`` octets (64 x 1468, ~94 KB, by default).
@@ -193,6 +197,7 @@ class SessionLimits:
         default=64, validator=[attrs.validators.ge(1), attrs.validators.le(MAX_WINDOWSIZE)]
     )
     adaptive_window: bool = False
+    pace_interval: float = attrs.field(default=0.001, validator=_positive)
 
     @property
     def blksize_limit(self) -> int:
@@ -363,6 +368,11 @@ class ReadSession:
         self._max_sent = 0
         self._window_end = 0
         self._window_full = False
+        # Pacing (adaptive windows only): blocks per burst, and the rest of the window still to
+        # send (``_paced_next`` .. ``_window_end``) at ``_pace_at``.
+        self._burst = self._window
+        self._paced_next = 0
+        self._pace_at = 0.0
         self._cache: list[bytes] = []
         self._cache_start = 1
         self._retries = 0
@@ -404,8 +414,13 @@ class ReadSession:
 
     @property
     def window(self) -> int:
-        """Blocks sent per window right now: ``windowsize``, or less while adaptive backs off."""
+        """Blocks per window: always ``windowsize`` (a receiver waits for a full window)."""
         return self._window
+
+    @property
+    def burst(self) -> int:
+        """Blocks sent back to back: the window, or fewer while an adaptive window paces."""
+        return self._burst
 
     @property
     def size(self) -> int:
@@ -560,6 +575,8 @@ class ReadSession:
         deadline = self._deadline
         if deadline is None or now < deadline:
             return Actions((), deadline)
+        if self._paced_next:
+            return self._send_burst(now)
         self._retries += 1
         if self._retries > self._limits.max_retries:
             if self._acked >= 0 and self._max_sent == self._last:
@@ -576,7 +593,7 @@ class ReadSession:
             self._deadline = now + self._interval()
             return Actions((self._oack,), self._deadline)
         if self._adaptive:
-            self._window = max(1, self._window // 2)
+            self._burst = max(1, self._burst // 2)
         return self._send_window(now)
 
     # Internals.
@@ -588,16 +605,28 @@ class ReadSession:
         return min(self._base_timeout * (1 << min(self._retries, 30)), self._limits.max_timeout)
 
     def _adapt_on_ack(self, block: int) -> None:
-        """AIMD: an early ACK reports loss (halve); an acknowledged full window grows it by one."""
+        """AIMD on the burst: an early ACK reports loss (halve); a whole window grows it by one."""
         if block < self._window_end:
-            self._window = max(1, self._window // 2)
-        elif self._window_full and self._window < self._windowsize:
-            self._window += 1
+            self._burst = max(1, self._burst // 2)
+        elif self._window_full and self._burst < self._window:
+            self._burst += 1
 
     def _send_window(self, now: float) -> Actions:
-        """Send blocks ``_acked + 1`` .. ``_acked + window`` (clipped to the last block)."""
+        """Start the window ``_acked + 1`` .. ``_acked + window`` (clipped to the last block):
+        all of it, or its first burst while an adaptive window paces."""
         first = self._acked + 1
         end = min(self._acked + self._window, self._last)
+        self._window_end = end
+        self._window_full = end - first + 1 == self._window
+        self._paced_next = first
+        return self._send_burst(now)
+
+    def _send_burst(self, now: float) -> Actions:
+        """Send from ``_paced_next`` up to one burst, or the rest of the window."""
+        first = self._paced_next
+        end = self._window_end
+        if self._burst < end - first + 1:
+            end = first + self._burst - 1
         try:
             datagrams = self._blocks(first, end)
         except (OSError, _SourceError) as failure:
@@ -610,18 +639,25 @@ class ReadSession:
             self._retransmissions += min(end, self._max_sent) - first + 1
         if end > self._max_sent:
             self._max_sent = end
-        self._window_end = end
-        self._window_full = end - first + 1 == self._window
-        self._deadline = now + self._interval()
+        if end < self._window_end:
+            self._paced_next = end + 1
+            self._deadline = now + self._limits.pace_interval
+        else:
+            self._paced_next = 0
+            self._deadline = now + self._interval()
         return Actions(datagrams, self._deadline)
 
     def _blocks(self, first: int, end: int) -> tuple[bytes, ...]:
-        """DATA datagrams for blocks ``first..end``, from the cache or read in one run."""
+        """DATA datagrams for blocks ``first..end``, from the cache or read in one run.
+
+        The cache keeps every block from the first unacknowledged one on (a paced window's
+        later bursts, and a retransmission, come from it)."""
         cache = self._cache
-        drop = first - self._cache_start
+        keep = self._acked + 1
+        drop = keep - self._cache_start
         if drop > 0:
             del cache[:drop]
-            self._cache_start = first
+            self._cache_start = keep
         have = self._cache_start + len(cache) - 1
         if end > have:
             blksize = self._blksize
@@ -638,7 +674,8 @@ class ReadSession:
                 for start in range(0, wanted, blksize):
                     cache.append(encode_data(block & _WIRE_MASK, data[start : start + blksize]))
                     block += 1
-        return tuple(cache[: end - first + 1])
+        start = first - self._cache_start
+        return tuple(cache[start : start + end - first + 1])
 
     def _finish(self, outcome: Outcome, detail: str, error: Error | None = None) -> Actions:
         self._outcome = outcome

@@ -3,6 +3,7 @@
 See :mod:`tests.lab.netlab` for the topology and :class:`NetLab` for the API.
 """
 
+from .loss import add_loss, remove_loss
 from .netlab import (
     BRIDGE,
     CLIENT_IF,
@@ -24,8 +25,10 @@ __all__ = [
     "SRV_IF",
     "LabError",
     "NetLab",
+    "add_loss",
     "in_ci",
     "lab_available",
+    "remove_loss",
     "remove_stale_labs",
     "require_binary",
     "require_lab",

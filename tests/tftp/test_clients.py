@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.lab import LabError, NetLab, require_binary, require_lab
+from tests.lab import LabError, NetLab, add_loss, remove_loss, require_binary, require_lab
 
 REPO = Path(__file__).resolve().parents[2]
 TWISTD = Path(sys.executable).with_name("twistd")
@@ -182,6 +182,7 @@ CLIENTS = {
     "tftp-hpa": hpa,
     "atftp-1468": lambda ip, name, out: atftp(ip, name, out, "blksize 1468"),
     "atftp-1468-w8": lambda ip, name, out: atftp(ip, name, out, "blksize 1468", "windowsize 8"),
+    "atftp-1468-w32": lambda ip, name, out: atftp(ip, name, out, "blksize 1468", "windowsize 32"),
     "busybox-1468": busybox,
 }
 
@@ -347,42 +348,6 @@ class ClientTests(LabTestCase):
         self.assertIn("APPEND console=ttyS0\n", text)
 
 
-def add_loss(lab: NetLab, namespace: str, device: str, percent: int) -> str:
-    """Drop ``percent`` % of the packets leaving ``device``, at random; return how.
-
-    ``tc qdisc add dev DEV root netem loss N%`` where the kernel has netem.  Kernels built
-    without it (this lab's) get the same effect from iproute2 alone: a ``clsact`` qdisc and a
-    classic-BPF egress filter in direct-action mode that loads a random number
-    (``ld rand``, SKF_AD_RANDOM) and answers TC_ACT_SHOT (2) below the threshold, else
-    TC_ACT_OK (0).
-    """
-    netem = lab.run(
-        namespace,
-        ["tc", "qdisc", "add", "dev", device, "root", "netem", "loss", f"{percent}%"],
-        timeout=10,
-    )
-    if netem.returncode == 0:
-        return "netem"
-    threshold = (1 << 32) * percent // 100
-    program = f"4,32 0 0 {0xFFFFF000 + 56},53 1 0 {threshold},6 0 0 2,6 0 0 0"
-    for argv in (
-        ["tc", "qdisc", "add", "dev", device, "clsact"],
-        ["tc", "filter", "add", "dev", device, "egress", "bpf", "da", "bytecode", program],
-    ):
-        result = lab.run(namespace, argv, timeout=10)
-        if result.returncode != 0:
-            raise AssertionError(
-                f"cannot add packet loss: netem: {netem.stderr.strip()}; "
-                f"{' '.join(argv)}: {result.stderr.strip()}"
-            )
-    return "bpf"
-
-
-def remove_loss(lab: NetLab, namespace: str, device: str) -> None:
-    for qdisc in ("root", "clsact"):
-        lab.run(namespace, ["tc", "qdisc", "del", "dev", device, qdisc], timeout=10)
-
-
 class InProcessClientTests(ClientTests):
     """:class:`ClientTests` with ``tftp.workers: 0``: every transfer in the listening process."""
 
@@ -434,3 +399,36 @@ class LossTests(LabTestCase):
         for _ in range(3):
             for name in ("lossy.bin", "lossy-exact.bin"):
                 self.fetch("busybox-1468", name, timeout=90)
+
+
+class SlowLinkTests(LabTestCase):
+    """Adaptive windows (``tftp.adaptive_window``) on a slow link with a shallow buffer.
+
+    The server's egress is a 100 Mbit/s token bucket holding 16 KB (``tc tbf``), so a window of
+    32 blocks (47 KB at once) loses its tail every time; the adaptive window sends it in paced
+    bursts instead (bench/tftp/loss.py measures how much faster that is).  Here: real RFC 7440
+    clients get every byte through paced windows, and lockstep clients are unaffected.
+    """
+
+    files: ClassVar[dict[str, int]] = {"slow.bin": 400_000, "slow-exact.bin": 1468 * 64}
+    tftp_options: ClassVar[str] = ", timeout: 0.2, adaptive_window: true"
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        _require_tools()
+        require_binary("tc")
+        super().setUpClass()
+        shaping = ["tc", "qdisc", "add", "dev", "srv0", "root", "tbf", "rate", "100mbit"]
+        shaping += ["burst", "16kb", "latency", "1ms"]
+        result = cls.server.lab.run("srv", shaping, timeout=10)
+        if result.returncode != 0:
+            cls.server.down()
+            raise AssertionError(f"cannot shape the link: {result.stderr}")
+
+    def test_paced_windows_deliver_every_byte(self) -> None:
+        for client in ("atftp-1468-w32", "atftp-1468-w8", "busybox-1468", "curl-1468"):
+            for name in ("slow.bin", "slow-exact.bin"):
+                self.fetch(client, name, timeout=90)
+        self.assertRegex(
+            self.server.log_text(), r"tftp completed: slow.bin .* windowsize 32, [1-9]\d* retrans"
+        )

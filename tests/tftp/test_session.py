@@ -604,49 +604,93 @@ class NetasciiTests(SynchronousTestCase):
 
 
 class AdaptiveWindowTests(SynchronousTestCase):
-    """AIMD on the window (limits.adaptive_window): the client only sees fewer blocks per ACK."""
+    """Pacing under loss (limits.adaptive_window, AIMD on the burst).
 
-    def test_shrinks_under_loss_and_grows_back(self) -> None:
-        limits = SessionLimits(adaptive_window=True, max_window=16)
-        session = ReadSession(
-            rrq(("blksize", "8"), ("windowsize", "16")), BytesSource(content(8 * 1000)), limits
+    An RFC 7440 receiver acknowledges a full window, a gap, or on its own timeout (protocol
+    reference §6.3), so a window always carries ``windowsize`` blocks; what adapts is how many
+    leave back to back before a pause of ``pace_interval``.
+    """
+
+    def paced(self, windowsize: int, blocks: int) -> ReadSession:
+        limits = SessionLimits(adaptive_window=True, max_window=64, pace_interval=0.001)
+        return ReadSession(
+            rrq(("blksize", "8"), ("windowsize", str(windowsize))),
+            BytesSource(content(8 * blocks)),
+            limits,
         )
+
+    def bursts(self, session: ReadSession, actions: Actions, now: float) -> list[list[int]]:
+        """The first burst of ``actions`` and every paced one after it, until the window is out
+        (the deadline becomes the retransmission timeout)."""
+        sent = [block_numbers(actions)]
+        while session.deadline is not None and session.deadline - now < 0.01:
+            now = session.deadline
+            sent.append(block_numbers(session.timer_fired(now)))
+        return sent
+
+    def test_a_timeout_halves_the_burst_not_the_window(self) -> None:
+        session = self.paced(16, 1000)
         session.start(0.0)
-        self.assertEqual(len(session.receive(Ack(0), 0.0).datagrams), 16)
-        self.assertEqual(session.window, 16)
+        self.assertEqual(self.bursts(session, session.receive(Ack(0), 0.0), 0.0), [
+            list(range(1, 17)),
+        ])  # fmt: skip
         now = 0.0
-        for expected in (8, 4, 2):
+        for burst in (8, 4, 2):
             deadline = session.deadline
             assert deadline is not None
             now = deadline
-            actions = session.timer_fired(now)
-            self.assertEqual(session.window, expected)
-            self.assertEqual(block_numbers(actions), list(range(1, expected + 1)))
-        self.assertEqual(session.windowsize, 16)  # what the client was told never changes
-        acked = 0
-        sizes = []
-        while session.window < 16:
-            actions = session.receive(Ack(acked + session.window), now)
-            acked = blocks(actions)[0].block - 1
-            sizes.append(len(actions.datagrams))
-        self.assertEqual(sizes, list(range(3, 17)))
+            sent = self.bursts(session, session.timer_fired(now), now)
+            self.assertEqual(session.burst, burst)
+            self.assertEqual(session.window, 16)  # the client still gets whole windows
+            self.assertEqual(
+                sent, [list(range(start, start + burst)) for start in range(1, 17, burst)]
+            )
+        self.assertEqual(session.retransmissions, 3 * 16)
 
-    def test_early_ack_counts_as_loss(self) -> None:
-        limits = SessionLimits(adaptive_window=True)
-        session = ReadSession(
-            rrq(("blksize", "8"), ("windowsize", "8")), BytesSource(content(800)), limits
-        )
+    def test_whole_windows_grow_the_burst_back(self) -> None:
+        session = self.paced(16, 4000)
         session.start(0.0)
         session.receive(Ack(0), 0.0)
-        self.assertEqual(block_numbers(session.receive(Ack(3), 0.1)), [4, 5, 6, 7])
-        self.assertEqual(session.window, 4)
+        deadline = session.deadline
+        assert deadline is not None
+        self.bursts(session, session.timer_fired(deadline), deadline)  # burst 8
+        acked, now, sizes = 16, deadline + 0.01, []
+        while session.burst < 16:
+            sent = self.bursts(session, session.receive(Ack(acked), now), now)
+            sizes.append([len(burst) for burst in sent])
+            self.assertEqual(
+                [b for burst in sent for b in burst], list(range(acked + 1, acked + 17))
+            )
+            acked += 16
+            now += 0.01
+        self.assertEqual(sizes[0], [9, 7])
+        self.assertEqual(sizes[-1], [16])
+        self.assertEqual(len(sizes), 8)  # one block more per whole window: 9 .. 16
+
+    def test_an_early_ack_counts_as_loss_and_restarts_after_it(self) -> None:
+        session = self.paced(8, 100)
+        session.start(0.0)
+        session.receive(Ack(0), 0.0)
+        sent = self.bursts(session, session.receive(Ack(3), 0.1), 0.1)
+        self.assertEqual(session.burst, 4)
+        self.assertEqual(sent, [[4, 5, 6, 7], [8, 9, 10, 11]])
+
+    def test_an_ack_during_pacing_starts_the_next_window(self) -> None:
+        session = self.paced(8, 100)
+        session.start(0.0)
+        session.receive(Ack(0), 0.0)
+        session.receive(Ack(2), 0.0)  # loss: burst 4, window 3..10, first burst 3..6
+        # The client's timer fires before the second burst: it ACKs what it has.
+        self.assertEqual(block_numbers(session.receive(Ack(6), 0.0005)), [7, 8])
+        self.assertEqual(session.burst, 2)
+        self.assertEqual(session.retransmissions, 4 + 2)  # 3..6 after ACK 2, 7..8 after ACK 6
 
     def test_off_by_default(self) -> None:
         session = ReadSession(rrq(("blksize", "8"), ("windowsize", "8")), BytesSource(content(800)))
         session.start(0.0)
         session.receive(Ack(0), 0.0)
-        session.timer_fired(1.0)
-        self.assertEqual(session.window, 8)
+        self.assertEqual(block_numbers(session.timer_fired(1.0)), list(range(1, 9)))
+        self.assertEqual(session.burst, 8)
 
 
 # A lossy channel, simulated: the property behind every rule above.
