@@ -21,10 +21,11 @@ import os
 import signal
 import socket
 import sys
+from collections import deque
 from collections.abc import Sequence
 from typing import IO, Any
 
-from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
 from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent, globalLogBeginner
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -48,7 +49,7 @@ from pxetwist.tftp.transfer import Transfer
 log = Logger()
 
 
-@implementer(IReadDescriptor)
+@implementer(IReadDescriptor, IWriteDescriptor)
 class WorkerHost:
     """The worker's side of the control socket, and the owner of the transfers it runs."""
 
@@ -59,6 +60,9 @@ class WorkerHost:
         self.transfers: dict[int, Transfer] = {}
         self._ids: dict[Transfer, int] = {}
         self._mux: TransferMux | None = None
+        self._outbox: deque[bytes] = deque()
+        self._writing = False
+        self._closing = False
         control.setblocking(False)
 
     @property
@@ -156,16 +160,48 @@ class WorkerHost:
         self._send(Ended(transfer_id, summary))
 
     def _send(self, message: Ready | Ended) -> None:
-        try:
-            self.control.send(encode_message(message))
-        except OSError as error:
-            log.error("cannot report to the main process: {error}", error=str(error))
+        """Queue a report and send what the socket takes; the rest goes when it is writable.
+
+        A report must never be lost: the main process counts running transfers by them (a
+        lost one would hold a place under ``tftp.max_transfers`` for ever).  When a boot storm
+        ends hundreds of transfers at once faster than the main process reads, the socket
+        fills; the outbox keeps the order and waits."""
+        if self._closing:
+            return  # the main process closed its end: nobody is listening
+        self._outbox.append(encode_message(message))
+        self._flush()
+
+    def _flush(self) -> None:
+        outbox = self._outbox
+        while outbox:
+            try:
+                self.control.send(outbox[0])
+            except BlockingIOError:
+                if not self._writing:
+                    self._writing = True
+                    self.reactor.addWriter(self)
+                return
+            except OSError as error:
+                log.error("cannot report to the main process: {error}", error=str(error))
+                outbox.clear()
+                break
+            outbox.popleft()
+        if self._writing:
+            self._writing = False
+            self.reactor.removeWriter(self)
+
+    def doWrite(self) -> None:
+        self._flush()
 
     def _shut_down(self) -> None:
         """The main process is gone or stopping: end every transfer (ERROR 0) and exit."""
         if self.control.fileno() < 0:
             return
+        self._closing = True
         self.reactor.removeReader(self)
+        if self._writing:
+            self._writing = False
+            self.reactor.removeWriter(self)
         for transfer in list(self.transfers.values()):
             transfer.abort("server shutting down")
         self.control.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from unittest import mock
 
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
 from pxetwist.tftp import workers as workers_module
@@ -33,6 +35,7 @@ from pxetwist.tftp.handoff import (
 )
 from pxetwist.tftp.packet import ReadRequest
 from pxetwist.tftp.session import Outcome, SessionLimits, TransferSummary
+from pxetwist.tftp.worker import WorkerHost
 
 from .test_clients import CLIENTS, LabTestCase, ServerLab, _require_tools, sha256
 
@@ -114,6 +117,39 @@ class HandoffCodecTests(SynchronousTestCase):
         wrq += b'"limits":{},"mtu":1500}'
         with self.assertRaisesRegex(MalformedMessage, "RRQ"):
             decode_message(wrq)
+
+
+class WorkerReportTests(SynchronousTestCase):
+    """A worker never drops a transfer's report: the main process counts transfers by them."""
+
+    def test_reports_wait_for_a_full_control_socket(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        reactor = MemoryReactor()
+        host = WorkerHost(reactor, ours)
+        summary = TransferSummary(Outcome.COMPLETED, "", 1, 1, 0.1, 512, 1, 0)
+        sent = 0
+        while host not in reactor.getWriters():
+            sent += 1
+            host._send(Ended(sent, summary))
+            self.assertLess(sent, 100_000, "the socket never filled")
+        for _ in range(5):  # more while it is full: queued, in order
+            sent += 1
+            host._send(Ended(sent, summary))
+        received: list[object] = []
+        theirs.setblocking(False)
+        while len(received) < sent:
+            try:
+                while True:
+                    received.append(decode_message(theirs.recv(8192)))
+            except BlockingIOError:
+                host.doWrite()
+        self.assertEqual(
+            [m.transfer_id for m in received if isinstance(m, Ended)], list(range(1, sent + 1))
+        )
+        self.assertNotIn(host, reactor.getWriters())
 
 
 class WorkerCountTests(SynchronousTestCase):
