@@ -174,7 +174,29 @@ datagram, server = client.recvfrom(4096)
 assert datagram[:4] == b"\0\3\0\1", datagram[:4]
 print("DATA1", server[1], flush=True)
 if mode == "hold":
-    sys.stdin.readline()  # the test kills the worker, then lets go
+    sys.stdin.readline()  # the test kills the worker or stops the server, then lets go
+    client.settimeout(3)
+    try:
+        while True:  # DATA 1 again (the server's timer) until something else comes
+            datagram, sender = client.recvfrom(4096)
+            if datagram[:2] == b"\0\5":
+                print("AFTER", datagram[:4].hex(), datagram[4:-1].decode(), flush=True)
+                break
+    except TimeoutError:
+        print("AFTER timeout", flush=True)
+    sys.exit(0)
+if mode == "restart":  # the same client port asks again, for another file
+    client.sendto(b"\0\1" + sys.argv[4].encode() + b"\0octet\0", (ip, 69))
+    client.settimeout(1)
+    try:
+        while True:
+            datagram, sender = client.recvfrom(4096)
+            if datagram[:2] == b"\0\5":
+                print("ERROR", sender[1] == server[1], datagram[4:-1].decode(), flush=True)
+            elif datagram[:4] == b"\0\3\0\1" and sender != server:
+                print("NEWDATA1", flush=True)
+    except TimeoutError:
+        pass
     sys.exit(0)
 stray = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 stray.settimeout(10)
@@ -196,19 +218,33 @@ print("SHA256", hashlib.sha256(content).hexdigest(), flush=True)
 """
 
 
+def raw_client(server: ServerLab, name: str, mode: str, *more: str) -> subprocess.Popen[str]:
+    return server.lab.spawn(
+        "cli",
+        [sys.executable, "-c", RAW_CLIENT, server.ip, name, mode, *more],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 class WorkerLabTests(LabTestCase):
     files: ClassVar[dict[str, int]] = {"small.bin": 300_000, "medium.bin": 3_000_000}
     tftp_options: ClassVar[str] = ", timeout: 0.2, workers: 2"
 
-    def raw(self, name: str, mode: str) -> subprocess.Popen[str]:
-        return self.server.lab.spawn(
-            "cli",
-            [sys.executable, "-c", RAW_CLIENT, self.server.ip, name, mode],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+    def raw(self, name: str, mode: str, *more: str) -> subprocess.Popen[str]:
+        return raw_client(self.server, name, mode, *more)
+
+    def test_a_restarted_request_ends_the_old_transfer(self) -> None:
+        """The same client port asks again (a ROM that reset): the old transfer ends with
+        ERROR 0 from its own port, the new one starts from a new port."""
+        proc = self.raw("medium.bin", "restart", "small.bin")
+        out, err = proc.communicate(timeout=30)
+        self.assertEqual(proc.returncode, 0, err)
+        self.assertIn("ERROR True superseded by a new request", out)
+        self.assertIn("NEWDATA1", out)
+        self.assertRegex(self.server.log_text(), r"tftp error: medium.bin .*superseded")
 
     def test_workers_run_transfers_and_answer_strays(self) -> None:
         self.assertEqual(len(self.server.workers), 2)
@@ -267,7 +303,7 @@ class WorkerLabTests(LabTestCase):
 
 
 class WorkerShutdownTests(SynchronousTestCase):
-    def test_stopping_the_server_stops_its_workers(self) -> None:
+    def test_stopping_the_server_ends_transfers_and_stops_workers(self) -> None:
         _require_tools()
         lab = ServerLab({"small.bin": 1000}, tftp=", workers: 2").up()
         try:
@@ -275,8 +311,16 @@ class WorkerShutdownTests(SynchronousTestCase):
             self.assertEqual(len(pids), 2)
             for pid in pids:
                 os.kill(pid, 0)  # alive
+            proc = raw_client(lab, "small.bin", "hold")
+            assert proc.stdout is not None and proc.stdin is not None
+            self.assertTrue(proc.stdout.readline().startswith("DATA1"))
             assert lab.server is not None
             lab.lab.stop(lab.server)
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            out, _ = proc.communicate(timeout=30)
+            # The worker running the transfer told the client before it exited.
+            self.assertIn("AFTER 00050000 server shutting down", out, lab.log_tail())
             deadline = time.monotonic() + 10
             alive = set(pids)
             while alive and time.monotonic() < deadline:
