@@ -287,13 +287,15 @@ class TftpListener(DatagramProtocol):
             blksize = negotiate(request, resolved.source.size, limits).blksize
             if blksize * limits.max_window > WINDOW_BYTES:
                 limits = attrs.evolve(limits, max_window=max(1, WINDOW_BYTES // blksize))
+            # A worker builds its own session (netascii conversion scans the whole file): only
+            # a transfer that stays here gets one here.
+            if not self.single_port and self._hand_off(request, resolved, addr, started, limits):
+                return
             session = ReadSession(request, resolved.source, limits)
         except Exception:
             server.busy -= 1
             close_source(resolved.source)
             raise
-        if not self.single_port and self._hand_off(request, resolved, addr, started, limits):
-            return
         transfer = Transfer(self, addr, session, resolved.source, started, self.mtu)
         transfer.origin = resolved
         if self.single_port:

@@ -354,7 +354,6 @@ class ReadSession:
         self._negotiation = negotiation = negotiate(request, size, limits)
         self._blksize = negotiation.blksize
         self._windowsize = negotiation.windowsize
-        self._window = negotiation.windowsize
         self._adaptive = limits.adaptive_window and negotiation.windowsize > 1
         self._fixed_timeout = negotiation.timeout is not None
         self._base_timeout = (
@@ -368,11 +367,10 @@ class ReadSession:
         self._max_sent = 0
         self._window_end = 0
         self._window_full = False
-        # Pacing (adaptive windows only): blocks per burst, and the rest of the window still to
-        # send (``_paced_next`` .. ``_window_end``) at ``_pace_at``.
-        self._burst = self._window
+        # Pacing (adaptive windows only): blocks per burst, and the first block of the window
+        # still to send when the deadline comes (0: none; the window ends at ``_window_end``).
+        self._burst = self._windowsize
         self._paced_next = 0
-        self._pace_at = 0.0
         self._cache: list[bytes] = []
         self._cache_start = 1
         self._retries = 0
@@ -411,11 +409,6 @@ class ReadSession:
     def windowsize(self) -> int:
         """Negotiated window size, as announced in the OACK (1 without ``windowsize``)."""
         return self._windowsize
-
-    @property
-    def window(self) -> int:
-        """Blocks per window: always ``windowsize`` (a receiver waits for a full window)."""
-        return self._window
 
     @property
     def burst(self) -> int:
@@ -492,7 +485,7 @@ class ReadSession:
             or sent >= self._last
         ):
             return None
-        window = self._window
+        window = self._windowsize
         end = sent + window
         last = self._last
         if end > last:
@@ -608,16 +601,16 @@ class ReadSession:
         """AIMD on the burst: an early ACK reports loss (halve); a whole window grows it by one."""
         if block < self._window_end:
             self._burst = max(1, self._burst // 2)
-        elif self._window_full and self._burst < self._window:
+        elif self._window_full and self._burst < self._windowsize:
             self._burst += 1
 
     def _send_window(self, now: float) -> Actions:
         """Start the window ``_acked + 1`` .. ``_acked + window`` (clipped to the last block):
         all of it, or its first burst while an adaptive window paces."""
         first = self._acked + 1
-        end = min(self._acked + self._window, self._last)
+        end = min(self._acked + self._windowsize, self._last)
         self._window_end = end
-        self._window_full = end - first + 1 == self._window
+        self._window_full = end - first + 1 == self._windowsize
         self._paced_next = first
         return self._send_burst(now)
 

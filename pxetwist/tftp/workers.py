@@ -157,7 +157,6 @@ class WorkerProcess(ProcessProtocol):
                 log.info("tftp: transfer worker {pid} ready", pid=message.pid)
             elif isinstance(message, Ended):
                 in_flight = self.in_flight.pop(message.transfer_id, None)
-                self.pool.forget(message.transfer_id)
                 if in_flight is not None:
                     self.pool.deliver(in_flight.on_ended, message.summary)
 
@@ -197,14 +196,16 @@ class WorkerProcess(ProcessProtocol):
             if line.strip():
                 _relay(self.pid, line.decode("utf-8", "replace"))
 
+    def fail_in_flight(self, detail: str) -> None:
+        """End every transfer this worker was running, as errors with ``detail``."""
+        lost, self.in_flight = self.in_flight, {}
+        for in_flight in lost.values():
+            self.pool.deliver(in_flight.on_ended, _lost(in_flight.size, detail))
+
     def processEnded(self, reason: Failure) -> None:
         self.alive = False
         self._close_control()
-        lost, self.in_flight = self.in_flight, {}
-        detail = f"transfer worker {self.pid} exited"
-        for transfer_id, in_flight in lost.items():
-            self.pool.forget(transfer_id)
-            self.pool.deliver(in_flight.on_ended, _lost(in_flight.size, detail))
+        self.fail_in_flight(f"transfer worker {self.pid} exited")
         ended, self.ended = self.ended, Deferred()
         ended.callback(None)
         self.pool.worker_ended(self, reason)
@@ -249,7 +250,6 @@ class WorkerPool:
         self.workers: list[WorkerProcess] = []
         self.stopping = False
         self._next_id = 1
-        self._owner: dict[int, WorkerProcess] = {}
         self._delays: dict[int, float] = {}
 
     def start(self) -> None:
@@ -313,7 +313,6 @@ class WorkerPool:
             if worker.send(data, (sock.fileno(), file_fd)):
                 self._next_id += 1
                 worker.in_flight[transfer_id] = _InFlight(on_ended, size)
-                self._owner[transfer_id] = worker
                 return transfer_id
         return None
 
@@ -324,12 +323,10 @@ class WorkerPool:
             log.failure("tftp: error logging the end of a transfer")
 
     def cancel(self, transfer_id: int, reason: str) -> None:
-        worker = self._owner.pop(transfer_id, None)
-        if worker is not None and transfer_id in worker.in_flight:
-            worker.send(encode_message(Cancel(transfer_id, reason)))
-
-    def forget(self, transfer_id: int) -> None:
-        self._owner.pop(transfer_id, None)
+        for worker in self.workers:
+            if transfer_id in worker.in_flight:
+                worker.send(encode_message(Cancel(transfer_id, reason)))
+                return
 
     def stop(self) -> Deferred[Any]:
         """Close every control socket (a worker ends its transfers and exits on that); kill
@@ -339,10 +336,7 @@ class WorkerPool:
         for worker in self.workers:
             if not worker.alive:
                 continue
-            lost, worker.in_flight = worker.in_flight, {}
-            for transfer_id, in_flight in lost.items():
-                self.forget(transfer_id)
-                self.deliver(in_flight.on_ended, _lost(in_flight.size, "server shutting down"))
+            worker.fail_in_flight("server shutting down")
             worker._close_control()
             waits.append(worker.ended)
             pid = worker.pid
