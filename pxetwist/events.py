@@ -1,0 +1,203 @@
+"""What happened to a machine, as values: the one vocabulary every protocol reports in.
+
+Each protocol emits a :class:`BootEvent` at one point (a DHCP packet handled, a TFTP transfer
+ended, an HTTP response finished, an NFS export granted) into a :class:`BootEventBus`; logs,
+boot sessions, metrics and the operator API are observers of that bus.  Protocols therefore
+never format log text or count things themselves, and a new observer needs no protocol change.
+
+Events are built on the hot path, so they are small frozen values with no I/O behind them;
+observers must be cheap and must not block (anything slow belongs behind a queue of their own).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from ipaddress import IPv4Address
+from types import MappingProxyType
+from typing import Final
+
+import attrs
+from twisted.logger import Logger, LogLevel
+from zope.interface import Interface, implementer
+
+from pxetwist.policy.values import MacAddress
+
+log = Logger()
+
+
+class EventProtocol(enum.Enum):
+    """Who saw it: the JSON ``protocol`` field of a session's events."""
+
+    DHCP = "dhcp"  # ports 67 and 4011
+    TFTP = "tftp"
+    HTTP = "http"
+    NFS = "nfs"
+    OS = "os"  # the booted operating system calling home
+
+
+class Outcome(enum.Enum):
+    """How it ended, from the server's side."""
+
+    OK = "ok"  # answered, served, granted
+    REFUSED = "refused"  # answered with a refusal: NAK, TFTP ERROR, HTTP 4xx, no free address
+    FAILED = "failed"  # started but did not finish: a transfer timed out or was aborted
+    IGNORED = "ignored"  # deliberately unanswered: not a PXE client, policy said ignore
+    DROPPED = "dropped"  # malformed, over a limit, or shed under overload
+
+
+class EventStage(enum.Enum):
+    """What step of a boot an event is: the JSON ``stage`` field of a session's events.
+
+    DHCP events are named after the client's message (the reply, if any, is in the details),
+    so that a DISCOVER left unanswered and one answered are the same stage with another outcome.
+    """
+
+    # DHCP, RFC 2131 message types as the client sent them (port 67)
+    DISCOVER = "discover"
+    REQUEST = "request"
+    DECLINE = "decline"
+    RELEASE = "release"
+    INFORM = "inform"
+    # the PXE boot server on port 4011 (protocol-reference §3)
+    BOOT_SERVER = "boot-server"
+    # TFTP: a read request refused before a transfer started, or a transfer's end
+    TFTP_REQUEST = "tftp-request"
+    TFTP_TRANSFER = "tftp-transfer"
+    # HTTP: one response, static or generated
+    HTTP_REQUEST = "http-request"
+    # NFS export wrapper
+    NFS_GRANT = "nfs-grant"
+    NFS_WITHDRAW = "nfs-withdraw"
+    NFS_MOUNT = "nfs-mount"
+    # the booted OS: its first plain DHCP request, or a call-back URL
+    OS_UP = "os-up"
+
+
+def _frozen_details(value: Mapping[str, object]) -> Mapping[str, object]:
+    if isinstance(value, MappingProxyType):
+        return value
+    return MappingProxyType(dict(value))
+
+
+_NO_DETAILS: Final[Mapping[str, object]] = MappingProxyType({})
+
+
+@attrs.frozen
+class BootEvent:
+    """One thing that happened to one machine (or to a client not yet tied to a machine).
+
+    ``details`` holds the protocol's facts with stable keys (``file``, ``bytes``, ``seconds``,
+    ``status``, ``reply``, ``policy``...); ``message`` is a :mod:`twisted.logger` format string
+    over those details plus ``mac`` and ``client``, so the log observer writes the same readable
+    line the protocol used to log, formatted only if a log observer actually wants it.
+    """
+
+    time: float
+    protocol: EventProtocol
+    stage: EventStage
+    outcome: Outcome
+    mac: MacAddress | None = None
+    client: IPv4Address | None = None
+    details: Mapping[str, object] = attrs.field(default=_NO_DETAILS, converter=_frozen_details)
+    message: str = ""
+    level: LogLevel = LogLevel.info
+
+    def as_json(self) -> dict[str, object]:
+        """The event as the sessions CLI and the API print it (``time`` in Unix seconds)."""
+        return {
+            "time": self.time,
+            "protocol": self.protocol.value,
+            "stage": self.stage.value,
+            "outcome": self.outcome.value,
+            "mac": None if self.mac is None else str(self.mac),
+            "client": None if self.client is None else str(self.client),
+            "details": {key: _jsonable(value) for key, value in self.details.items()},
+        }
+
+
+def _jsonable(value: object) -> object:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    return str(value)
+
+
+class IBootEventObserver(Interface):
+    """Something that wants to know what happened: logs, sessions, metrics, the API."""
+
+    def __call__(event: BootEvent) -> None:
+        """Take one event.  Must not block and should not raise (the bus logs and goes on)."""
+
+
+BootEventObserver = Callable[[BootEvent], None]
+
+
+class BootEventBus:
+    """Fans each event out to every observer, in the order they subscribed.
+
+    An observer that raises is logged (once per observer until it succeeds again) and the
+    others still get the event: one broken observer must not stop a boot or flood the log.
+    """
+
+    def __init__(self) -> None:
+        self._observers: tuple[BootEventObserver, ...] = ()
+        self._failing: set[BootEventObserver] = set()
+
+    def subscribe(self, observer: BootEventObserver) -> None:
+        self._observers = (*self._observers, observer)
+
+    def unsubscribe(self, observer: BootEventObserver) -> None:
+        self._observers = tuple(o for o in self._observers if o != observer)
+        self._failing.discard(observer)
+
+    @property
+    def observers(self) -> tuple[BootEventObserver, ...]:
+        return self._observers
+
+    def emit(self, event: BootEvent) -> None:
+        for observer in self._observers:
+            try:
+                observer(event)
+            except Exception:
+                if observer not in self._failing:
+                    self._failing.add(observer)
+                    log.failure(
+                        "boot-event observer {observer!r} failed on {stage} event; "
+                        "further failures of it are not logged until it recovers",
+                        observer=observer,
+                        stage=event.stage.value,
+                    )
+            else:
+                if self._failing:
+                    self._failing.discard(observer)
+
+
+@implementer(IBootEventObserver)
+class LogObserver:
+    """Writes each event as the readable log line its protocol used to write itself.
+
+    Lines go to ``pxetwist.<protocol>`` namespaces so that log filters keep working.  Events with
+    no message (pure bookkeeping) are not logged.
+    """
+
+    def __init__(self) -> None:
+        self._loggers = {
+            protocol: Logger(namespace=f"pxetwist.{protocol.value}") for protocol in EventProtocol
+        }
+
+    def __call__(self, event: BootEvent) -> None:
+        if not event.message:
+            return
+        self._loggers[event.protocol].emit(
+            event.level,
+            event.message,
+            mac=event.mac,
+            client=event.client,
+            outcome=event.outcome.value,
+            stage=event.stage.value,
+            **event.details,
+        )
