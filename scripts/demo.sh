@@ -4,4 +4,4 @@
 # about a minute, everything is cleaned up on exit and on Ctrl-C).  Options: --help.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec .venv/bin/python -m tests.e2e.demo "$@"
+exec .venv/bin/python -m pxetwist.lab.e2e.demo "$@"

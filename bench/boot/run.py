@@ -5,7 +5,7 @@ Run as root from the repository root::
 
     sudo .venv/bin/python bench/boot/run.py [--repeats 3] [--scenarios a,b,...]
 
-For every scenario (``tests/e2e.SCENARIOS``; letters a-e or full names) and every repeat,
+For every scenario (``pxetwist.lab.e2e.SCENARIOS``; letters a-e or full names) and every repeat,
 the two servers boot the same firmware chain back to back (the order alternates repeat by
 repeat, so the noise of this 2-core TCG machine falls evenly on both): a fresh NetLab, the
 server in its server namespace, IPv6 router advertisements from a helper (as in the e2e
@@ -32,12 +32,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e import SCENARIOS, TAP, WATCH, BootRun, BootServer, Scenario  # noqa: E402
-from tests.e2e.boottree import MARKER_RE, build_tree  # noqa: E402
-from tests.e2e.pxetwist_server import PxetwistServer  # noqa: E402
-from tests.e2e.reference import DnsmasqNginx  # noqa: E402
-from tests.e2e.vm import RouterAdvertiser, Vm, random_mac  # noqa: E402
-from tests.lab import NetLab, remove_stale_labs  # noqa: E402
+from pxetwist.lab import NetLab, remove_stale_labs  # noqa: E402
+from pxetwist.lab.e2e import SCENARIOS, TAP, WATCH, BootRun, BootServer, Scenario  # noqa: E402
+from pxetwist.lab.e2e.boottree import MARKER_RE, build_tree  # noqa: E402
+from pxetwist.lab.e2e.pxetwist_server import PxetwistServer  # noqa: E402
+from pxetwist.lab.e2e.reference import DnsmasqNginx  # noqa: E402
+from pxetwist.lab.e2e.vm import RouterAdvertiser, Vm, random_mac  # noqa: E402
 
 SERVERS: dict[str, Callable[[], BootServer]] = {
     "dnsmasq+nginx": DnsmasqNginx,

@@ -55,7 +55,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.lab import SRV_IF, NetLab  # noqa: E402
+from pxetwist.lab import SRV_IF, NetLab  # noqa: E402
 
 POOL = ("10.77.1.0", "10.77.254.254")
 SERVERS = ("pxetwist", "pxetwist-mem", "dnsmasq-ro", "dnsmasq-file", "kea-mem", "kea-file")

@@ -47,7 +47,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.lab import NetLab, require_binary, require_lab  # noqa: E402
+from pxetwist.lab import NetLab, require_binary, require_lab  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -10,7 +10,7 @@ the lab's server namespace:
 * atftpd (RFC 7440 windows, Debian's patch) on port 2069,
 
 drops a given share of the packets leaving the server (``tc netem`` where the kernel has it, else
-a random classic-BPF drop filter, :func:`tests.lab.add_loss`), and downloads a file with
+a random classic-BPF drop filter, :func:`pxetwist.lab.add_loss`), and downloads a file with
 ``atftp --option "blksize 1468" --option "windowsize N"`` from the client namespace.  Every
 download is SHA-256 checked; reported is the median time per download and the goodput.
 
@@ -37,7 +37,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.lab import NetLab, add_loss, remove_loss, require_binary  # noqa: E402
+from pxetwist.lab import NetLab, add_loss, remove_loss, require_binary  # noqa: E402
 
 SERVERS = {"pxetwist": 69, "pxetwist-adaptive": 3069, "atftpd": 2069}
 MB = 1e6

@@ -42,7 +42,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.lab import NetLab, require_binary  # noqa: E402
+from pxetwist.lab import NetLab, require_binary  # noqa: E402
 
 HPA_CANDIDATES = [
     os.environ.get("HPA_DIR", "") and os.environ["HPA_DIR"] + "/usr/sbin/in.tftpd",

@@ -1,6 +1,6 @@
 """A scripted PXE client for the lab tests: it plays one kind of network-boot firmware.
 
-Run it inside a client namespace of a :class:`tests.lab.NetLab` with the venv's Python::
+Run it inside a client namespace of a :class:`pxetwist.lab.NetLab` with the venv's Python::
 
     ip netns exec <lab>-c1 .venv/bin/python tests/dhcp/pxeclient.py --kind uefi --dora
 

@@ -1,6 +1,6 @@
 """Real DHCP clients against ``twistd -n pxe`` (authoritative) in a namespace lab.
 
-Each test builds its own :class:`~tests.lab.NetLab`, starts the venv's ``twistd -n pxe`` in
+Each test builds its own :class:`~pxetwist.lab.NetLab`, starts the venv's ``twistd -n pxe`` in
 ``<lab>-srv`` with a fresh ``data_dir`` and drives stock clients in bare client namespaces:
 
 * busybox ``udhcpc``, ISC ``dhclient`` and ``dhcpcd`` each get a lease, renew it (a unicast
@@ -59,6 +59,7 @@ from pxetwist.dhcp.protocol import DhcpEndpoint
 from pxetwist.dhcp.service import pools_for
 from pxetwist.dhcp.sockets import DatagramReader
 from pxetwist.dhcp.store import MemoryLeaseStore
+from pxetwist.lab import CLIENT_IF, SRV_IF, NetLab, require_binary, require_lab
 from pxetwist.policy.chain import PolicyChain
 from pxetwist.policy.decision import BootDecision
 from pxetwist.policy.interfaces import IBootPolicy
@@ -66,7 +67,6 @@ from pxetwist.policy.plugins import build_policies
 from pxetwist.policy.request import BootRequest
 from pxetwist.policy.sightings import SightingRegistry
 from pxetwist.testing import make_request
-from tests.lab import CLIENT_IF, SRV_IF, NetLab, require_binary, require_lab
 from tests.util import temp_dir
 
 TWISTD = Path(sys.executable).with_name("twistd")

@@ -1,4 +1,4 @@
-"""PXE over real sockets: ``twistd -n pxe`` in a :class:`~tests.lab.NetLab`, scripted clients.
+"""PXE over real sockets: ``twistd -n pxe`` in a :class:`~pxetwist.lab.NetLab`, scripted clients.
 
 Each test builds its own lab, starts the venv's ``twistd -n pxe`` (DHCP only) in ``<lab>-srv``
 and runs :mod:`tests.dhcp.pxeclient` in bare client namespaces as a BIOS PXE ROM, a UEFI PXE
@@ -40,7 +40,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from pxetwist import cli
 from pxetwist.dhcp.options import MessageType, OptionCode
 from pxetwist.dhcp.packet import DhcpPacket, decode
-from tests.lab import NetLab, require_binary, require_lab
+from pxetwist.lab import NetLab, require_binary, require_lab
 
 VENV_BIN = Path(sys.executable).parent
 TWISTD = VENV_BIN / "twistd"

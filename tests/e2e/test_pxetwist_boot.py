@@ -24,12 +24,12 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.lab import NetLab, remove_stale_labs
-
-from . import SCENARIOS, WATCH, BootRun, BootScenarioTests, BootServer, Scenario
-from .boottree import MARKER_RE, BootTree, build_tree
-from .pxetwist_server import PxetwistProxy, PxetwistServer, machine_entry
-from .vm import RouterAdvertiser, Vm, VmError, random_mac
+from pxetwist.lab import NetLab, remove_stale_labs
+from pxetwist.lab.e2e import SCENARIOS, WATCH, BootRun, BootServer, Scenario
+from pxetwist.lab.e2e.boottree import MARKER_RE, BootTree, build_tree
+from pxetwist.lab.e2e.pxetwist_server import PxetwistProxy, PxetwistServer, machine_entry
+from pxetwist.lab.e2e.vm import RouterAdvertiser, Vm, VmError, random_mac
+from tests.e2e import BootScenarioTests
 
 # What pxetwist must have logged serving each scenario, per stage (regexes; {mac} filled in).
 _DHCP_AUTH = [r"DISCOVER from {mac} on srv0: offer ", r"REQUEST from {mac} on srv0: ack "]

@@ -19,12 +19,12 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.lab import NetLab, in_ci, require_binary
-
-from . import SCENARIOS, BootRun, BootScenarioTests, BootServer, ClientClass
-from .boottree import MARKER_RE, BootTree, cached_tree, make_initrd, missing_inputs
-from .reference import DnsmasqNginx, dnsmasq_config
-from .vm import QEMU, Firmware, Vm, router_advertisement
+from pxetwist.lab import NetLab, in_ci, require_binary
+from pxetwist.lab.e2e import SCENARIOS, BootRun, BootServer, ClientClass
+from pxetwist.lab.e2e.boottree import MARKER_RE, BootTree, cached_tree, make_initrd, missing_inputs
+from pxetwist.lab.e2e.reference import DnsmasqNginx, dnsmasq_config
+from pxetwist.lab.e2e.vm import QEMU, Firmware, Vm, router_advertisement
+from tests.e2e import BootScenarioTests
 
 
 class ReferenceBootTests(BootScenarioTests, SynchronousTestCase):

@@ -4,7 +4,7 @@
   with treq: the wiring (listeners, dispatch, access log) and that file bodies really go out
   through ``os.sendfile`` when served through the Site.
 * :class:`LabServiceTests`: the real thing, ``twistd -n pxe`` (the venv's twistd; DHCP off,
-  TFTP off, HTTP on) in a :class:`~tests.lab.NetLab` server namespace, with curl and a treq
+  TFTP off, HTTP on) in a :class:`~pxetwist.lab.NetLab` server namespace, with curl and a treq
   client running in the client namespace: UEFI's HEAD (protocol-reference §3.1), ranges and
   conditional requests (RFC 9110 §13, §14), traversal attempts, the iPXE script for a known
   and an unknown machine (§4.2), and 100 concurrent downloads.
@@ -37,12 +37,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from pxetwist.http.service import HttpService
+from pxetwist.lab import NetLab, require_binary, require_lab
 from pxetwist.netinfo import InterfaceInfo
 from pxetwist.policy.builtin import ArchPolicy, StaticPolicy
 from pxetwist.policy.chain import PolicyChain
 from pxetwist.policy.sightings import SightingRegistry
 from pxetwist.testing import config_from_yaml
-from tests.lab import NetLab, require_binary, require_lab
 
 HERE = Path(__file__).resolve()
 VENV_BIN = Path(sys.executable).parent

@@ -17,8 +17,15 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from . import netlab
-from .netlab import CLIENT_IF, LabError, NetLab, remove_stale_labs, require_binary, require_lab
+from pxetwist.lab import netlab
+from pxetwist.lab.netlab import (
+    CLIENT_IF,
+    LabError,
+    NetLab,
+    remove_stale_labs,
+    require_binary,
+    require_lab,
+)
 
 PY = sys.executable
 PORT = 9067

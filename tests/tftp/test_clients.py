@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.lab import LabError, NetLab, add_loss, remove_loss, require_binary, require_lab
+from pxetwist.lab import LabError, NetLab, add_loss, remove_loss, require_binary, require_lab
 
 REPO = Path(__file__).resolve().parents[2]
 TWISTD = Path(sys.executable).with_name("twistd")

@@ -1,6 +1,6 @@
-"""pxetwist as a :class:`tests.e2e.BootServer`: ``twistd -n pxe`` in the lab's server netns.
+"""pxetwist as a :class:`pxetwist.lab.e2e.BootServer`: ``twistd -n pxe`` in the lab's server netns.
 
-Unlike the reference (:mod:`tests.e2e.reference`), nothing is written into the boot tree:
+Unlike the reference (:mod:`pxetwist.lab.e2e.reference`), nothing is written into the boot tree:
 the per-MAC kernel command line (with the run's token) exists only in pxetwist's config, as
 a ``machines:`` entry, and pxetwist's policy renders ``boot.ipxe``, ``pxelinux.cfg/01-<mac>``
 and ``grub/grub.cfg`` from it. A pxetwist that serves nothing cannot make the token appear.
@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from tests.lab import SRV_IF, NetLab
+from pxetwist.lab import SRV_IF, NetLab
 
 from . import BootRun, ClientClass
 from .boottree import BootTree
@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 START_TIMEOUT = 15.0  # twistd imports Twisted, the config, the plugins: a few seconds at worst
-REPO_ROOT = Path(__file__).resolve().parents[2]
+IMPORT_ROOT = Path(__file__).resolve().parents[3]  # the directory holding the pxetwist package
 TWISTD = Path(sys.executable).with_name("twistd")
 
 # Where each client class's answer goes in pxetwist's `boot:` table.
@@ -184,7 +184,7 @@ def _tail(path: Path, chars: int = 6000) -> str:
 
 @dataclass
 class PxetwistServer:
-    """:class:`tests.e2e.BootServer` running ``twistd -n pxe --config <workdir>/pxe.yaml``.
+    """:class:`pxetwist.lab.e2e.BootServer` running ``twistd -n pxe --config <workdir>/pxe.yaml``.
 
     ``mode``: ``authoritative`` (the default, like the reference) or ``proxy`` (another DHCP
     server hands out addresses). ``machines``/``defaults`` replace the single machine of the
@@ -232,7 +232,7 @@ class PxetwistServer:
         ]  # fmt: skip
         with (workdir / "twistd.out").open("wb") as out:
             self._proc = lab.spawn(
-                "srv", argv, cwd=str(REPO_ROOT), stdout=out, stderr=subprocess.STDOUT
+                "srv", argv, cwd=str(IMPORT_ROOT), stdout=out, stderr=subprocess.STDOUT
             )
         ports: list[tuple[Any, int]] = [("tcp", run.http_port), ("udp", 69), ("udp", 67)]
         if self.mode == "proxy":
@@ -291,7 +291,7 @@ def address_only_dnsmasq(lab: NetLab, workdir: Path) -> str:
 
 @dataclass
 class PxetwistProxy:
-    """:class:`tests.e2e.BootServer` for proxyDHCP: dnsmasq hands out addresses only (in
+    """:class:`pxetwist.lab.e2e.BootServer` for proxyDHCP: dnsmasq hands out addresses only (in
     ``lab.cli``, on the bridge, 10.77.0.2), pxetwist in ``dhcp.mode: proxy`` adds the boot
     answers (and serves UEFI's follow-up request on port 4011)."""
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from tests.lab import NetLab, lab_available, remove_stale_labs
+from pxetwist.lab import NetLab, lab_available, remove_stale_labs
 
 from . import SCENARIOS, TAP, WATCH, BootRun
 from .boottree import MARKER_RE, build_tree, missing_inputs

@@ -8,7 +8,7 @@ These prove the boot tree and the VM harness, and are the baseline for ``bench/b
   (option 175.176 = 1) for iPXE clients, which spares them a ~3 s wait for ProxyDHCP
   offers that will never come (``ipxe_no_proxydhcp=False`` restores the plain
   behaviour). Client classes are tags (see
-  :class:`tests.e2e.ClientClass`); the scenario's ``dhcp_boot`` becomes ``dhcp-boot=``
+  :class:`pxetwist.lab.e2e.ClientClass`); the scenario's ``dhcp_boot`` becomes ``dhcp-boot=``
   lines with mutually exclusive tag sets, so their order does not matter.
 * nginx: 1 worker, ``sendfile on``, serves the same root on ``<srv ip>:<http_port>``,
   ``.efi`` as ``application/efi`` (EDK2 HTTP Boot looks at the Content-Type), access log
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.lab import SRV_IF, NetLab
+from pxetwist.lab import SRV_IF, NetLab
 
 from . import BootRun, ClientClass
 from .boottree import BootTree
@@ -111,7 +111,7 @@ def _tail(path: Path, chars: int = 2500) -> str:
 
 @dataclass
 class DnsmasqNginx:
-    """The reference :class:`tests.e2e.BootServer`: dnsmasq for DHCP+TFTP, nginx for HTTP."""
+    """The reference :class:`pxetwist.lab.e2e.BootServer`: dnsmasq for DHCP+TFTP, nginx for HTTP."""
 
     http_port: int = 8080
     name: str = "dnsmasq+nginx"

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from tests.lab import BRIDGE, NetLab
+from pxetwist.lab import BRIDGE, NetLab
 
 __all__ = [
     "OVMF_CODE",
@@ -68,7 +68,7 @@ OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 DEFAULT_TIMEOUT = 120.0  # seconds per VM
 POLL = 0.05  # seconds between serial-log polls
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
-REPO_ROOT = Path(__file__).resolve().parents[2]
+IMPORT_ROOT = Path(__file__).resolve().parents[3]  # the directory holding the pxetwist package
 
 
 class Firmware(enum.Enum):
@@ -391,13 +391,13 @@ class RouterAdvertiser:
             "ra", "--ifname", self.ifname,
             "--duration", f"{self.duration:g}", "--interval", f"{self.interval:g}",
         ]  # fmt: skip
-        code = f"import sys; from tests.e2e.vm import main; sys.exit(main({args!r}))"
+        code = f"import sys; from pxetwist.lab.e2e.vm import main; sys.exit(main({args!r}))"
         argv = [sys.executable, "-c", code]
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        env = dict(os.environ, PYTHONPATH=str(IMPORT_ROOT))
         self._proc = self.lab.spawn(
             self.ns,
             argv,
-            cwd=str(REPO_ROOT),
+            cwd=str(IMPORT_ROOT),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -413,7 +413,7 @@ class RouterAdvertiser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tests.e2e.vm")
+    ap = argparse.ArgumentParser(prog="python -m pxetwist.lab.e2e.vm")
     sub = ap.add_subparsers(dest="cmd", required=True)
     ra = sub.add_parser("ra", help="send IPv6 router advertisements (see RouterAdvertiser)")
     ra.add_argument("--ifname", required=True)

@@ -1,0 +1,35 @@
+"""Network-namespace lab harness for pxetwist integration tests and benchmarks.
+
+See :mod:`pxetwist.lab.netlab` for the topology and :class:`NetLab` for the API.
+"""
+
+from .loss import add_loss, remove_loss
+from .netlab import (
+    BRIDGE,
+    CLIENT_IF,
+    RELAY_BRIDGE,
+    SRV_IF,
+    LabError,
+    NetLab,
+    in_ci,
+    lab_available,
+    remove_stale_labs,
+    require_binary,
+    require_lab,
+)
+
+__all__ = [
+    "BRIDGE",
+    "CLIENT_IF",
+    "RELAY_BRIDGE",
+    "SRV_IF",
+    "LabError",
+    "NetLab",
+    "add_loss",
+    "in_ci",
+    "lab_available",
+    "remove_loss",
+    "remove_stale_labs",
+    "require_binary",
+    "require_lab",
+]
