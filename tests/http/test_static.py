@@ -33,6 +33,11 @@ from twisted.web.server import Site
 from zope.interface.verify import verifyClass, verifyObject
 
 from pxetwist.http import static
+from pxetwist.http.conditions import Validators
+from pxetwist.http.dates import parse_http_date
+from pxetwist.http.plan import Plan, Span, plan_response
+from pxetwist.http.ranges import parse_ranges
+from pxetwist.http.sendfile import SendfileTransfer
 from pxetwist.http.static import (
     DEFAULT_CONTENT_TYPES,
     BootFiles,
@@ -41,6 +46,7 @@ from pxetwist.http.static import (
     resolve_path,
     serve_file,
 )
+from pxetwist.http.transfer import ReadTransfer
 
 MTIME = 1704067200  # 2024-01-01T00:00:00Z: every fixture file is this old
 NOW = 1735689600  # 2025-01-01T00:00:00Z: what the clock says
@@ -186,9 +192,9 @@ class InterfaceTests(SynchronousTestCase):
     def test_resource(self) -> None:
         """BootFiles is an IResource; the transfers are the producers they claim to be."""
         verifyObject(IResource, BootFiles(_tempdir(self), MemoryReactorClock()))
-        verifyClass(IPushProducer, static._ReadTransfer)
-        verifyClass(IPushProducer, static._SendfileTransfer)
-        verifyClass(IWriteDescriptor, static._SendfileTransfer)
+        verifyClass(IPushProducer, ReadTransfer)
+        verifyClass(IPushProducer, SendfileTransfer)
+        verifyClass(IWriteDescriptor, SendfileTransfer)
 
 
 class ContentTypeTests(SynchronousTestCase):
@@ -312,13 +318,13 @@ class HttpDateTests(SynchronousTestCase):
             b"Sunday, 06-Nov-94 08:49:37 GMT",
             b"Sun Nov  6 08:49:37 1994",
         ):
-            self.assertEqual(static._parse_http_date(text, NOW), expected, text)
+            self.assertEqual(parse_http_date(text, NOW), expected, text)
 
     def test_two_digit_year_window(self) -> None:
         """More than 50 years ahead means the previous century."""
-        parsed = static._parse_http_date(b"Friday, 01-Jan-99 00:00:00 GMT", NOW)
+        parsed = parse_http_date(b"Friday, 01-Jan-99 00:00:00 GMT", NOW)
         self.assertEqual(parsed, 915148800)  # 1999
-        parsed = static._parse_http_date(b"Saturday, 01-Jan-50 00:00:00 GMT", NOW)
+        parsed = parse_http_date(b"Saturday, 01-Jan-50 00:00:00 GMT", NOW)
         self.assertEqual(parsed, 2524608000)  # 2050
 
     def test_invalid(self) -> None:
@@ -331,12 +337,12 @@ class HttpDateTests(SynchronousTestCase):
             b"\xff\x00",
             b"Sun, 06 Nov 99999999999999999999 08:49:37 GMT",
         ):
-            self.assertIsNone(static._parse_http_date(text, NOW), text)
+            self.assertIsNone(parse_http_date(text, NOW), text)
 
     @given(st.integers(min_value=0, max_value=2**34))
     def test_round_trip(self, seconds: int) -> None:
         text = email.utils.formatdate(seconds, usegmt=True).encode()
-        self.assertEqual(static._parse_http_date(text, NOW), seconds)
+        self.assertEqual(parse_http_date(text, NOW), seconds)
 
 
 def _reference_positions(spec: tuple[int | None, int | None], size: int) -> range:
@@ -369,7 +375,7 @@ class RangeParsingTests(SynchronousTestCase):
     """RFC 9110 §14.1.2: byte-range specs, checked against Python slicing."""
 
     def test_examples(self) -> None:
-        parse = static._parse_ranges
+        parse = parse_ranges
         self.assertEqual(parse(b"bytes=0-499", 10000), [(0, 499)])
         self.assertEqual(parse(b"bytes=500-999", 10000), [(500, 999)])
         self.assertEqual(parse(b"bytes=-500", 10000), [(9500, 9999)])
@@ -392,23 +398,23 @@ class RangeParsingTests(SynchronousTestCase):
             b"bytes=" + b"9" * 30 + b"-",
             b"bytes=" + b",".join(b"%d-%d" % (i, i) for i in range(65)),
         ):
-            self.assertIsNone(static._parse_ranges(value, 100), value)
+            self.assertIsNone(parse_ranges(value, 100), value)
 
     def test_unsatisfiable(self) -> None:
-        self.assertEqual(static._parse_ranges(b"bytes=100-", 100), [])
-        self.assertEqual(static._parse_ranges(b"bytes=-0", 100), [])
-        self.assertEqual(static._parse_ranges(b"bytes=0-", 0), [])
-        self.assertEqual(static._parse_ranges(b"bytes=-5", 0), [])
+        self.assertEqual(parse_ranges(b"bytes=100-", 100), [])
+        self.assertEqual(parse_ranges(b"bytes=-0", 100), [])
+        self.assertEqual(parse_ranges(b"bytes=0-", 0), [])
+        self.assertEqual(parse_ranges(b"bytes=-5", 0), [])
 
     def test_overlaps_merged(self) -> None:
         """The same bytes are never sent twice (the "many overlapping ranges" attack)."""
-        self.assertEqual(static._parse_ranges(b"bytes=0-,0-,0-", 100), [(0, 99)])
-        self.assertEqual(static._parse_ranges(b"bytes=50-99,0-60,10-20", 100), [(0, 99)])
+        self.assertEqual(parse_ranges(b"bytes=0-,0-,0-", 100), [(0, 99)])
+        self.assertEqual(parse_ranges(b"bytes=50-99,0-60,10-20", 100), [(0, 99)])
 
     @given(st.integers(0, 60), st.lists(_specs, min_size=1, max_size=5))
     def test_model(self, size: int, specs: list[tuple[int | None, int | None]]) -> None:
         """The union of returned ranges equals the union of the slices, all within the file."""
-        ranges = static._parse_ranges(b"bytes=" + b",".join(map(_spec_text, specs)), size)
+        ranges = parse_ranges(b"bytes=" + b",".join(map(_spec_text, specs)), size)
         assert ranges is not None
         expected: set[int] = set()
         for spec in specs:
@@ -425,17 +431,17 @@ class PlanTests(SynchronousTestCase):
     """The pure decision function, byte for byte."""
 
     def test_multipart_body(self) -> None:
-        validators = static._Validators(100, MTIME * 10**9, b'"e"', MTIME_TEXT)
+        validators = Validators(100, MTIME * 10**9, b'"e"', MTIME_TEXT)
         headers = Headers({b"Range": [b"bytes=0-9,-5"]})
-        plan = static._plan_response(b"GET", headers, validators, b"a/b", NOW, b"XYZ")
+        plan = plan_response(b"GET", headers, validators, b"a/b", NOW, b"XYZ")
         self.assertEqual(plan.code, 206)
         self.assertEqual(
             plan.body,
             (
                 b"--XYZ\r\nContent-Type: a/b\r\nContent-Range: bytes 0-9/100\r\n\r\n",
-                static._Span(0, 10),
+                Span(0, 10),
                 b"\r\n--XYZ\r\nContent-Type: a/b\r\nContent-Range: bytes 95-99/100\r\n\r\n",
-                static._Span(95, 5),
+                Span(95, 5),
                 b"\r\n--XYZ--\r\n",
             ),
         )
@@ -445,11 +451,11 @@ class PlanTests(SynchronousTestCase):
         self.assertIn((b"Content-Type", b"multipart/byteranges; boundary=XYZ"), plan.headers)
 
     def test_304_has_validators_and_no_length(self) -> None:
-        validators = static._Validators(100, MTIME * 10**9, b'"e"', MTIME_TEXT)
+        validators = Validators(100, MTIME * 10**9, b'"e"', MTIME_TEXT)
         headers = Headers({b"If-None-Match": [b'"e"']})
-        plan = static._plan_response(b"GET", headers, validators, b"a/b", NOW, b"XYZ")
+        plan = plan_response(b"GET", headers, validators, b"a/b", NOW, b"XYZ")
         self.assertEqual(
-            plan, static._Plan(304, ((b"ETag", b'"e"'), (b"Last-Modified", MTIME_TEXT)), (), None)
+            plan, Plan(304, ((b"ETag", b'"e"'), (b"Last-Modified", MTIME_TEXT)), (), None)
         )
 
 

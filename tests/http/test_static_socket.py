@@ -28,7 +28,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
-from pxetwist.http import static
+from pxetwist.http.sendfile import SENDFILE_MIN
 from pxetwist.http.static import BootFiles
 
 CURL = shutil.which("curl")
@@ -373,7 +373,7 @@ class MeasuredTransferTests(TestCase):
     def test_sent_length(self) -> Generator[defer.Deferred[Any], Any, None]:
         root = Path(tempfile.mkdtemp(prefix="pxetwist-http-socket-"))
         self.addCleanup(shutil.rmtree, root, ignore_errors=True)
-        (root / "k").write_bytes(b"k" * (static._SENDFILE_MIN * 3))
+        (root / "k").write_bytes(b"k" * (SENDFILE_MIN * 3))
         logged: list[int] = []
 
         class LoggingSite(_TrackingSite):
@@ -386,5 +386,5 @@ class MeasuredTransferTests(TestCase):
         http = treq.client.HTTPClient(Agent(reactor, pool=pool))
         response = yield http.get(base + "k")
         body = yield treq.content(response)
-        self.assertEqual(len(body), static._SENDFILE_MIN * 3)
-        self.assertEqual(logged, [static._SENDFILE_MIN * 3])
+        self.assertEqual(len(body), SENDFILE_MIN * 3)
+        self.assertEqual(logged, [SENDFILE_MIN * 3])
