@@ -1,67 +1,90 @@
-"""The running server: one child service per enabled protocol, all asking one policy chain."""
+"""The running server: one child service per enabled protocol, all built from one context.
+
+:data:`PROTOCOLS` is the table of protocols: a name, whether the config enables it, and where its
+service class lives (imported only when enabled, so a server without HTTP never imports
+twisted.web).  Every service class takes a :class:`~pxetwist.context.ServerContext` and nothing
+else; a new protocol is its package plus one line here.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from collections.abc import Callable
 
-from twisted.application.service import MultiService
+import attrs
+from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 
-from pxetwist.config.model import DhcpMode
+from pxetwist.config.model import Config, DhcpMode
+from pxetwist.context import IServerReactor, ServerContext
+from pxetwist.events import LogObserver
 from pxetwist.policy.chain import PolicyChain
-from pxetwist.policy.sightings import SightingRegistry
 from pxetwist.startup import ServerSetup
 
 log = Logger()
+
+
+@attrs.frozen
+class ProtocolEntry:
+    """One protocol of the server: ``service`` is ``"module:Class"``, the class taking a
+    :class:`ServerContext`."""
+
+    name: str
+    enabled: Callable[[Config], bool]
+    service: str
+
+    def build(self, context: ServerContext) -> IService:
+        module, _, name = self.service.partition(":")
+        factory: Callable[[ServerContext], IService] = getattr(
+            importlib.import_module(module), name
+        )
+        return factory(context)
+
+
+PROTOCOLS: tuple[ProtocolEntry, ...] = (
+    ProtocolEntry(
+        "dhcp", lambda c: c.dhcp.mode is not DhcpMode.OFF, "pxetwist.dhcp.service:DhcpService"
+    ),
+    ProtocolEntry("tftp", lambda c: c.tftp.enabled, "pxetwist.tftp.service:TftpService"),
+    ProtocolEntry("http", lambda c: c.http.enabled, "pxetwist.http.service:HttpService"),
+)
 
 
 class PxeService(MultiService):
     """The root of ``twistd pxe``'s service tree.
 
     Children bind their sockets in ``privilegedStartService`` so that ``--uid/--gid`` can drop
-    root after ports 67, 69 and 4011 are bound.
+    root after ports 67, 69 and 4011 are bound.  Boot events go to the log through a
+    :class:`~pxetwist.events.LogObserver` subscribed here; sessions, metrics and the API
+    subscribe to ``context.events`` too.
     """
 
-    def __init__(self, setup: ServerSetup, reactor: Any) -> None:
+    def __init__(self, setup: ServerSetup, reactor: IServerReactor) -> None:
         super().__init__()
         self.setup = setup
-        self.reactor = reactor
         config = setup.config
-        self.chain = PolicyChain(setup.policies, reactor, config.policy.timeout)
-        self.sightings = SightingRegistry(reactor.seconds)
-        if config.dhcp.mode is not DhcpMode.OFF:
-            from pxetwist.dhcp.service import DhcpService
-
-            DhcpService(
-                config, setup.interfaces, self.chain, self.sightings, reactor
-            ).setServiceParent(self)
-        if config.tftp.enabled:
-            from pxetwist.tftp.service import TftpService
-
-            TftpService(
-                config, setup.interfaces, self.chain, self.sightings, reactor
-            ).setServiceParent(self)
-        if config.http.enabled:
-            from pxetwist.http.service import HttpService
-
-            HttpService(
-                config, setup.interfaces, self.chain, self.sightings, reactor
-            ).setServiceParent(self)
-
-    def _not_yet(self, protocol: str) -> None:
-        log.warn(
-            "{protocol} is enabled in the config but not implemented in this version; "
-            "it is not being served",
-            protocol=protocol,
+        self.context = ServerContext.build(
+            config,
+            PolicyChain(setup.policies, reactor, config.policy.timeout),
+            reactor,
+            interfaces=setup.interfaces,
         )
+        self.context.events.subscribe(LogObserver())
+        for entry in PROTOCOLS:
+            if entry.enabled(config):
+                entry.build(self.context).setServiceParent(self)
+
+    @property
+    def chain(self) -> PolicyChain:
+        return self.context.chain
 
     def privilegedStartService(self) -> None:
-        self.setup.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.context.config.data_dir.mkdir(parents=True, exist_ok=True)
         super().privilegedStartService()
 
     def startService(self) -> None:
         log.info(
             "pxetwist starting with policy chain {chain}",
-            chain=" -> ".join(self.chain.names),
+            chain=" -> ".join(self.context.chain.names),
         )
         super().startService()

@@ -80,10 +80,11 @@ def _exit(message: str | None, code: int) -> Any:
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    from pxetwist.context import server_reactor
     from pxetwist.service import PxeService
 
     assert options.setup is not None, "postOptions prepares the setup"
-    return PxeService(options.setup, reactor)
+    return PxeService(options.setup, server_reactor(reactor))
 
 
 __all__ = ["Config", "Options", "makeService"]

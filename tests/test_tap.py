@@ -3,13 +3,15 @@
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 from twisted.application.service import IServiceMaker, MultiService
-from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
 from pxetwist import tap
+from pxetwist.context import IServerReactor
 from tests.util import temp_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +88,8 @@ class OptionsTests(SynchronousTestCase):
         from pxetwist.service import PxeService
 
         assert options.setup is not None
-        service = PxeService(options.setup, Clock())
+        # Every protocol is off: the reactor is only the chain's clock.
+        service = PxeService(options.setup, cast(IServerReactor, MemoryReactorClock()))
         self.assertIsInstance(service, MultiService)
         self.assertEqual(service.chain.names, ("static", "arch"))
 

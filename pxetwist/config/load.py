@@ -17,7 +17,6 @@ from typing import Any, NoReturn, TypeVar
 from pxetwist.config.errors import ConfigError, KeyPath
 from pxetwist.config.located import LineMap, line_for, load_located
 from pxetwist.config.model import (
-    DEFAULT_PLUGIN_DIRS,
     Config,
     DhcpConfig,
     DhcpMode,
@@ -308,7 +307,7 @@ def _subnet(reader: _Reader, path: KeyPath, value: Any) -> Subnet:
         router=section.take("router", as_ipv4, None),
         dns=section.take("dns", as_list(as_ipv4), ()),
         domain=section.take("domain", as_str, None),
-        lease_time=section.take("lease_time", as_duration, 3600),
+        lease_time=section.take("lease_time", as_duration, Subnet(network).lease_time),
         interface=section.take("interface", as_str, None),
     )
     section.done()
@@ -320,18 +319,26 @@ _MODES = {mode.value: mode for mode in DhcpMode}
 
 def _dhcp(reader: _Reader, path: KeyPath, value: Any) -> DhcpConfig:
     section = reader.section(path, value)
+    default = DhcpConfig()
     dhcp = DhcpConfig(
-        mode=section.take("mode", as_choice(_MODES), DhcpMode.PROXY),
-        subnets=section.take("subnets", as_strict_list(_subnet), ()),
-        leases=section.take("leases", as_str, ""),
-        offer_hold=section.take("offer_hold", as_duration, 60),
-        decline_quarantine=section.take("decline_quarantine", as_duration, 600),
-        boot_server=section.take("boot_server", as_bool, True),
-        raspberry_pi=section.take("raspberry_pi", as_bool, True),
-        ipxe_user_classes=tuple(
-            text.encode() for text in section.take("ipxe_user_classes", as_list(as_str), ("iPXE",))
+        mode=section.take("mode", as_choice(_MODES), default.mode),
+        subnets=section.take("subnets", as_strict_list(_subnet), default.subnets),
+        leases=section.take("leases", as_str, default.leases),
+        offer_hold=section.take("offer_hold", as_duration, default.offer_hold),
+        decline_quarantine=section.take(
+            "decline_quarantine", as_duration, default.decline_quarantine
         ),
-        quirks=section.take("quirks", _quirks, Quirks()),
+        boot_server=section.take("boot_server", as_bool, default.boot_server),
+        raspberry_pi=section.take("raspberry_pi", as_bool, default.raspberry_pi),
+        ipxe_user_classes=tuple(
+            text.encode()
+            for text in section.take(
+                "ipxe_user_classes",
+                as_list(as_str),
+                tuple(raw.decode() for raw in default.ipxe_user_classes),
+            )
+        ),
+        quirks=section.take("quirks", _quirks, default.quirks),
     )
     section.done()
     if dhcp.mode is DhcpMode.AUTHORITATIVE and not dhcp.subnets:
@@ -341,18 +348,19 @@ def _dhcp(reader: _Reader, path: KeyPath, value: Any) -> DhcpConfig:
 
 def _tftp(reader: _Reader, path: KeyPath, value: Any) -> TftpConfig:
     section = reader.section(path, value)
+    default = TftpConfig()  # the defaults are stated once, in the model
     tftp = TftpConfig(
-        enabled=section.take("enabled", as_bool, True),
-        root=section.take("root", as_path, TftpConfig().root),
-        port=section.take("port", as_port, 69),
-        max_transfers=section.take("max_transfers", as_int(1, 1_000_000), 2000),
-        max_blksize=section.take("max_blksize", as_int(512, 65464), None),
-        max_windowsize=section.take("max_windowsize", as_int(1, 65535), 64),
-        timeout=section.take("timeout", as_seconds, 1.0),
-        retries=section.take("retries", as_int(1, 100), 6),
-        single_port=section.take("single_port", as_bool, False),
-        workers=section.take("workers", as_worker_count, None),
-        adaptive_window=section.take("adaptive_window", as_bool, False),
+        enabled=section.take("enabled", as_bool, default.enabled),
+        root=section.take("root", as_path, default.root),
+        port=section.take("port", as_port, default.port),
+        max_transfers=section.take("max_transfers", as_int(1, 1_000_000), default.max_transfers),
+        max_blksize=section.take("max_blksize", as_int(512, 65464), default.max_blksize),
+        max_windowsize=section.take("max_windowsize", as_int(1, 65535), default.max_windowsize),
+        timeout=section.take("timeout", as_seconds, default.timeout),
+        retries=section.take("retries", as_int(1, 100), default.retries),
+        single_port=section.take("single_port", as_bool, default.single_port),
+        workers=section.take("workers", as_worker_count, default.workers),
+        adaptive_window=section.take("adaptive_window", as_bool, default.adaptive_window),
     )
     section.done()
     return tftp
@@ -360,10 +368,11 @@ def _tftp(reader: _Reader, path: KeyPath, value: Any) -> TftpConfig:
 
 def _http(reader: _Reader, path: KeyPath, value: Any) -> HttpConfig:
     section = reader.section(path, value)
+    default = HttpConfig()
     http = HttpConfig(
-        enabled=section.take("enabled", as_bool, True),
-        root=section.take("root", as_path, HttpConfig().root),
-        port=section.take("port", as_port, 8080),
+        enabled=section.take("enabled", as_bool, default.enabled),
+        root=section.take("root", as_path, default.root),
+        port=section.take("port", as_port, default.port),
     )
     section.done()
     return http
@@ -371,13 +380,14 @@ def _http(reader: _Reader, path: KeyPath, value: Any) -> HttpConfig:
 
 def _policy(reader: _Reader, path: KeyPath, value: Any) -> PolicyConfig:
     section = reader.section(path, value)
-    chain = section.take("chain", as_strict_list(as_name), ("static", "arch"))
+    default = PolicyConfig()
+    chain = section.take("chain", as_strict_list(as_name), default.chain)
     if not chain:
         reader.fail((*path, "chain"), "must name at least one policy")
     settings = section.raw("settings") or {}
     if not isinstance(settings, dict):
         reader.fail((*path, "settings"), "must be a mapping of policy name to its settings")
-    arch_default: str | None = "bios"
+    arch_default = default.arch_default
     if section.has("arch_default"):
         raw = section.raw("arch_default")
         if raw in (None, "none", "ignore"):
@@ -388,8 +398,8 @@ def _policy(reader: _Reader, path: KeyPath, value: Any) -> PolicyConfig:
             arch_default = str(raw)
     policy = PolicyConfig(
         chain=chain,
-        plugin_dirs=section.take("plugin_dirs", as_list(as_path), DEFAULT_PLUGIN_DIRS),
-        timeout=section.take("timeout", as_seconds, 2.0),
+        plugin_dirs=section.take("plugin_dirs", as_list(as_path), default.plugin_dirs),
+        timeout=section.take("timeout", as_seconds, default.timeout),
         arch_default=arch_default,
         settings=settings,
     )

@@ -151,6 +151,15 @@ class Config:
     # ones; the loader defaults it to <config file dir>/templates.  None: bundled templates only.
     templates: Path | None = None
 
+    def reachable_address(self, local: IPv4Address) -> IPv4Address:
+        """The address clients reach us at when their request came in on ``local``: the
+        config's ``server_address`` (NAT, a load balancer in front) when set, else ``local``.
+
+        The one rule every protocol uses for generated URLs, DHCP's ``siaddr`` and server
+        identifier choice, and the ``server_address`` of a :class:`BootRequest`.
+        """
+        return self.server_address if self.server_address is not None else local
+
     @property
     def lease_store_url(self) -> str:
         return self.dhcp.leases or f"sqlite:{self.data_dir / 'leases.sqlite'}"

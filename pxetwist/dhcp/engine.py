@@ -246,7 +246,7 @@ class DhcpEngine:
         return self.config.dhcp.raspberry_pi and packet.chaddr[:3] in RASPBERRY_PI_OUIS
 
     def server_address(self, incoming: Incoming) -> IPv4Address:
-        return self.config.server_address or incoming.interface.address
+        return self.config.reachable_address(incoming.interface.address)
 
     # -- the answer ----------------------------------------------------------------------------
 

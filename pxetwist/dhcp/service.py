@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Address
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.logger import Logger
 
 from pxetwist.config.model import Config, DhcpMode
+from pxetwist.context import IServerReactor, ServerContext
 from pxetwist.dhcp.engine import PXE_PORT, SERVER_PORT, DhcpEngine, Interface
 from pxetwist.dhcp.leases import LeaseTable, Pool
 from pxetwist.dhcp.protocol import DhcpEndpoint
 from pxetwist.dhcp.sockets import DatagramReader, open_udp_socket
-from pxetwist.dhcp.store import ILeaseStore, open_lease_store
-from pxetwist.netinfo import InterfaceInfo
-from pxetwist.policy.chain import PolicyChain
-from pxetwist.policy.sightings import SightingRegistry
+from pxetwist.dhcp.store import ILeaseStore, IStoreReactor, open_lease_store
 
 log = Logger()
 
@@ -40,27 +38,20 @@ class DhcpService(Service):
 
     name = "dhcp"
 
-    def __init__(
-        self,
-        config: Config,
-        interfaces: tuple[InterfaceInfo, ...],
-        chain: PolicyChain,
-        sightings: SightingRegistry,
-        reactor: Any,
-    ) -> None:
-        self.config = config
-        self.interfaces = interfaces
-        self.chain = chain
-        self.sightings = sightings
-        self.reactor = reactor
-        self.table = LeaseTable(pools_for(config))
+    def __init__(self, context: ServerContext) -> None:
+        self.context = context
+        self.table = LeaseTable(pools_for(context.config))
         self.store: ILeaseStore | None = None
         self.readers: list[DatagramReader] = []
         self.endpoints: list[DhcpEndpoint] = []
 
+    @property
+    def reactor(self) -> IServerReactor:
+        return self.context.reactor
+
     def _served(self) -> list[Interface]:
         served = []
-        for info in self.interfaces:
+        for info in self.context.interfaces:
             if info.address is None:
                 log.warn(
                     "interface {interface} has no IPv4 address; not serving DHCP on it",
@@ -71,7 +62,7 @@ class DhcpService(Service):
         return served
 
     def privilegedStartService(self) -> None:
-        config = self.config
+        config = self.context.config
         served = self._served()
         server_ids: list[IPv4Address] = [interface.address for interface in served]
         if config.server_address is not None:
@@ -88,9 +79,9 @@ class DhcpService(Service):
                     interface=interface,
                     port=port,
                     engine=engine,
-                    chain=self.chain,
+                    chain=self.context.chain,
                     store=self.store,
-                    sightings=self.sightings,
+                    sightings=self.context.sightings,
                     clock=self.reactor,
                 )
                 self.endpoints.append(endpoint)
@@ -108,9 +99,11 @@ class DhcpService(Service):
         # The lease database is opened here, after twistd has dropped privileges (--uid/--gid),
         # so its files belong to the user that keeps writing them; no packet is read before
         # every lease is back in the table.
-        config = self.config
+        config = self.context.config
         if config.dhcp.mode is DhcpMode.AUTHORITATIVE:
-            self.store = open_lease_store(config.lease_store_url, self.reactor)
+            # IServerReactor includes both halves of IStoreReactor (time and from-threads).
+            store_reactor = cast(IStoreReactor, self.reactor)
+            self.store = open_lease_store(config.lease_store_url, store_reactor)
             leases = self.store.load()
             self.table.restore(leases, self.reactor.seconds())
             for endpoint in self.endpoints:

@@ -50,16 +50,14 @@ from urllib.parse import urlsplit
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from pxetwist.config.model import Config
+from pxetwist.context import ServerContext
 from pxetwist.http.static import PathRefused, resolve_path, serve_file
-from pxetwist.netinfo import InterfaceInfo
 from pxetwist.policy.decision import BootDecision
 from pxetwist.policy.render import (
     LoaderKind,
@@ -70,7 +68,6 @@ from pxetwist.policy.render import (
     ipxe_location,
 )
 from pxetwist.policy.request import BootRequest
-from pxetwist.policy.sightings import SightingRegistry
 from pxetwist.policy.values import (
     Arch,
     BootAction,
@@ -255,35 +252,23 @@ class BootScripts(Resource):
     are not scripts get a 404; :class:`pxetwist.http.service.HttpService` puts it in front of
     :class:`~pxetwist.http.static.BootFiles` with :meth:`claims` deciding which one answers.
 
-    :param config: the server's config: HTTP and TFTP roots and ports, ``server_address``,
-        operator templates, iPXE user classes.
-    :param chain: asks the policies (``decide(BootRequest) -> Deferred``).
-    :param sightings: who DHCP saw where.
-    :param reactor: for the file fallback (:func:`~pxetwist.http.static.serve_file`).
-    :param interfaces: the served interfaces, so a request records which one it came in on.
+    :param context: the server context: the config in force (HTTP and TFTP roots and ports,
+        ``server_address``, operator templates, iPXE user classes), the policy chain, the
+        sightings (who DHCP saw where), the reactor (for the file fallback), and the served
+        interfaces (so a request records which one it came in on).
     :param renderer: renders the configs; default one with the config's ``templates``.
     """
 
     isLeaf = True
 
-    def __init__(
-        self,
-        config: Config,
-        chain: Any,
-        sightings: SightingRegistry,
-        reactor: IReactorTime,
-        *,
-        interfaces: Sequence[InterfaceInfo] = (),
-        renderer: Renderer | None = None,
-    ) -> None:
+    def __init__(self, context: ServerContext, *, renderer: Renderer | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self._config = config
-        self._chain = chain
-        self._sightings = sightings
-        self._reactor = reactor
-        self._renderer = renderer if renderer is not None else Renderer(config.templates)
-        self._root = Path(config.http.root).resolve()
-        self._interfaces = {str(info.ip): info.name for info in interfaces if info.ip is not None}
+        self._server = context
+        self._renderer = renderer if renderer is not None else Renderer(context.config.templates)
+
+    @property
+    def _root(self) -> Path:
+        return Path(self._server.config.http.root).resolve()
 
     def claims(self, request: Request) -> ScriptName | None:
         """The script this request asks for, or None if it is for something else."""
@@ -326,7 +311,7 @@ class BootScripts(Resource):
         setattr(request, MAC_ATTRIBUTE, boot_request.mac)
         gone: list[bool] = []
         typed.notifyFinish().addErrback(lambda _: gone.append(True))
-        decided: Deferred[BootDecision | None] = self._chain.decide(boot_request)
+        decided: Deferred[BootDecision | None] = self._server.chain.decide(boot_request)
 
         def answer(decision: BootDecision | None) -> None:
             if not gone:
@@ -355,16 +340,16 @@ class BootScripts(Resource):
         the TFTP root is left out: a file under the HTTP root gets an explicit ``(http,...)``
         location and anything else stays relative to GRUB's own (HTTP) root.
         """
-        config = self._config
+        config = self._server.config
         host = request.getHost()
+        server = self._server.reachable_address(_ipv4(host) or IPv4Address("0.0.0.0"))
         if config.server_address is not None:
-            server, http_port = str(config.server_address), config.http.port
+            http_port = config.http.port
         else:
-            server = str(getattr(host, "host", "")) or "0.0.0.0"
             http_port = int(getattr(host, "port", config.http.port))
         tftp_root = config.tftp.root if config.tftp.enabled and kind is LoaderKind.IPXE else None
         return ServingContext(
-            server=server,
+            server=str(server),
             http_port=http_port,
             tftp_port=config.tftp.port,
             http_root=self._root,
@@ -378,7 +363,8 @@ class BootScripts(Resource):
         client: IPv4Address | None,
         context: ServingContext,
     ) -> BootRequest | None:
-        request = self._sightings.request_for(
+        sightings = self._server.sightings
+        request = sightings.request_for(
             stage=Stage.HTTP, address=client, mac=name.mac or query.mac, path=name.path
         )
         if request is None:
@@ -386,12 +372,13 @@ class BootScripts(Resource):
         changes: dict[str, Any] = {}
         with contextlib.suppress(AddressValueError):
             changes["server_address"] = IPv4Address(context.server)
-        interface = self._interfaces.get(context.server)
-        if interface is not None:
-            changes["interface"] = interface
-        if self._sightings.by_mac(request.mac) is None:
+        if "server_address" in changes:
+            interface = self._server.interface_named_by(changes["server_address"])
+            if interface is not None:
+                changes["interface"] = interface
+        if sightings.by_mac(request.mac) is None:
             # DHCP never saw it: what the URL says is all there is.
-            changes["ipxe_user_classes"] = self._config.dhcp.ipxe_user_classes
+            changes["ipxe_user_classes"] = self._server.config.dhcp.ipxe_user_classes
             if query.arch is not None:
                 changes["arches"] = (query.arch,)
         if request.uuid is None and query.uuid is not None:
@@ -514,7 +501,7 @@ class BootScripts(Resource):
             mac=mac,
             kind=name.kind.value,
         )
-        serve_file(request, path, self._reactor)
+        serve_file(request, path, self._server.reactor)
 
 
 def _respond(

@@ -29,23 +29,23 @@ knows about the client's address. A download the client abandons is logged too, 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
 from ipaddress import AddressValueError, IPv4Address
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from pxetwist.config.model import Config
+from pxetwist.context import IServerReactor, ServerContext, listening_address
 from pxetwist.fdlimit import HEADROOM, raise_fd_limit
 from pxetwist.http.scripts import MAC_ATTRIBUTE, BootScripts, script_name
 from pxetwist.http.static import BootFiles
-from pxetwist.netinfo import InterfaceInfo
 from pxetwist.policy.sightings import SightingRegistry
 from pxetwist.policy.values import MacAddress
 
@@ -151,43 +151,41 @@ def _header(request: Any, name: bytes) -> str | None:
 
 
 class HttpService(Service):
-    """Serves ``config.http`` on every given interface that has an IPv4 address."""
+    """Serves ``config.http`` on every interface of the context that has an IPv4 address."""
 
     name = "http"
 
-    def __init__(
-        self,
-        config: Config,
-        interfaces: Sequence[InterfaceInfo],
-        chain: Any,
-        sightings: SightingRegistry,
-        reactor: Any,
-    ) -> None:
-        self.config = config
-        self.interfaces = tuple(interfaces)
-        self.reactor = reactor
-        self.files = BootFiles(config.http.root, reactor)
-        self.scripts = BootScripts(config, chain, sightings, reactor, interfaces=self.interfaces)
-        self.site = BootSite(BootRoot(self.scripts, self.files), reactor, sightings)
-        self.ports: list[Any] = []
+    def __init__(self, context: ServerContext) -> None:
+        self.context = context
+        self.files = BootFiles(context.config.http.root, context.reactor)
+        self.scripts = BootScripts(context)
+        self.site = BootSite(BootRoot(self.scripts, self.files), context.reactor, context.sightings)
+        self.ports: list[IListeningPort] = []
+
+    @property
+    def reactor(self) -> IServerReactor:
+        return self.context.reactor
 
     def _bind(self) -> None:
         if self.ports:
             return
         _raise_fd_limit()
-        addresses = list(dict.fromkeys(str(i.ip) for i in self.interfaces if i.ip is not None))
+        addresses = list(dict.fromkeys(str(info.ip) for info in self.context.served))
         if not addresses:
             log.error("http: no interface with an IPv4 address to serve; HTTP is not served")
         for address in addresses:
             port = self.reactor.listenTCP(
-                self.config.http.port, self.site, backlog=_BACKLOG, interface=address
+                self.context.config.http.port,
+                cast(ServerFactory, self.site),  # Site's channel type: Twisted's stubs disagree
+                backlog=_BACKLOG,
+                interface=address,
             )
             self.ports.append(port)
             log.info(
                 "http: serving {root} on {address}:{port}",
                 root=str(self.files.root),
                 address=address,
-                port=port.getHost().port,
+                port=listening_address(port)[1],
             )
         self._report_shadowed()
 
@@ -225,8 +223,7 @@ class HttpService(Service):
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """``(address, port)`` of every listener, as bound."""
-        hosts = [port.getHost() for port in self.ports]
-        return [(host.host, host.port) for host in hosts]
+        return [listening_address(port) for port in self.ports]
 
 
 def _raise_fd_limit() -> None:

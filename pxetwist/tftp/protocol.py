@@ -46,6 +46,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pxetwist.config.model import TftpConfig
 from pxetwist.policy.render import ServingContext
 from pxetwist.tftp.files import (
     READ_CHUNK,
@@ -83,20 +84,27 @@ WINDOW_BYTES: Final = 512 * 1024
 _BUSY: Final = "Server busy, try again later"
 
 
+_DEFAULTS: Final = TftpConfig()
+
+
 @attrs.frozen
 class ServerSettings:
-    """The parts of the configuration the TFTP server runs with (mapped by the service)."""
+    """The parts of the configuration the TFTP server runs with (mapped by the service).
+
+    The defaults are the config model's (:class:`~pxetwist.config.model.TftpConfig`), for tests
+    and benchmarks that build settings without a config.
+    """
 
     root: Path
-    max_transfers: int = 2000
-    max_blksize: int | None = None
-    max_windowsize: int = 64
-    timeout: float = 1.0
-    retries: int = 6
-    single_port: bool = False
+    max_transfers: int = _DEFAULTS.max_transfers
+    max_blksize: int | None = _DEFAULTS.max_blksize
+    max_windowsize: int = _DEFAULTS.max_windowsize
+    timeout: float = _DEFAULTS.timeout
+    retries: int = _DEFAULTS.retries
+    single_port: bool = _DEFAULTS.single_port
     workers: int = 0
     """Transfer worker processes (0: every transfer runs in the listening process)."""
-    adaptive_window: bool = False
+    adaptive_window: bool = _DEFAULTS.adaptive_window
     """Shrink a negotiated window under loss and grow it back (see SessionLimits)."""
 
     def limits(self, mtu: int) -> SessionLimits:

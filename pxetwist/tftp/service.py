@@ -9,23 +9,24 @@ is bound.  ``stopService`` ends running transfers (the client gets ERROR 0) and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from ipaddress import IPv4Address
+from typing import Any, Final
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.interfaces import IReactorFDSet, IReactorProcess
+from twisted.internet.interfaces import IListeningPort, IReactorFDSet, IReactorProcess
 from twisted.logger import Logger
 
 from pxetwist.config.model import Config
+from pxetwist.context import IServerReactor, ServerContext, listening_address
 from pxetwist.fdlimit import HEADROOM, raise_fd_limit
-from pxetwist.netinfo import InterfaceInfo
 from pxetwist.policy.render import Renderer, ServingContext
-from pxetwist.policy.sightings import SightingRegistry
 from pxetwist.tftp.protocol import FileResolver, ServerSettings, TftpListener, TftpServer
 from pxetwist.tftp.workers import WorkerPool, default_worker_count
 
 log = Logger()
+
+_MAX_PACKET: Final = 8192  # Twisted's default: a request is one small datagram
 
 
 def settings_from(config: Config) -> ServerSettings:
@@ -44,35 +45,30 @@ def settings_from(config: Config) -> ServerSettings:
 
 
 class TftpService(Service):
-    """Serves ``config.tftp`` on every given interface that has an IPv4 address."""
+    """Serves ``config.tftp`` on every interface of the context that has an IPv4 address."""
 
     name = "tftp"
 
-    def __init__(
-        self,
-        config: Config,
-        interfaces: Sequence[InterfaceInfo],
-        chain: Any,
-        sightings: SightingRegistry,
-        reactor: Any,
-    ) -> None:
-        self.config = config
-        self.interfaces = tuple(interfaces)
-        self.reactor = reactor
+    def __init__(self, context: ServerContext) -> None:
+        self.context = context
+        config = context.config
         self.settings = settings_from(config)
         self.renderer = Renderer(config.templates)
         self.server = TftpServer(
             self.settings,
-            FileResolver(config.tftp.root, self.renderer, chain, sightings),
-            reactor,
+            FileResolver(config.tftp.root, self.renderer, context.chain, context.sightings),
+            context.reactor,
         )
-        self.ports: list[Any] = []
+        self.ports: list[IListeningPort] = []
+
+    @property
+    def reactor(self) -> IServerReactor:
+        return self.context.reactor
 
     def _context(self, address: str, port: int) -> ServingContext:
-        config = self.config
-        server = str(config.server_address) if config.server_address is not None else address
+        config = self.context.config
         return ServingContext(
-            server=server,
+            server=str(self.context.reachable_address(IPv4Address(address))),
             http_port=config.http.port,
             tftp_port=port,
             http_root=config.http.root if config.http.enabled else None,
@@ -91,7 +87,8 @@ class TftpService(Service):
                 limit=limit,
                 max_transfers=self.settings.max_transfers,
             )
-        served = [info for info in self.interfaces if info.ip is not None]
+        served = self.context.served
+        port_number = self.context.config.tftp.port
         if not served:
             log.error("tftp: no interface with an IPv4 address to serve; TFTP is not served")
         for info in served:
@@ -99,19 +96,21 @@ class TftpService(Service):
             listener = TftpListener(
                 self.server,
                 address,
-                self._context(address, self.config.tftp.port),
+                self._context(address, port_number),
                 mtu=info.mtu,
                 interface=info.name,
             )
-            port = self.reactor.listenUDP(self.config.tftp.port, listener, interface=address)
-            bound = port.getHost().port
-            if bound != self.config.tftp.port:  # port 0: tests and benchmarks
+            port = self.reactor.listenUDP(
+                port_number, listener, interface=address, maxPacketSize=_MAX_PACKET
+            )
+            _, bound = listening_address(port)
+            if bound != port_number:  # port 0: tests and benchmarks
                 listener.context = self._context(address, bound)
             self.ports.append(port)
             log.info(
                 "tftp: serving {root} on {address}:{port} ({interface}, mtu {mtu}, "
                 "blksize up to {blksize})",
-                root=str(self.config.tftp.root),
+                root=str(self.context.config.tftp.root),
                 address=address,
                 port=bound,
                 interface=info.name,
@@ -155,8 +154,7 @@ class TftpService(Service):
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """``(address, port)`` of every listener, as bound."""
-        hosts = [port.getHost() for port in self.ports]
-        return [(host.host, host.port) for host in hosts]
+        return [listening_address(port) for port in self.ports]
 
 
 __all__ = ["TftpService", "settings_from"]

@@ -27,6 +27,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from pxetwist.config.model import Config
+from pxetwist.context import IServerReactor, ServerContext
 from pxetwist.http.scripts import BootScripts, arch_from_query, script_name
 from pxetwist.http.service import BootRoot, BootSite
 from pxetwist.http.static import BootFiles
@@ -123,7 +124,14 @@ class _Case(SynchronousTestCase):
     def use(self, *policies: tuple[str, Any]) -> None:
         """Serve with this policy chain from now on."""
         self.chain = PolicyChain(policies, self.clock)
-        self.resource = BootScripts(self.config, self.chain, self.sightings, self.clock)
+        self.resource = BootScripts(
+            ServerContext.build(
+                self.config,
+                self.chain,
+                cast(IServerReactor, self.clock),  # a clock and TCP: what scripts use
+                sightings=self.sightings,
+            )
+        )
         self.stub: Any = StubTreq(self.resource)
 
     def _drive(self, d: Any) -> Any:
@@ -149,7 +157,7 @@ class InterfaceTests(SynchronousTestCase):
         config = config_from_yaml(f"http: {{root: {base}}}")
         clock = MemoryReactorClock()
         scripts = BootScripts(
-            config, PolicyChain([], clock), SightingRegistry(clock.seconds), clock
+            ServerContext.build(config, PolicyChain([], clock), cast(IServerReactor, clock))
         )
         verifyObject(IResource, scripts)
         verifyObject(IResource, BootRoot(scripts, BootFiles(base, clock)))

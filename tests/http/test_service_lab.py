@@ -36,6 +36,7 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 
+from pxetwist.context import IServerReactor, ServerContext
 from pxetwist.http.service import HttpService
 from pxetwist.lab import NetLab, require_binary, require_lab
 from pxetwist.netinfo import InterfaceInfo
@@ -122,7 +123,15 @@ class LoopbackServiceTests(TestCase):
         observer = cast(ILogObserver, self.events.append)
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
-        self.service = HttpService(config, [lo], chain, self.sightings, reactor)
+        self.service = HttpService(
+            ServerContext.build(
+                config,
+                chain,
+                cast(IServerReactor, reactor),
+                interfaces=[lo],
+                sightings=self.sightings,
+            )
+        )
         self.service.privilegedStartService()
         self.service.startService()
         self.addCleanup(self.service.stopService)

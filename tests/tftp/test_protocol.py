@@ -14,6 +14,7 @@ from twisted.logger import ILogObserver, Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from pxetwist.config.model import Config
+from pxetwist.context import IServerReactor, ServerContext
 from pxetwist.netinfo import InterfaceInfo
 from pxetwist.policy.builtin import ArchPolicy, StaticPolicy
 from pxetwist.policy.chain import PolicyChain
@@ -514,7 +515,15 @@ class ServiceTests(SynchronousTestCase):
             InterfaceInfo("dummy", 4, None, 1500),
         ]
         sightings = SightingRegistry(reactor.seconds, neighbours=dict)
-        service = TftpService(config, interfaces, PolicyChain([], reactor), sightings, reactor)
+        service = TftpService(
+            ServerContext.build(
+                config,
+                PolicyChain([], reactor),
+                cast(IServerReactor, reactor),  # listenUDP and a clock are all TFTP uses
+                interfaces=interfaces,
+                sightings=sightings,
+            )
+        )
         service.privilegedStartService()
         service.startService()
         self.assertEqual(service.addresses, [("10.77.0.1", 69), ("10.88.0.1", 69)])

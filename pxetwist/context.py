@@ -1,0 +1,177 @@
+"""The one server context every protocol service is built from.
+
+:class:`ServerContext` is what ``twistd pxe`` hands each protocol service (DHCP, TFTP, HTTP, and
+whatever comes next): the config and policy chain in force, the served interfaces, the sighting
+registry that ties later stages to what DHCP saw, the :class:`~pxetwist.events.BootEventBus`
+protocols report into, and the reactor.  A service's constructor takes the context and nothing
+else, so adding a protocol is a new package plus one line in :mod:`pxetwist.service`.
+
+**Hot reload.**  The context is frozen, but the config and the policy chain are not fields of
+it: they sit together in one :class:`LiveSettings`, a small holder whose :class:`Settings` value
+(config and chain as one frozen pair) a reload replaces in a single assignment.  So the rule
+for services is: read ``context.config`` and ``context.chain`` when you need them, per request,
+and never keep them in an attribute of your own.  A request that started under the old config
+finishes with the values it already read; the next one sees the new pair, never a new config
+with an old chain.  What a service *derives* from the config at start (bound sockets, TFTP
+limits, lease pools) it rebuilds in a callback given to :meth:`LiveSettings.subscribe`, which
+a reload calls with the old and new settings after the swap.  Sockets, the sighting registry,
+the event bus and the reactor are not reloaded: they live as long as the process.
+
+**Where clients reach us.**  :meth:`Config.reachable_address
+<pxetwist.config.model.Config.reachable_address>` is the one rule (``server_address`` when the
+config names one, else the local address the request came in on); :meth:`ServerContext.
+reachable_address` applies it to the live config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from ipaddress import IPv4Address
+from typing import Final, cast
+
+import attrs
+from twisted.internet import address
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorFDSet,
+    IReactorFromThreads,
+    IReactorTCP,
+    IReactorTime,
+    IReactorUDP,
+)
+
+from pxetwist.config.model import Config
+from pxetwist.events import BootEventBus
+from pxetwist.netinfo import InterfaceInfo
+from pxetwist.policy.chain import PolicyChain
+from pxetwist.policy.sightings import SightingRegistry
+
+__all__ = [
+    "IServerReactor",
+    "LiveSettings",
+    "ServerContext",
+    "Settings",
+    "listening_address",
+    "server_reactor",
+]
+
+
+class IServerReactor(IReactorTime, IReactorUDP, IReactorTCP, IReactorFDSet, IReactorFromThreads):
+    """The reactor as the protocol services use it, as one type (Twisted has no intersections).
+
+    ``IReactorTime`` for timers, the chain's timeouts and the sighting clock; ``IReactorUDP``
+    for TFTP listeners; ``IReactorTCP`` for HTTP; ``IReactorFDSet`` for DHCP's raw sockets and
+    TFTP's transfer sockets; ``IReactorFromThreads`` for the lease store's writer thread.
+    Every reactor Twisted ships on Linux provides all five, but none declares this combined
+    interface: :func:`server_reactor` checks the parts and gives the reactor this type.
+    Optional features (``IReactorProcess`` for TFTP workers) are checked with ``providedBy``
+    where they are used, not required here.
+    """
+
+
+_REACTOR_PARTS: Final = (IReactorTime, IReactorUDP, IReactorTCP, IReactorFDSet, IReactorFromThreads)
+
+
+def listening_address(port: IListeningPort) -> tuple[str, int]:
+    """``(address, port)`` a listening TCP or UDP port is bound to."""
+    host = cast(address.IPv4Address, port.getHost())
+    return host.host, host.port
+
+
+def server_reactor(reactor: object) -> IServerReactor:
+    """``reactor`` as an :class:`IServerReactor`, or ``TypeError`` naming what it lacks."""
+    missing = [part.__name__ for part in _REACTOR_PARTS if not part.providedBy(reactor)]
+    if missing:
+        raise TypeError(f"{reactor!r} does not provide {', '.join(missing)}")
+    return cast(IServerReactor, reactor)
+
+
+@attrs.frozen
+class Settings:
+    """The config and the policy chain built from it: replaced together, never one alone."""
+
+    config: Config
+    chain: PolicyChain
+
+
+SettingsListener = Callable[[Settings, Settings], None]
+
+
+class LiveSettings:
+    """The :class:`Settings` in force; a reload swaps them whole (see the module docstring)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._current = settings
+        self._listeners: tuple[SettingsListener, ...] = ()
+
+    @property
+    def current(self) -> Settings:
+        return self._current
+
+    def subscribe(self, listener: SettingsListener) -> None:
+        """Call ``listener(old, new)`` after each :meth:`replace`."""
+        self._listeners = (*self._listeners, listener)
+
+    def replace(self, settings: Settings) -> None:
+        """Put ``settings`` in force, then tell the listeners (in the order they subscribed)."""
+        old, self._current = self._current, settings
+        for listener in self._listeners:
+            listener(old, settings)
+
+
+@attrs.frozen
+class ServerContext:
+    """What every protocol service is built from (see the module docstring)."""
+
+    live: LiveSettings
+    interfaces: tuple[InterfaceInfo, ...]
+    sightings: SightingRegistry
+    events: BootEventBus
+    reactor: IServerReactor
+
+    @classmethod
+    def build(
+        cls,
+        config: Config,
+        chain: PolicyChain,
+        reactor: IServerReactor,
+        *,
+        interfaces: Sequence[InterfaceInfo] = (),
+        sightings: SightingRegistry | None = None,
+        events: BootEventBus | None = None,
+    ) -> ServerContext:
+        """A context from its parts; a new sighting registry on the reactor's clock and an
+        event bus with no observers unless given."""
+        return cls(
+            live=LiveSettings(Settings(config, chain)),
+            interfaces=tuple(interfaces),
+            sightings=sightings if sightings is not None else SightingRegistry(reactor.seconds),
+            events=events if events is not None else BootEventBus(),
+            reactor=reactor,
+        )
+
+    @property
+    def config(self) -> Config:
+        """The config in force now: read it per use, do not keep it."""
+        return self.live.current.config
+
+    @property
+    def chain(self) -> PolicyChain:
+        """The policy chain in force now: read it per use, do not keep it."""
+        return self.live.current.chain
+
+    @property
+    def served(self) -> tuple[InterfaceInfo, ...]:
+        """The interfaces that have an IPv4 address (the ones a service can bind)."""
+        return tuple(info for info in self.interfaces if info.ip is not None)
+
+    def reachable_address(self, local: IPv4Address) -> IPv4Address:
+        """The address clients reach us at when their request came in on ``local``."""
+        return self.config.reachable_address(local)
+
+    def interface_named_by(self, local: IPv4Address) -> str | None:
+        """The name of the served interface with address ``local``, if any."""
+        for info in self.interfaces:
+            if info.ip == local:
+                return info.name
+        return None
