@@ -53,6 +53,10 @@ def prepare(config: Config, interfaces: tuple[str, ...] | None = None) -> Server
         _check_root(config, "tftp", config.tftp.root)
     if config.http.enabled:
         _check_root(config, "http", config.http.root)
+    if config.api.enabled:
+        from pxetwist.api.service import check_api_config
+
+        check_api_config(config)
     return ServerSetup(
         config=config,
         interfaces=resolve_interfaces(config, interfaces),
@@ -78,6 +82,8 @@ def summarize(setup: ServerSetup) -> str:
     http = f"port {config.http.port}, root {config.http.root}" if config.http.enabled else "off"
     lines.append(f"tftp: {tftp}")
     lines.append(f"http: {http}")
+    if config.api.enabled:
+        lines.append(f"api: http://{config.api.host}:{config.api.port}/")
     lines.append(f"policy chain: {' -> '.join(name for name, _ in setup.policies)}")
     lines.append(f"machines: {len(config.machines)}, groups: {len(config.groups)}")
     return "\n".join(lines)

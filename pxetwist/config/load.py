@@ -17,6 +17,7 @@ from typing import Any, NoReturn, TypeVar
 from pxetwist.config.errors import ConfigError, KeyPath
 from pxetwist.config.located import LineMap, line_for, load_located
 from pxetwist.config.model import (
+    ApiConfig,
     Config,
     DhcpConfig,
     DhcpMode,
@@ -378,6 +379,33 @@ def _http(reader: _Reader, path: KeyPath, value: Any) -> HttpConfig:
     return http
 
 
+def as_listen(reader: _Reader, path: KeyPath, value: Any) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6), or a bare port on loopback."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "127.0.0.1", as_port(reader, path, value)
+    text = as_str(reader, path, value)
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        reader.fail(path, f"{text!r} is not host:port (like 127.0.0.1:8090)")
+    return host, int(port)
+
+
+def _api(reader: _Reader, path: KeyPath, value: Any) -> ApiConfig:
+    section = reader.section(path, value)
+    default = ApiConfig()
+    host, port = section.take("listen", as_listen, (default.host, default.port))
+    api = ApiConfig(
+        enabled=section.take("enabled", as_bool, True),  # the section's presence turns it on
+        host=host,
+        port=port,
+        tokens_file=section.take("tokens_file", as_path, default.tokens_file),
+        metrics_token=section.take("metrics_token", as_name, default.metrics_token),
+    )
+    section.done()
+    return api
+
+
 def _policy(reader: _Reader, path: KeyPath, value: Any) -> PolicyConfig:
     section = reader.section(path, value)
     default = PolicyConfig()
@@ -427,6 +455,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
         dhcp=top.take("dhcp", _dhcp, DhcpConfig()),
         tftp=top.take("tftp", _tftp, TftpConfig()),
         http=top.take("http", _http, HttpConfig()),
+        api=top.take("api", _api, ApiConfig()),
         boot=top.take("boot", _boot_table, {}),
         defaults=top.take("defaults", _profile, Profile()),
         groups=groups,
@@ -477,3 +506,16 @@ def load_config(path: str | Path) -> Config:
     except UnicodeDecodeError:
         raise ConfigError("the config is not UTF-8 text", source=str(path)) from None
     return parse_config(text, source=str(path), base_dir=file.resolve().parent)
+
+
+def parse_machine(value: Any, config: Config, source: str = "<request>") -> Machine:
+    """One ``machines[]`` entry checked exactly as the loader checks it, against ``config``.
+
+    For machines defined outside the file (the operator API): the same keys and messages, and
+    the group must exist.  The error's ``path`` is the key at fault (``("kernel",)``).
+    """
+    reader = _Reader(source, {}, config.data_dir)
+    machine = _machine(reader, (), value)
+    if machine.group is not None and machine.group not in config.groups:
+        reader.fail(("group",), f"no group named {machine.group!r}")
+    return machine

@@ -72,6 +72,17 @@ class HttpConfig:
 
 
 @attrs.frozen
+class ApiConfig:
+    """The operator API, metrics and dashboard listener (served only when ``api`` is present)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # loopback by default, so nothing is exposed by accident
+    port: int = 8090
+    tokens_file: Path | None = None  # YAML: name -> {token, access: read|write}
+    metrics_token: str | None = None  # a token name whose token /metrics then requires
+
+
+@attrs.frozen
 class Profile:
     """What a machine boots; used by ``defaults``, ``groups`` and ``machines``."""
 
@@ -142,6 +153,7 @@ class Config:
     dhcp: DhcpConfig = DhcpConfig()
     tftp: TftpConfig = TftpConfig()
     http: HttpConfig = HttpConfig()
+    api: ApiConfig = ApiConfig()
     boot: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_dict)
     defaults: Profile = Profile()
     groups: Mapping[str, Profile] = attrs.field(factory=dict, converter=_frozen_dict)

@@ -10,6 +10,7 @@ from zope.interface import implementer, provider
 from pxetwist.config.model import Config, Machine
 from pxetwist.policy.decision import BootDecision
 from pxetwist.policy.interfaces import IBootPolicy, IBootPolicyFactory
+from pxetwist.policy.overlay import MachineOverlay
 from pxetwist.policy.request import BootRequest
 from pxetwist.policy.selection import decide_from_profile
 from pxetwist.policy.values import Firmware
@@ -20,25 +21,34 @@ from pxetwist.policy.values import Firmware
 class StaticPolicy:
     """Machines the config lists, found by MAC and then by SMBIOS UUID (option 97).
 
-    A machine's settings fall back to its group's and then to ``defaults``; a machine the config
-    does not list gets no opinion, so the next policy in the chain decides.
+    Machines defined through the operator API (:class:`MachineOverlay`) are asked first, so
+    they take effect at once and replace a config entry with the same MAC.  A machine's settings
+    fall back to its group's and then to ``defaults``; a machine the config does not list gets
+    no opinion, so the next policy in the chain decides.
     """
 
     config: Config
     by_mac: dict[Any, Machine] = attrs.field(init=False)
     by_uuid: dict[Any, Machine] = attrs.field(init=False)
+    overlay: MachineOverlay = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "overlay", MachineOverlay.for_config(self.config))
         object.__setattr__(self, "by_mac", {m.mac: m for m in self.config.machines})
         object.__setattr__(
             self, "by_uuid", {m.uuid: m for m in self.config.machines if m.uuid is not None}
         )
 
     def decide(self, request: BootRequest) -> BootDecision | None:
-        machine = self.by_mac.get(request.mac)
+        overlay = self.overlay
+        machine = overlay.get(request.mac) if overlay else None
+        if machine is None:
+            machine = self.by_mac.get(request.mac)
         how = "MAC"
         if machine is None and request.uuid is not None:
-            machine = self.by_uuid.get(request.uuid)
+            machine = (overlay.get_by_uuid(request.uuid) if overlay else None) or self.by_uuid.get(
+                request.uuid
+            )
             how = "UUID"
         if machine is None:
             return None

@@ -1,0 +1,203 @@
+"""``/api/v1/machines``: the config's machines plus those defined through the API.
+
+Definitions use the config file's ``machines[]`` keys and are checked by the same code, so a
+machine that the API accepts is one the config file would accept, with the same messages.  API
+machines live in the :class:`MachineOverlay`, which the ``static`` policy asks first: a change
+decides the very next request.  A machine written in the config file can be overridden (PUT or
+PATCH store an API definition over it) but not deleted: the file is the operator's.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+from twisted.logger import Logger
+
+from pxetwist.api.router import ApiError, ApiRequest, Reply
+from pxetwist.config import Config, ConfigError
+from pxetwist.config.errors import format_path
+from pxetwist.config.model import Machine, Profile
+from pxetwist.policy.overlay import MachineOverlay
+from pxetwist.policy.values import InvalidMacAddress, MacAddress
+
+log = Logger()
+
+#: Profile attributes whose config key is spelled differently.
+_KEY_OF = {"initrds": "initrd"}
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if attrs.has(type(value)):
+        fields = attrs.fields(type(value))  # type: ignore[arg-type]
+        return {field.name: _plain(getattr(value, field.name)) for field in fields}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def machine_json(machine: Machine, source: str) -> dict[str, object]:
+    """A machine in the config's own keys (what POST takes), plus where it is defined."""
+    out: dict[str, object] = {"mac": str(machine.mac)}
+    for field in attrs.fields(Machine):
+        if field.name in ("mac", "profile"):
+            continue
+        value = getattr(machine, field.name)
+        if value is not None:
+            out[field.name] = _plain(value)
+    for field in attrs.fields(Profile):
+        value = getattr(machine.profile, field.name)
+        if value is None or (isinstance(value, Mapping) and not value):
+            continue
+        out[_KEY_OF.get(field.name, field.name)] = _plain(value)
+    out["source"] = source
+    return out
+
+
+def parse_mac(text: str | None, field: str = "mac") -> MacAddress:
+    if not text:
+        raise ApiError(400, "a MAC address is required", field)
+    try:
+        return MacAddress.parse(text)
+    except (InvalidMacAddress, ValueError):
+        raise ApiError(400, f"{text!r} is not a MAC address", field) from None
+
+
+def _invalid(error: ConfigError) -> ApiError:
+    return ApiError(422, error.message, format_path(error.path) if error.path else "body")
+
+
+class MachinesApi:
+    def __init__(self, config: Callable[[], Config]) -> None:
+        self._config = config
+
+    @property
+    def overlay(self) -> MachineOverlay:
+        return MachineOverlay.for_config(self._config())
+
+    def _in_config(self, mac: MacAddress) -> Machine | None:
+        for machine in self._config().machines:
+            if machine.mac == mac:
+                return machine
+        return None
+
+    def _found(self, mac: MacAddress) -> tuple[Machine, str] | None:
+        machine = self.overlay.get(mac)
+        if machine is not None:
+            return machine, "api"
+        machine = self._in_config(mac)
+        return (machine, "config") if machine is not None else None
+
+    def list(self, request: ApiRequest) -> Reply:
+        overlay = self.overlay
+        listed = [
+            machine_json(m, "config") for m in self._config().machines if overlay.get(m.mac) is None
+        ]
+        listed.extend(machine_json(m, "api") for m in overlay.machines())
+        listed.sort(key=lambda item: str(item["mac"]))
+        return Reply(200, listed)
+
+    def get(self, request: ApiRequest) -> Reply:
+        mac = parse_mac(request.params.get("mac"))
+        found = self._found(mac)
+        if found is None:
+            raise ApiError(404, f"no machine {mac}", "mac")
+        return Reply(200, machine_json(*found))
+
+    def create(self, request: ApiRequest) -> Reply:
+        body = request.json_object()
+        if "mac" not in body:
+            raise ApiError(422, "a machine needs a 'mac'", "mac")
+        if not isinstance(body["mac"], str):
+            raise ApiError(422, "must be a string", "mac")
+        mac = parse_mac(body["mac"])
+        found = self._found(mac)
+        if found is not None:
+            raise ApiError(
+                409,
+                f"machine {mac} already exists (defined in the {found[1]}); "
+                f"PUT or PATCH /api/v1/machines/{mac} changes it",
+                "mac",
+            )
+        return self._store(body, 201)
+
+    def replace(self, request: ApiRequest) -> Reply:
+        mac = parse_mac(request.params.get("mac"))
+        body = request.json_object()
+        self._same_mac(body, mac)
+        created = self._found(mac) is None
+        return self._store({**body, "mac": str(mac)}, 201 if created else 200)
+
+    def update(self, request: ApiRequest) -> Reply:
+        """PATCH: merge keys into the current definition; a ``null`` value removes the key."""
+        mac = parse_mac(request.params.get("mac"))
+        body = request.json_object()
+        self._same_mac(body, mac)
+        current = self.overlay.definition(mac)
+        if current is None:
+            found = self._found(mac)
+            if found is None:
+                raise ApiError(404, f"no machine {mac}", "mac")
+            current = machine_json(found[0], found[1])
+            current.pop("source", None)
+        merged = {**current, **body}
+        merged = {key: value for key, value in merged.items() if value is not None}
+        return self._store(merged, 200)
+
+    def delete(self, request: ApiRequest) -> Reply:
+        mac = parse_mac(request.params.get("mac"))
+        try:
+            removed = self.overlay.remove(mac)
+        except OSError as error:
+            raise ApiError(500, f"cannot save the machines file: {error.strerror}") from None
+        if removed:
+            log.info("API: machine {mac} deleted", mac=str(mac))
+            return Reply(204)
+        if self._in_config(mac) is not None:
+            raise ApiError(
+                409,
+                f"machine {mac} is defined in the config file {self._config().source}; "
+                "remove it there",
+                "mac",
+            )
+        raise ApiError(404, f"no machine {mac}", "mac")
+
+    @staticmethod
+    def _same_mac(body: Mapping[str, Any], mac: MacAddress) -> None:
+        if "mac" in body and (not isinstance(body["mac"], str) or parse_mac(body["mac"]) != mac):
+            raise ApiError(422, f"does not match the machine in the path ({mac})", "mac")
+
+    def _store(self, definition: dict[str, Any], status: int) -> Reply:
+        if definition.get("address") is not None:
+            # The DHCP pools take their reservations from the config file when they are built.
+            configured = self._in_config(parse_mac(str(definition["mac"])))
+            if configured is None or str(configured.address) != str(definition["address"]):
+                raise ApiError(
+                    422,
+                    "address reservations are set in the config file, not through the API",
+                    "address",
+                )
+        try:
+            machine, _ = self.overlay.put(definition)
+        except ConfigError as error:
+            raise _invalid(error) from None
+        except OSError as error:
+            raise ApiError(500, f"cannot save the machines file: {error.strerror}") from None
+        log.info(
+            "API: machine {mac} {what}",
+            mac=str(machine.mac),
+            what="created" if status == 201 else "updated",
+        )
+        return Reply(
+            status,
+            machine_json(machine, "api"),
+            {"location": f"/api/v1/machines/{machine.mac}"},
+        )

@@ -1,0 +1,95 @@
+"""The operator listener: ``/api/v1/`` (token), ``/metrics`` and the dashboard at ``/``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from pxetwist.api.router import Router
+from pxetwist.api.tokens import TokenSet
+from pxetwist.api.v1 import V1, ApiContext
+from pxetwist.config import Config, ConfigError
+
+log = Logger()
+
+
+def check_api_config(config: Config) -> TokenSet:
+    """Load the tokens file and check ``api.metrics_token`` names one of its tokens."""
+    tokens = TokenSet.load(config.api.tokens_file)
+    name = config.api.metrics_token
+    if name is not None and tokens.named(name) is None:
+        raise ConfigError(
+            f"no token named {name!r} in {config.api.tokens_file}",
+            source=config.source,
+            path=("api", "metrics_token"),
+        )
+    return tokens
+
+
+class ApiSite(Site):
+    """The listener's site: no access log line per request (scrapes and dashboard polling)."""
+
+    def log(self, request: Any) -> None:
+        return None
+
+
+class ApiService(Service):
+    """Listens on ``api.listen``; every path below it reads the server through ``context``."""
+
+    name = "api"
+
+    def __init__(
+        self,
+        context: ApiContext,
+        reactor: Any,
+        extra: Callable[[Resource, Callable[[], TokenSet]], None] | None = None,
+    ) -> None:
+        self.context = context
+        self.reactor = reactor
+        config = context.config()
+        self.tokens = check_api_config(config)
+        self.v1 = V1(context)
+        self.router = Router(self.v1.routes(), lambda: self.tokens)
+        self.root = Resource()
+        self.root.putChild(b"api", self.router)
+        if extra is not None:
+            extra(self.root, lambda: self.tokens)
+        self.site = ApiSite(self.root)
+        self.port: Any = None
+
+    def reload_tokens(self) -> None:
+        """Read the tokens file again (after a config reload); the old set stays on error."""
+        self.tokens = check_api_config(self.context.config())
+
+    def privilegedStartService(self) -> None:
+        api = self.context.config().api
+        self.port = self.reactor.listenTCP(api.port, self.site, interface=api.host)
+        host = self.port.getHost()
+        if not self.tokens.tokens:
+            log.warn(
+                "api: no tokens configured (api.tokens_file); every API request will be refused"
+            )
+        log.info(
+            "api: operator API, metrics and dashboard on http://{host}:{port}/",
+            host=host.host,
+            port=host.port,
+        )
+        super().privilegedStartService()
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return succeed(None)
+        return maybeDeferred(port.stopListening)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host = self.port.getHost()
+        return host.host, host.port
