@@ -11,10 +11,15 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from pxetwist.api.leaseview import TableLeaseView
+from pxetwist.api.recent import RecentSessions
 from pxetwist.api.router import Router
 from pxetwist.api.tokens import TokenSet
 from pxetwist.api.v1 import V1, ApiContext
 from pxetwist.config import Config, ConfigError
+from pxetwist.context import ServerContext, Settings
+from pxetwist.dhcp.leases import LeaseTable
+from pxetwist.dhcp.store import ILeaseStore
 
 log = Logger()
 
@@ -93,3 +98,53 @@ class ApiService(Service):
     def address(self) -> tuple[str, int]:
         host = self.port.getHost()
         return host.host, host.port
+
+
+def api_service(context: ServerContext) -> ApiService:
+    """The API service of a running server (the entry in :data:`pxetwist.service.PROTOCOLS`).
+
+    It reads the DHCP service's lease table through the service tree (looked up per request:
+    the DHCP service opens its store only when it starts), keeps recent sessions from the
+    event bus, and reads its tokens file again after each config reload.
+    """
+    holder: list[ApiService] = []
+
+    def dhcp() -> Any:
+        parent = holder[0].parent if holder else None
+        if parent is None:
+            return None
+        try:
+            return parent.getServiceNamed("dhcp")  # type: ignore[attr-defined]
+        except KeyError:
+            return None
+
+    def table() -> LeaseTable | None:
+        service = dhcp()
+        return getattr(service, "table", None)
+
+    def store() -> ILeaseStore | None:
+        service = dhcp()
+        return getattr(service, "store", None)
+
+    reactor = context.reactor
+    sessions = RecentSessions(reactor.seconds)
+    context.events.subscribe(sessions)
+    api_context = ApiContext(
+        config=lambda: context.config,
+        leases=TableLeaseView(table, store, reactor.seconds),
+        sessions=sessions,
+        clock=reactor.seconds,
+        started=reactor.seconds(),
+        policy_chain=lambda: context.chain.names,
+    )
+    service = ApiService(api_context, reactor)
+    holder.append(service)
+
+    def reloaded(old: Settings, new: Settings) -> None:
+        try:
+            service.reload_tokens()
+        except ConfigError as error:
+            log.error("api: tokens not reloaded, the old ones stay: {error}", error=str(error))
+
+    context.live.subscribe(reloaded)
+    return service
