@@ -12,12 +12,13 @@ Which names are scripts (:func:`script_name`):
   (:func:`pxetwist.tftp.generated.match_generated`), so both protocols answer the same names.
 * PXELINUX configs are not generated over HTTP: ``pxelinux.cfg/...`` is an ordinary file here.
 
-Who is asking: the MAC in the file name, else ``mac=`` in the query, else whatever DHCP saw at
-the client's address (:meth:`SightingRegistry.request_for`, with its neighbour-table fallback).
-A machine DHCP never saw gets a fresh :class:`BootRequest` whose architecture comes from
-``arch=`` (iPXE's ``${buildarch}``, refined by ``platform=${platform}`` if given; see
-:func:`arch_from_query`). Whoever fetches an iPXE script *is* iPXE, so such a request always
-carries an iPXE user class, and policies answer it as they answer iPXE's DHCP request.
+Who is asking, what the policy decides and the rendering are worked out by
+:class:`~pxetwist.bootconfig.BootConfigResolver`, the same as for TFTP: the MAC in the file name,
+else ``mac=`` in the query, else whatever DHCP saw at the client's address. A machine DHCP never
+saw gets a fresh :class:`BootRequest` whose architecture comes from ``arch=`` (iPXE's
+``${buildarch}``, refined by ``platform=${platform}`` if given; see :func:`arch_from_query`).
+Whoever fetches an iPXE script *is* iPXE, so such a request always carries an iPXE user class,
+and policies answer it as they answer iPXE's DHCP request.
 
 What is answered:
 
@@ -40,7 +41,6 @@ What is answered:
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
 from ipaddress import AddressValueError, IPv4Address
@@ -56,22 +56,13 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from pxetwist.bootconfig import BootConfig, BootConfigResolver, ConfigAsk, ConfigStatus
 from pxetwist.context import ServerContext
 from pxetwist.http.static import PathRefused, resolve_path, serve_file
 from pxetwist.policy.decision import BootDecision
-from pxetwist.policy.render import (
-    LoaderKind,
-    Renderer,
-    RenderError,
-    ServingContext,
-    has_boot_config,
-    ipxe_location,
-)
-from pxetwist.policy.request import BootRequest
+from pxetwist.policy.render import LoaderKind, Renderer, ServingContext, ipxe_location
 from pxetwist.policy.values import (
     Arch,
-    BootAction,
-    Firmware,
     InvalidMacAddress,
     MacAddress,
     Stage,
@@ -264,7 +255,7 @@ class BootScripts(Resource):
     def __init__(self, context: ServerContext, *, renderer: Renderer | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._server = context
-        self._renderer = renderer if renderer is not None else Renderer(context.config.templates)
+        self._configs = BootConfigResolver(context, renderer)
 
     @property
     def _root(self) -> Path:
@@ -298,7 +289,19 @@ class BootScripts(Resource):
             )
             return _respond(typed, 400, f"Bad Request: {error}")
         context = self._context(typed, name.kind)
-        boot_request = self._boot_request(name, query, client, context)
+        ask = ConfigAsk(
+            kind=name.kind,
+            path=name.path,
+            stage=Stage.HTTP,
+            client=client,
+            serving=context,
+            interface=self._server.interface_named_by(IPv4Address(context.server)),
+            mac=name.mac or query.mac,
+            arch=query.arch,
+            uuid=query.uuid,
+            may_chain=self._may_chain,
+        )
+        boot_request = self._configs.identify(ask)
         if boot_request is None:
             why = (
                 f"cannot tell which machine {client} is: DHCP has not seen it and the URL "
@@ -311,11 +314,11 @@ class BootScripts(Resource):
         setattr(request, MAC_ATTRIBUTE, boot_request.mac)
         gone: list[bool] = []
         typed.notifyFinish().addErrback(lambda _: gone.append(True))
-        decided: Deferred[BootDecision | None] = self._server.chain.decide(boot_request)
+        answered: Deferred[BootConfig] = self._configs.answer(ask, boot_request)
 
-        def answer(decision: BootDecision | None) -> None:
+        def answer(config: BootConfig) -> None:
             if not gone:
-                self._answer(request, name, boot_request, context, decision)
+                self._answer(request, name, config)
 
         def failed(failure: Failure) -> None:
             _log.failure(
@@ -327,7 +330,7 @@ class BootScripts(Resource):
             if not gone and not typed.startedWriting:
                 _respond(typed, 500, "Internal Server Error: see the server log")
 
-        decided.addCallback(answer).addErrback(failed)
+        answered.addCallback(answer).addErrback(failed)
         return NOT_DONE_YET
 
     # -- identifying the machine ---------------------------------------------------------------
@@ -356,67 +359,28 @@ class BootScripts(Resource):
             tftp_root=tftp_root,
         )
 
-    def _boot_request(
-        self,
-        name: ScriptName,
-        query: _Query,
-        client: IPv4Address | None,
-        context: ServingContext,
-    ) -> BootRequest | None:
-        sightings = self._server.sightings
-        request = sightings.request_for(
-            stage=Stage.HTTP, address=client, mac=name.mac or query.mac, path=name.path
-        )
-        if request is None:
-            return None
-        changes: dict[str, Any] = {}
-        with contextlib.suppress(AddressValueError):
-            changes["server_address"] = IPv4Address(context.server)
-        if "server_address" in changes:
-            interface = self._server.interface_named_by(changes["server_address"])
-            if interface is not None:
-                changes["interface"] = interface
-        if sightings.by_mac(request.mac) is None:
-            # DHCP never saw it: what the URL says is all there is.
-            changes["ipxe_user_classes"] = self._server.config.dhcp.ipxe_user_classes
-            if query.arch is not None:
-                changes["arches"] = (query.arch,)
-        if request.uuid is None and query.uuid is not None:
-            changes["uuid"] = query.uuid
-        request = attrs.evolve(request, **changes)
-        if name.kind is LoaderKind.IPXE and request.firmware is not Firmware.IPXE:
-            classes = request.ipxe_user_classes or (b"iPXE",)
-            request = attrs.evolve(request, user_classes=(*request.user_classes, classes[0]))
-        return request
-
     # -- answering -----------------------------------------------------------------------------
 
-    def _answer(
-        self,
-        request: Request,
-        name: ScriptName,
-        boot_request: BootRequest,
-        context: ServingContext,
-        decision: BootDecision | None,
-    ) -> None:
+    def _answer(self, request: Request, name: ScriptName, config: BootConfig) -> None:
         typed = cast(_ScriptRequest, request)
-        mac = str(boot_request.mac)
-        if decision is None:
+        mac = str(config.mac)
+        decision = config.decision
+        if config.status is ConfigStatus.UNDECIDED or decision is None:
             why = f"no boot policy decided for {mac}"
             _log.info("http: no {path} for {mac}: {why}", path=name.path, mac=mac, why=why)
             _respond(typed, 404, f"Not Found: {why}")
             return
-        if decision.action is BootAction.IGNORE:
+        if config.status is ConfigStatus.IGNORED:
             why = f"{mac} is ignored by policy {decision.policy}: {decision.reason}"
             _log.info("http: no {path} for {mac}: {why}", path=name.path, mac=mac, why=why)
             _respond(typed, 404, f"Not Found: {why}")
             return
-        if not self._expressible(name, decision, context):
+        if config.status is ConfigStatus.NOTHING:
             self._nothing_to_run(request, name, mac, decision)
             return
-        try:
-            text = self._renderer.render(name.kind, decision, boot_request, context)
-        except RenderError as error:
+        if config.status is ConfigStatus.FAILED:
+            error = config.error
+            assert error is not None
             _log.error(
                 "http: cannot render {path} for {mac} with template {template}: {error}",
                 path=name.path,
@@ -427,7 +391,8 @@ class BootScripts(Resource):
             )
             _respond(typed, 500, f"Internal Server Error: cannot render {error.template}")
             return
-        body = text.encode("utf-8")
+        assert config.text is not None
+        body = config.text.encode("utf-8")
         typed.setResponseCode(200)
         headers = typed.responseHeaders
         headers.setRawHeaders(b"Content-Type", [_TEXT])
@@ -445,15 +410,9 @@ class BootScripts(Resource):
             reason=decision.reason,
         )
 
-    def _expressible(
-        self, name: ScriptName, decision: BootDecision, context: ServingContext
-    ) -> bool:
-        """Can this loader's config say what the decision says, without looping back here?"""
-        if has_boot_config(name.kind, decision):
-            return True
-        if name.kind is not LoaderKind.IPXE or decision.program is None:
-            return False
-        return not self._is_own_script(decision.program, context)
+    def _may_chain(self, program: str, context: ServingContext) -> bool:
+        """iPXE may chain to *program* unless that is one of our own iPXE scripts (a loop)."""
+        return not self._is_own_script(program, context)
 
     def _is_own_script(self, program: str, context: ServingContext) -> bool:
         """Whether iPXE chaining to *program* would fetch one of our own iPXE scripts again.

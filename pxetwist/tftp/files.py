@@ -6,9 +6,9 @@ Which file answers a name (:class:`FileResolver`): boot-loader config names
 are rendered for the asking machine *when its policy decision has something to say there* (a
 kernel, "boot locally", an iPXE script); otherwise the name is looked up on disk like any other.
 So generated configs win over files of the same name, and a site's hand-written
-``pxelinux.cfg/default`` still serves every machine the policies have no kernel for.  The machine
-is the MAC in the name when there is one, else whoever the sighting registry says is at the
-client's address (what DHCP saw, then the neighbour table).
+``pxelinux.cfg/default`` still serves every machine the policies have no kernel for.  Which
+machine asks, what its policy decides and the rendering are worked out by
+:class:`~pxetwist.bootconfig.BootConfigResolver`, the same as for HTTP.
 
 Reading files: each transfer opens its file once and reads the blocks it is about to send with
 ``os.pread`` on that descriptor (:class:`FileSource`).  Nothing ever loads a whole file.  The
@@ -23,21 +23,14 @@ import os
 import stat
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
-from pxetwist.policy.chain import PolicyChain
-from pxetwist.policy.decision import BootDecision
-from pxetwist.policy.render import (
-    LoaderKind,
-    Renderer,
-    RenderError,
-    ServingContext,
-    has_boot_config,
-)
+from pxetwist.bootconfig import BootConfig, BootConfigResolver, ConfigAsk, ConfigStatus
+from pxetwist.policy.render import LoaderKind, ServingContext
 from pxetwist.policy.sightings import SightingRegistry
 from pxetwist.policy.values import MacAddress, Stage
 from pxetwist.tftp.generated import match_generated
@@ -157,19 +150,22 @@ class Resolved:
 
 
 class FileResolver:
-    """Turns a requested name into a :class:`Resolved` source, or fails with :class:`Refusal`."""
+    """Turns a requested name into a :class:`Resolved` source, or fails with :class:`Refusal`.
 
-    def __init__(
-        self,
-        root: Path,
-        renderer: Renderer,
-        chain: PolicyChain | Any,
-        sightings: SightingRegistry,
-    ) -> None:
-        self.root = root
-        self.renderer = renderer
-        self.chain = chain
-        self.sightings = sightings
+    Boot-config names are worked out by :class:`~pxetwist.bootconfig.BootConfigResolver`; the
+    root is the config's ``tftp.root`` in force.
+    """
+
+    def __init__(self, configs: BootConfigResolver) -> None:
+        self.configs = configs
+
+    @property
+    def root(self) -> Path:
+        return self.configs.context.config.tftp.root
+
+    @property
+    def sightings(self) -> SightingRegistry:
+        return self.configs.context.sightings
 
     def resolve(
         self,
@@ -186,35 +182,34 @@ class FileResolver:
         name = match_generated(relative, client)
         if name is None:
             return self._disk(relative, client, None)
-        request = self.sightings.request_for(
-            stage=Stage.TFTP, address=client, mac=name.mac, path=relative
+        ask = ConfigAsk(
+            kind=name.kind,
+            path=relative,
+            stage=Stage.TFTP,
+            client=client,
+            serving=context,
+            interface=interface,
+            mac=name.mac,
+            absolute_paths=bool(name.directory),
         )
-        if request is None:
-            return self._disk(relative, client, None)
-        request = attrs.evolve(
-            request, server_address=IPv4Address(context.server), interface=interface
-        )
-        decided: Deferred[BootDecision | None] = self.chain.decide(request)
 
-        def render(decision: BootDecision | None) -> Deferred[Resolved]:
-            if not has_boot_config(name.kind, decision):
-                return self._disk(relative, client, request.mac)
-            assert decision is not None
-            try:
-                text = self.renderer.render(
-                    name.kind, decision, request, context, absolute_paths=bool(name.directory)
-                )
-            except RenderError as error:
+        def serve(config: BootConfig) -> Deferred[Resolved]:
+            if config.status is ConfigStatus.RENDERED:
+                assert config.text is not None
+                source = BytesSource(config.text.encode())
+                return succeed(Resolved(source, relative, config.mac, name.kind))
+            if config.status is ConfigStatus.FAILED:
+                assert config.error is not None
                 log.error(
                     "tftp: cannot render {path} for {mac}: {error}",
                     path=relative,
-                    mac=str(request.mac),
-                    error=str(error),
+                    mac=str(config.mac),
+                    error=str(config.error),
                 )
-                return fail(Refusal(ErrorCode.NOT_DEFINED, str(error), "Config error"))
-            return succeed(Resolved(BytesSource(text.encode()), relative, request.mac, name.kind))
+                return fail(Refusal(ErrorCode.NOT_DEFINED, str(config.error), "Config error"))
+            return self._disk(relative, client, config.mac)
 
-        return decided.addCallback(render)
+        return self.configs.resolve(ask).addCallback(serve)
 
     def _disk(
         self, relative: str, client: IPv4Address | None, mac: MacAddress | None

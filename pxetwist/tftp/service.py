@@ -17,10 +17,11 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IReactorFDSet, IReactorProcess
 from twisted.logger import Logger
 
+from pxetwist.bootconfig import BootConfigResolver
 from pxetwist.config.model import Config
 from pxetwist.context import IServerReactor, ServerContext, listening_address
 from pxetwist.fdlimit import HEADROOM, raise_fd_limit
-from pxetwist.policy.render import Renderer, ServingContext
+from pxetwist.policy.render import ServingContext
 from pxetwist.tftp.protocol import FileResolver, ServerSettings, TftpListener, TftpServer
 from pxetwist.tftp.workers import WorkerPool, default_worker_count
 
@@ -53,11 +54,8 @@ class TftpService(Service):
         self.context = context
         config = context.config
         self.settings = settings_from(config)
-        self.renderer = Renderer(config.templates)
         self.server = TftpServer(
-            self.settings,
-            FileResolver(config.tftp.root, self.renderer, context.chain, context.sightings),
-            context.reactor,
+            self.settings, FileResolver(BootConfigResolver(context)), context.reactor
         )
         self.ports: list[IListeningPort] = []
 

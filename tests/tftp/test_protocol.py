@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, Logger
 from twisted.trial.unittest import SynchronousTestCase
 
+from pxetwist.bootconfig import BootConfigResolver
 from pxetwist.config.model import Config
 from pxetwist.context import IServerReactor, ServerContext
 from pxetwist.netinfo import InterfaceInfo
@@ -99,7 +100,17 @@ class Harness:
             )
         self.server = TftpServer(
             ServerSettings(root=self.root, **settings),
-            FileResolver(self.root, Renderer(templates), chain, self.sightings),
+            FileResolver(
+                BootConfigResolver(
+                    ServerContext.build(
+                        self.config,
+                        chain,
+                        cast(IServerReactor, self.reactor),
+                        sightings=self.sightings,
+                    ),
+                    Renderer(templates),
+                )
+            ),
             self.reactor,
         )
         self.listener = TftpListener(
@@ -564,10 +575,15 @@ class RealSocketTests(SynchronousTestCase):
         self.server = TftpServer(
             ServerSettings(root=self.root),
             FileResolver(
-                self.root,
-                Renderer(),
-                PolicyChain([("static", StaticPolicy(config))], self.reactor),
-                SightingRegistry(self.reactor.seconds, neighbours=dict),
+                BootConfigResolver(
+                    ServerContext.build(
+                        config,
+                        PolicyChain([("static", StaticPolicy(config))], self.reactor),
+                        cast(IServerReactor, self.reactor),
+                        sightings=SightingRegistry(self.reactor.seconds, neighbours=dict),
+                    ),
+                    Renderer(),
+                )
             ),
             self.reactor,
         )
