@@ -113,4 +113,4 @@ class ProtocolTableTests(SynchronousTestCase):
     def test_the_table_names_each_protocol_once(self) -> None:
         names = [entry.name for entry in PROTOCOLS]
         self.assertEqual(sorted(names), sorted(set(names)))
-        self.assertEqual(names, ["dhcp", "tftp", "http"])
+        self.assertLessEqual({"dhcp", "tftp", "http"}, set(names))
