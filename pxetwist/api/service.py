@@ -12,6 +12,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from pxetwist.api.leaseview import TableLeaseView
+from pxetwist.api.metricsweb import MetricsResource
 from pxetwist.api.recent import RecentSessions
 from pxetwist.api.router import Router
 from pxetwist.api.tokens import TokenSet
@@ -20,6 +21,7 @@ from pxetwist.config import Config, ConfigError
 from pxetwist.context import ServerContext, Settings
 from pxetwist.dhcp.leases import LeaseTable
 from pxetwist.dhcp.store import ILeaseStore
+from pxetwist.metrics import BootMetrics, StateCollector
 
 log = Logger()
 
@@ -53,7 +55,8 @@ class ApiService(Service):
         self,
         context: ApiContext,
         reactor: Any,
-        extra: Callable[[Resource, Callable[[], TokenSet]], None] | None = None,
+        metrics: BootMetrics | None = None,
+        before_scrape: Callable[[], None] = lambda: None,
     ) -> None:
         self.context = context
         self.reactor = reactor
@@ -63,8 +66,14 @@ class ApiService(Service):
         self.router = Router(self.v1.routes(), lambda: self.tokens)
         self.root = Resource()
         self.root.putChild(b"api", self.router)
-        if extra is not None:
-            extra(self.root, lambda: self.tokens)
+        self.metrics = metrics if metrics is not None else BootMetrics()
+        self.metrics_resource = MetricsResource(
+            self.metrics.registry,
+            lambda: self.tokens,
+            lambda: self.context.config().api.metrics_token,
+            before_scrape,
+        )
+        self.root.putChild(b"metrics", self.metrics_resource)
         self.site = ApiSite(self.root)
         self.port: Any = None
 
@@ -86,6 +95,11 @@ class ApiService(Service):
             port=host.port,
         )
         super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        # After the DHCP service's start (it comes first in the table): its store is open now.
+        self.metrics_resource.before_scrape()
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
@@ -126,18 +140,37 @@ def api_service(context: ServerContext) -> ApiService:
         service = dhcp()
         return getattr(service, "store", None)
 
+    def active_transfers() -> int | None:
+        parent = holder[0].parent if holder else None
+        try:
+            tftp = parent.getServiceNamed("tftp") if parent is not None else None  # type: ignore[attr-defined]
+        except KeyError:
+            return None
+        count = getattr(tftp, "active_transfers", None)
+        return count() if callable(count) else count
+
     reactor = context.reactor
     sessions = RecentSessions(reactor.seconds)
     context.events.subscribe(sessions)
+    leases = TableLeaseView(table, store, reactor.seconds)
+    metrics = BootMetrics()
+    metrics.registry.register(StateCollector(leases.pools, active_transfers))
+    context.events.subscribe(metrics)
+
+    def hook_store() -> None:
+        current = store()
+        if current is not None and getattr(current, "on_commit", False) is None:
+            current.on_commit = metrics.lease_committed  # type: ignore[attr-defined]
+
     api_context = ApiContext(
         config=lambda: context.config,
-        leases=TableLeaseView(table, store, reactor.seconds),
+        leases=leases,
         sessions=sessions,
         clock=reactor.seconds,
         started=reactor.seconds(),
         policy_chain=lambda: context.chain.names,
     )
-    service = ApiService(api_context, reactor)
+    service = ApiService(api_context, reactor, metrics, hook_store)
     holder.append(service)
 
     def reloaded(old: Settings, new: Settings) -> None:
