@@ -255,6 +255,28 @@ def _decode_oack(data: bytes) -> OptionAck:
     return OptionAck(tuple(options))
 
 
+def ack_block(data: bytes) -> int | None:
+    """The block number of an ACK datagram, or ``None`` for anything else.
+
+    The per-block hot path of every transfer: an ACK is classified without building a packet
+    value (``decode`` would give ``Ack(block)`` for the same bytes, trailing octets ignored).
+    """
+    if len(data) >= 4 and data[0] == 0 and data[1] == _OPCODE_ACK:
+        return (data[2] << 8) | data[3]
+    return None
+
+
+def is_request(data: bytes) -> bool:
+    """True when ``data`` starts like an RRQ or a WRQ (its body unchecked): what a port that
+    carries both transfers and requests (``tftp.single_port``) routes to the request path."""
+    return len(data) >= 2 and data[0] == 0 and (data[1] == Opcode.RRQ or data[1] == Opcode.WRQ)
+
+
+def is_error(data: bytes) -> bool:
+    """True when ``data`` starts like an ERROR, which is never answered (RFC 1350 §7)."""
+    return len(data) >= 2 and data[0] == 0 and data[1] == Opcode.ERROR
+
+
 def decode(data: bytes) -> Packet:
     """Parse one datagram, or raise :class:`MalformedPacket` (and nothing else).
 
@@ -299,9 +321,12 @@ __all__ = [
     "Packet",
     "ReadRequest",
     "WriteRequest",
+    "ack_block",
     "decode",
     "encode",
     "encode_ack",
     "encode_data",
     "error_datagram",
+    "is_error",
+    "is_request",
 ]

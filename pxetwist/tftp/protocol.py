@@ -16,11 +16,15 @@ Shape (RFC 1350 §4, protocol-reference §6.2):
   port get ERROR 5 and do not disturb the transfer (RFC 1350 §4, §7.8 T6).  In ``single_port``
   mode the listener's own port carries every transfer, demultiplexed by the client's address and
   port.
-* With transfer workers (``tftp.workers``, :mod:`pxetwist.tftp.workers`), the bound port and the
-  open file are handed to a worker process, which runs the transfer and reports its end; this
-  process still decides everything and writes the transfer's log line.  Without workers, or
-  when none is ready, the transfer runs here.
-* A WRQ gets ERROR 2 (read-only server, §6.6); junk is logged with its sender and dropped;
+* Every accepted RRQ takes a slot in the server's :class:`~pxetwist.tftp.table.TransferTable`
+  (``tftp.max_transfers`` of them) until it is refused or its transfer ends; the table reports
+  both as boot events, which is what the log shows.  Options are negotiated once, here, when the
+  request is accepted.
+* With transfer workers (``tftp.workers``, :mod:`pxetwist.tftp.workers`), the bound port, the
+  open file and the negotiated options are handed to a worker process, which runs the transfer
+  and reports its end; this process still decides everything.  Without workers, or when none is
+  ready, the transfer runs here, on the same sockets (:mod:`pxetwist.tftp.sockets`).
+* A WRQ gets ERROR 2 (read-only server, §6.6); junk is reported with its sender and dropped;
   nothing a client sends can raise out of a protocol.
 
 File reads happen on the thread that runs the transfer: boot files are small and hot in the
@@ -34,19 +38,19 @@ once; keep it local.
 from __future__ import annotations
 
 import os
-import select
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
 from twisted.internet.defer import fail
-from twisted.internet.interfaces import IReactorFDSet
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from pxetwist.config.model import TftpConfig
+from pxetwist.events import BootEventBus, LogObserver
+from pxetwist.events import Outcome as EventOutcome
 from pxetwist.policy.render import ServingContext
 from pxetwist.tftp.files import (
     READ_CHUNK,
@@ -54,9 +58,8 @@ from pxetwist.tftp.files import (
     FileSource,
     Refusal,
     Resolved,
-    close_source,
 )
-from pxetwist.tftp.handoff import Handoff
+from pxetwist.tftp.handoff import Handoff, MessageTooLarge, encode_message
 from pxetwist.tftp.packet import (
     Error,
     ErrorCode,
@@ -65,16 +68,12 @@ from pxetwist.tftp.packet import (
     WriteRequest,
     decode,
     error_datagram,
+    is_request,
 )
-from pxetwist.tftp.session import (
-    Outcome,
-    ReadSession,
-    SessionLimits,
-    TransferSummary,
-    negotiate,
-)
+from pxetwist.tftp.session import ReadSession, SessionLimits, negotiate
 from pxetwist.tftp.sockets import Address, TransferMux, TransferSocket, bound_socket, peer_text
-from pxetwist.tftp.transfer import Transfer, TransferProtocol
+from pxetwist.tftp.table import RequestReport, TransferSlot, TransferTable
+from pxetwist.tftp.transfer import Transfer
 from pxetwist.tftp.workers import WorkerPool
 
 log = Logger()
@@ -124,34 +123,49 @@ class ServerSettings:
             max_retries=max(self.retries - 1, 0),
             max_window=self.max_windowsize,
             adaptive_window=self.adaptive_window,
+            window_bytes=WINDOW_BYTES,
         )
 
 
-class TftpServer:
-    """State shared by every listener: the resolver, the transfer limit, the reactor."""
+def logging_bus() -> BootEventBus:
+    """A bus whose only observer writes the log lines (until the server context supplies one)."""
+    bus = BootEventBus()
+    bus.subscribe(LogObserver())
+    return bus
 
-    def __init__(self, settings: ServerSettings, resolver: FileResolver, reactor: Any) -> None:
+
+class TftpServer:
+    """State shared by every listener: the resolver, the transfer table, the reactor."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        resolver: FileResolver,
+        reactor: Any,
+        bus: BootEventBus | None = None,
+    ) -> None:
         self.settings = settings
         self.resolver = resolver
         self.reactor = reactor
-        self.busy = 0  # transfers running plus requests being resolved
+        self.table = TransferTable(settings.max_transfers, reactor, bus or logging_bus())
         self.listeners: list[TftpListener] = []
         self.pool: WorkerPool | None = None
         self._mux: TransferMux | None = None
 
     @property
-    def transfers(self) -> list[Transfer | RemoteTransfer]:
-        return [t for listener in self.listeners for t in listener.transfers.values()]
+    def busy(self) -> int:
+        """Slots taken in the transfer table (running transfers and requests being resolved)."""
+        return self.table.busy
 
     def abort_all(self, reason: str) -> None:
-        for transfer in self.transfers:
-            transfer.abort(reason)
+        for slot in self.table:
+            slot.abort(reason)
         mux, self._mux = self._mux, None
         if mux is not None:
             mux.close()
 
     def mux(self) -> TransferMux:
-        """The transfer-socket multiplexer, made on first use (real reactors only)."""
+        """The transfer-socket multiplexer, made on first use."""
         if self._mux is None:
             self._mux = TransferMux(self.reactor)
         return self._mux
@@ -175,14 +189,13 @@ class TftpListener(DatagramProtocol):
         interface: str | None = None,
     ) -> None:
         self.server = server
+        self.table = server.table
         self.address = address
         self.context = context
         self.mtu = mtu
         self.interface = interface
         self.limits = server.settings.limits(mtu)
         self.single_port = server.settings.single_port
-        self.transfers: dict[Address, Transfer | RemoteTransfer] = {}
-        self._pending: dict[Address, str] = {}
         server.listeners.append(self)
 
     # Datagrams.
@@ -194,29 +207,31 @@ class TftpListener(DatagramProtocol):
             log.failure("tftp: error handling a datagram from {peer}", peer=peer_text(addr))
 
     def _received(self, datagram: bytes, addr: Address) -> None:
-        if self.single_port:
-            transfer = self.transfers.get(addr)
-            if isinstance(transfer, Transfer) and datagram[:2] not in (b"\0\x01", b"\0\x02"):
-                transfer.receive(datagram)
+        if self.single_port and not is_request(datagram):
+            slot = self.table.at(self.address, addr)
+            if slot is not None and slot.transfer is not None:
+                slot.transfer.receive(datagram)
                 return
         try:
             packet = decode(datagram)
         except MalformedPacket as error:
-            log.info(
-                "tftp: malformed datagram from {peer} dropped: {error}",
-                peer=peer_text(addr),
-                error=str(error),
+            self._report(
+                None,
+                RequestReport.of(
+                    addr,
+                    "a malformed datagram",
+                    str(error),
+                    outcome=EventOutcome.DROPPED,
+                    verb="dropped",
+                ),
             )
             return
         if isinstance(packet, ReadRequest):
             self._read_request(packet, addr)
         elif isinstance(packet, WriteRequest):
-            log.info(
-                "tftp: write request for {path} from {peer} refused (read-only)",
-                path=packet.filename,
-                peer=peer_text(addr),
+            self._refuse(
+                None, addr, packet.filename, Refusal(ErrorCode.ACCESS_VIOLATION, "read-only")
             )
-            self._send(error_datagram(ErrorCode.ACCESS_VIOLATION), addr)
         elif isinstance(packet, Error):
             return  # never answer an ERROR (RFC 1350 §7)
         else:
@@ -238,105 +253,143 @@ class TftpListener(DatagramProtocol):
                 "tftp: cannot send to {peer}: {error}", peer=peer_text(addr), error=str(error)
             )
 
+    def _report(self, slot: TransferSlot | None, report: RequestReport) -> None:
+        self.table.refuse(slot, report)
+
+    def _refuse(
+        self,
+        slot: TransferSlot | None,
+        addr: Address,
+        filename: str,
+        refusal: Refusal,
+        level: LogLevel = LogLevel.info,
+    ) -> None:
+        """Answer with ERROR (code and text from ``refusal``), release the slot, report."""
+        self._send(error_datagram(refusal.code, refusal.message), addr)
+        self._report(
+            slot,
+            RequestReport.of(addr, filename, refusal.reason, code=int(refusal.code), level=level),
+        )
+
     # Requests.
 
     def _read_request(self, request: ReadRequest, addr: Address) -> None:
-        running = self.transfers.get(addr)
-        if self._pending.get(addr) == request.filename or (
-            running is not None and running.filename == request.filename
-        ):
-            # A retransmitted RRQ (our first answer was lost or is slow): the transfer that is
-            # already running retransmits on its own timer.
-            return
+        table = self.table
+        running = table.at(self.address, addr)
         if running is not None:
+            if running.filename == request.filename:
+                # A retransmitted RRQ (our first answer was lost or is slow): the transfer that
+                # is already running retransmits on its own timer.
+                return
             running.abort("superseded by a new request")
-        server = self.server
-        if server.busy >= server.settings.max_transfers:
-            log.warn(
-                "tftp: {busy} transfers running, refusing {path} to {peer}",
-                busy=server.busy,
-                path=request.filename,
-                peer=peer_text(addr),
+        negotiation = negotiate(request, self.limits)
+        if not negotiation.mode_supported:
+            self._refuse(
+                None,
+                addr,
+                request.filename,
+                Refusal(
+                    ErrorCode.ILLEGAL_OPERATION,
+                    f"unsupported mode {request.mode[:40]!r}",
+                    f"Unsupported mode {request.mode[:40]}",
+                ),
             )
-            self._send(error_datagram(ErrorCode.NOT_DEFINED, _BUSY), addr)
             return
-        server.busy += 1
-        self._pending[addr] = request.filename
+        slot = table.claim(self.address, addr, request.filename)
+        if slot is None:
+            self._refuse(
+                None,
+                addr,
+                request.filename,
+                Refusal(
+                    ErrorCode.NOT_DEFINED, f"server busy ({table.busy} transfers running)", _BUSY
+                ),
+                LogLevel.warn,
+            )
+            return
+        slot.negotiation = negotiation
+        client = slot.key[1][0]
         try:
-            client: IPv4Address | None = IPv4Address(addr[0])
-        except ValueError:
-            client = None
-        started = server.reactor.seconds()
-        try:
-            resolving = server.resolver.resolve(
-                request.filename, client, self.context, self.interface
+            resolving = self.server.resolver.resolve(
+                request.filename, _address(client), self.context, self.interface
             )
         except Exception:
             resolving = fail()
         resolving.addCallbacks(
-            self._resolved,
-            self._refused,
-            callbackArgs=(request, addr, started),
-            errbackArgs=(request, addr),
+            self._resolved, self._refused, callbackArgs=(slot,), errbackArgs=(slot,)
         )
-        resolving.addErrback(self._internal_error, addr)
+        resolving.addErrback(self._internal_error, slot)
 
-    def _resolved(
-        self, resolved: Resolved, request: ReadRequest, addr: Address, started: float
-    ) -> None:
-        self._pending.pop(addr, None)
-        server = self.server
-        if self.transport is None:  # stopped while resolving
-            server.busy -= 1
-            close_source(resolved.source)
+    def _resolved(self, resolved: Resolved, slot: TransferSlot) -> None:
+        slot.resolved = resolved
+        if slot.aborted is not None or self.transport is None:  # given up while resolving
+            self._report(
+                slot,
+                RequestReport.of(
+                    slot.peer,
+                    slot.filename,
+                    slot.aborted or "server stopping",
+                    outcome=EventOutcome.DROPPED,
+                    verb="dropped",
+                ),
+            )
             return
-        try:
-            limits = self.limits
-            blksize = negotiate(request, resolved.source.size, limits).blksize
-            if blksize * limits.max_window > WINDOW_BYTES:
-                limits = attrs.evolve(limits, max_window=max(1, WINDOW_BYTES // blksize))
-            # A worker builds its own session (netascii conversion scans the whole file): only
-            # a transfer that stays here gets one here.
-            if not self.single_port and self._hand_off(request, resolved, addr, started, limits):
-                return
-            session = ReadSession(request, resolved.source, limits)
-        except Exception:
-            server.busy -= 1
-            close_source(resolved.source)
-            raise
-        transfer = Transfer(self, addr, session, resolved.source, started, self.mtu)
-        transfer.origin = resolved
+        if not self.single_port and self._hand_off(slot, resolved):
+            return
+        assert slot.negotiation is not None
+        session = ReadSession(slot.negotiation, resolved.source, self.limits)
+        transfer = Transfer(
+            slot, slot.peer, session, resolved.source, slot.started, self.mtu, slot.filename
+        )
         if self.single_port:
             transfer.attach(None, self.transport)
         else:
             try:
-                port, transport = self._transfer_port(transfer)
-            except Exception as error:
-                server.busy -= 1
-                close_source(resolved.source)
+                port = TransferSocket.bind(self.server.mux(), self.address, transfer)
+            except OSError as error:
                 log.error(
                     "tftp: no port for a transfer to {peer}: {error}",
-                    peer=peer_text(addr),
+                    peer=peer_text(slot.peer),
                     error=str(error),
                 )
-                self._send(error_datagram(ErrorCode.NOT_DEFINED, _BUSY), addr)
+                self._refuse(
+                    slot,
+                    slot.peer,
+                    slot.filename,
+                    Refusal(ErrorCode.NOT_DEFINED, f"no port: {error}", _BUSY),
+                    LogLevel.warn,
+                )
                 return
-            transfer.attach(port, transport)
-        self.transfers[addr] = transfer
-        transfer.start()
+            transfer.attach(port, port.socket)
+        slot.transfer = transfer
+        try:
+            transfer.start()
+        except Exception:
+            transfer.abort("internal error")
+            raise
 
-    def _hand_off(
-        self,
-        request: ReadRequest,
-        resolved: Resolved,
-        addr: Address,
-        started: float,
-        limits: SessionLimits,
-    ) -> bool:
-        """Give the transfer to a worker process; False (nothing changed) when none takes it."""
+    def _hand_off(self, slot: TransferSlot, resolved: Resolved) -> bool:
+        """Give the transfer to a worker process; False (nothing changed) when none takes it.
+
+        The hand-off carries the negotiated options, not the request, so its size is bounded
+        whatever the client sent; should it still not fit, the request is refused here with an
+        ERROR rather than handed over in pieces (issue 18)."""
         pool = self.server.pool
         if pool is None or not pool.ready:
             return False
+        assert slot.negotiation is not None
+        try:
+            message = encode_message(
+                Handoff(slot.id, slot.peer, slot.negotiation, self.limits, self.mtu)
+            )
+        except MessageTooLarge as error:
+            self._refuse(
+                slot,
+                slot.peer,
+                slot.filename,
+                Refusal(ErrorCode.NOT_DEFINED, str(error), "Request too large"),
+            )
+            return True
         try:
             sock = bound_socket(self.address)
         except OSError:
@@ -347,101 +400,44 @@ class TftpListener(DatagramProtocol):
             sock.close()
             log.warn("tftp: cannot hand off {path}: {error}", path=resolved.path, error=str(error))
             return False
-        remote = RemoteTransfer(self, addr, request.filename, resolved, started)
         try:
-            transfer_id = pool.hand_off(
-                lambda transfer_id: Handoff(transfer_id, addr, request, limits, self.mtu),
-                sock,
-                file_fd,
-                resolved.source.size,
-                remote.ended,
-            )
+            worker = pool.hand_off(message, sock, file_fd, slot)
         finally:
             sock.close()
             if file_fd != _fileno(resolved):
                 os.close(file_fd)
-        if transfer_id is None:
-            return False
-        close_source(resolved.source)
-        remote.transfer_id = transfer_id
-        self.transfers[addr] = remote
-        return True
+        return worker is not None
 
-    def _transfer_port(self, transfer: Transfer) -> tuple[Any, Any]:
-        """A fresh UDP port on the receiving address: our own socket reader on a reactor that
-        watches file descriptors, else (test doubles) a Twisted UDP port."""
-        reactor = self.server.reactor
-        if IReactorFDSet.providedBy(reactor) and hasattr(select, "epoll"):
-            port = TransferSocket.bind(self.server.mux(), self.address, transfer)
-            return port, port.socket
-        protocol = TransferProtocol(transfer)
-        port = reactor.listenUDP(0, protocol, interface=self.address)
-        return port, protocol.transport
-
-    def _refused(self, failure: Failure, request: ReadRequest, addr: Address) -> None:
-        self._pending.pop(addr, None)
-        self.server.busy -= 1
+    def _refused(self, failure: Failure, slot: TransferSlot) -> None:
         refusal = failure.value
         if not isinstance(refusal, Refusal):
             log.failure(
                 "tftp: cannot serve {path} to {peer}",
                 failure=failure,
-                path=request.filename,
-                peer=peer_text(addr),
+                path=slot.filename,
+                peer=peer_text(slot.peer),
             )
             refusal = Refusal(ErrorCode.NOT_DEFINED, "internal error", "Internal error")
-        else:
-            log.info(
-                "tftp refused {path} to {peer}: {reason} (error {code})",
-                path=request.filename,
-                peer=peer_text(addr),
-                reason=refusal.reason,
-                code=int(refusal.code),
-                outcome="refused",
+        self._refuse(slot, slot.peer, slot.filename, refusal)
+
+    def _internal_error(self, failure: Failure, slot: TransferSlot) -> None:
+        log.failure(
+            "tftp: internal error serving {peer}", failure=failure, peer=peer_text(slot.peer)
+        )
+        if not slot.released and slot.transfer is None and slot.worker is None:
+            self._refuse(
+                slot,
+                slot.peer,
+                slot.filename,
+                Refusal(ErrorCode.NOT_DEFINED, "internal error", "Internal error"),
             )
-        self._send(error_datagram(refusal.code, refusal.message), addr)
-
-    def _internal_error(self, failure: Failure, addr: Address) -> None:
-        log.failure("tftp: internal error serving {peer}", failure=failure, peer=peer_text(addr))
-
-    def transfer_ended(self, transfer: Transfer | RemoteTransfer, summary: TransferSummary) -> None:
-        if self.transfers.get(transfer.peer) is transfer:
-            del self.transfers[transfer.peer]
-        self.server.busy -= 1
-        origin = transfer.origin
-        _log_transfer(transfer.peer, origin if isinstance(origin, Resolved) else None, summary)
 
 
-class RemoteTransfer:
-    """A transfer a worker process runs, as the listener tracks it (see :mod:`.workers`)."""
-
-    def __init__(
-        self,
-        owner: TftpListener,
-        peer: Address,
-        filename: str,
-        origin: Resolved,
-        started: float,
-    ) -> None:
-        self.owner = owner
-        self.peer = peer
-        self.filename = filename
-        self.origin = origin
-        self.started = started
-        self.transfer_id = 0
-        self.finished = False
-
-    def abort(self, reason: str) -> None:
-        pool = self.owner.server.pool
-        if not self.finished and pool is not None:
-            pool.cancel(self.transfer_id, reason)
-
-    def ended(self, summary: TransferSummary) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        seconds = self.owner.server.reactor.seconds() - self.started
-        self.owner.transfer_ended(self, attrs.evolve(summary, seconds=round(seconds, 6)))
+def _address(text: str) -> IPv4Address | None:
+    try:
+        return IPv4Address(text)
+    except ValueError:
+        return None
 
 
 def _fileno(resolved: Resolved) -> int:
@@ -467,46 +463,16 @@ def _descriptor(resolved: Resolved) -> int:
     return memfd
 
 
-def _log_transfer(peer: Address, resolved: Resolved | None, summary: TransferSummary) -> None:
-    outcome = summary.outcome
-    fields = {
-        "peer": peer_text(peer),
-        "mac": str(resolved.mac) if resolved is not None and resolved.mac is not None else None,
-        "path": resolved.path if resolved is not None else None,
-        "generated": resolved.generated.value
-        if resolved is not None and resolved.generated
-        else None,
-        "bytes": summary.bytes,
-        "size": summary.size,
-        "seconds": summary.seconds,
-        "outcome": outcome.value,
-        "detail": summary.detail,
-        "blksize": summary.blksize,
-        "windowsize": summary.windowsize,
-        "retransmissions": summary.retransmissions,
-    }
-    text = (
-        "tftp {outcome}: {path} to {peer} (mac {mac}): {bytes} of {size} bytes in "
-        "{seconds}s, blksize {blksize}, windowsize {windowsize}, "
-        "{retransmissions} retransmitted {detail}"
-    )
-    if outcome.delivered or outcome is Outcome.ABORTED_BY_CLIENT:
-        log.info(text, **fields)
-    else:
-        log.warn(text, **fields)
-
-
 __all__ = [
     "READ_CHUNK",
     "WINDOW_BYTES",
     "FileResolver",
     "FileSource",
     "Refusal",
-    "RemoteTransfer",
     "Resolved",
     "ServerSettings",
     "TftpListener",
     "TftpServer",
     "Transfer",
-    "TransferProtocol",
+    "logging_bus",
 ]

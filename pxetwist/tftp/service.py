@@ -55,7 +55,10 @@ class TftpService(Service):
         config = context.config
         self.settings = settings_from(config)
         self.server = TftpServer(
-            self.settings, FileResolver(BootConfigResolver(context)), context.reactor
+            self.settings,
+            FileResolver(BootConfigResolver(context)),
+            context.reactor,
+            context.events,
         )
         self.ports: list[IListeningPort] = []
 
@@ -133,7 +136,7 @@ class TftpService(Service):
             and IReactorProcess.providedBy(self.reactor)
             and IReactorFDSet.providedBy(self.reactor)
         ):
-            pool = WorkerPool(self.reactor, workers)
+            pool = WorkerPool(self.reactor, workers, self.server.table)
             self.server.pool = pool
             pool.start()
             log.info("tftp: {count} transfer worker processes", count=workers)

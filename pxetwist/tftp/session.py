@@ -198,6 +198,8 @@ class SessionLimits:
     )
     adaptive_window: bool = False
     pace_interval: float = attrs.field(default=0.001, validator=_positive)
+    window_bytes: int | None = None
+    """Most octets one transfer keeps in flight (and in its window cache): window x blksize."""
 
     @property
     def blksize_limit(self) -> int:
@@ -212,17 +214,42 @@ class SessionLimits:
 
 @attrs.frozen
 class Negotiation:
-    """The outcome of option negotiation for one RRQ (RFC 2347-2349, RFC 7440).
+    """What one RRQ's options came to (RFC 2347-2349, RFC 7440), worked out once per request.
 
-    ``oack`` holds exactly the options to acknowledge, in the client's order; when it is empty the
-    transfer is plain RFC 1350 (512-octet blocks, lockstep, DATA 1 straight away).
+    The listener negotiates when it accepts a request (it needs the block size to bound the
+    window's memory), and the session runs with the result, in this process or in a transfer
+    worker (:mod:`pxetwist.tftp.handoff` carries this value, not the request).  ``accepted``
+    names the options to acknowledge, in the client's order; when it is empty the transfer is
+    plain RFC 1350 (512-octet blocks, lockstep, DATA 1 straight away).  ``tsize`` is whether the
+    client asked for the size: its value is the size of what is served (after netascii
+    conversion), which only the session knows, so the OACK is built by :meth:`oack`.
     """
 
+    mode: str = "octet"
     blksize: int = DEFAULT_BLKSIZE
     windowsize: int = 1
     timeout: int | None = None
-    tsize: int | None = None
-    oack: Options = ()
+    tsize: bool = False
+    accepted: tuple[str, ...] = ()
+
+    @property
+    def netascii(self) -> bool:
+        return self.mode == _NETASCII
+
+    @property
+    def mode_supported(self) -> bool:
+        """Octet and netascii are served; mail (and anything else) is not (RFC 1350 §1)."""
+        return self.mode in (_OCTET, _NETASCII)
+
+    def oack(self, size: int) -> Options:
+        """The OACK's options for content of ``size`` octets, in the client's order."""
+        values = {
+            "blksize": str(self.blksize),
+            "windowsize": str(self.windowsize),
+            "timeout": str(self.timeout),
+            "tsize": str(size),
+        }
+        return tuple((name, values[name]) for name in self.accepted)
 
 
 def _decimal(value: str) -> int | None:
@@ -232,46 +259,47 @@ def _decimal(value: str) -> int | None:
     return None
 
 
-def negotiate(request: ReadRequest, size: int, limits: SessionLimits) -> Negotiation:
+def negotiate(request: ReadRequest, limits: SessionLimits) -> Negotiation:
     """Decide which of the client's options to accept and with which values.
 
     * ``blksize`` (RFC 2348): values below 8 or unparsable are ignored; otherwise the answer is
       the request clamped to 65464 and to :attr:`SessionLimits.blksize_limit`, never larger than
       asked.
-    * ``tsize`` (RFC 2349 §4): in an RRQ the client sends 0 and the server answers ``size``
-      (the converted size for netascii).
+    * ``tsize`` (RFC 2349 §4): in an RRQ the client sends 0 and the server answers the size
+      (the converted size for netascii; see :meth:`Negotiation.oack`).
     * ``timeout`` (RFC 2349 §3): 1-255 seconds, echoed exactly; anything else is ignored.
-    * ``windowsize`` (RFC 7440 §3): 1-65535, answered clamped to the configured maximum.
+    * ``windowsize`` (RFC 7440 §3): 1-65535, answered clamped to the configured maximum, and to
+      :attr:`SessionLimits.window_bytes` over the block size (the window's memory).
 
     Unknown options are ignored, as RFC 2347 requires; a repeated option counts once, first wins.
     """
     blksize = DEFAULT_BLKSIZE
     windowsize = 1
     timeout: int | None = None
-    tsize: int | None = None
-    accepted: list[tuple[str, str]] = []
-    seen: set[str] = set()
+    tsize = False
+    accepted: list[str] = []
     for name, value in request.options:
-        if name in seen:
+        if name in accepted:
             continue
-        seen.add(name)
         if name == "tsize":
-            tsize = size
-            accepted.append((name, str(size)))
+            tsize = True
+            accepted.append(name)
             continue
         number = _decimal(value)
         if number is None:
             continue
         if name == "blksize" and number >= MIN_BLKSIZE:
             blksize = min(number, MAX_BLKSIZE, limits.blksize_limit)
-            accepted.append((name, str(blksize)))
+            accepted.append(name)
         elif name == "timeout" and 1 <= number <= 255:
             timeout = number
-            accepted.append((name, str(number)))
+            accepted.append(name)
         elif name == "windowsize" and number >= 1:
             windowsize = min(number, MAX_WINDOWSIZE, limits.max_window)
-            accepted.append((name, str(windowsize)))
-    return Negotiation(blksize, windowsize, timeout, tsize, tuple(accepted))
+            accepted.append(name)
+    if limits.window_bytes is not None and blksize * windowsize > limits.window_bytes:
+        windowsize = max(1, limits.window_bytes // blksize)
+    return Negotiation(request.mode.lower(), blksize, windowsize, timeout, tsize, tuple(accepted))
 
 
 class Outcome(enum.Enum):
@@ -337,21 +365,22 @@ class ReadSession:
 
     def __init__(
         self,
-        request: ReadRequest,
+        request: ReadRequest | Negotiation,
         source: BlockSource,
         limits: SessionLimits | None = None,
     ) -> None:
+        """Serve ``source`` for a request, or for a request already negotiated (the listener
+        negotiates once, see :class:`Negotiation`; a transfer worker gets only that)."""
         self._limits = limits = SessionLimits() if limits is None else limits
-        self._request = request
+        negotiation = request if isinstance(request, Negotiation) else negotiate(request, limits)
         self._fatal: Error | None = None
-        mode = request.mode.lower()
-        if mode == _NETASCII:
+        if negotiation.netascii:
             source = NetasciiSource(source)
-        elif mode != _OCTET:
-            self._fatal = Error(ErrorCode.ILLEGAL_OPERATION, f"Unsupported mode {request.mode}")
+        elif not negotiation.mode_supported:
+            self._fatal = Error(ErrorCode.ILLEGAL_OPERATION, f"Unsupported mode {negotiation.mode}")
         self._source = source
         self._size = size = source.size
-        self._negotiation = negotiation = negotiate(request, size, limits)
+        self._negotiation = negotiation
         self._blksize = negotiation.blksize
         self._windowsize = negotiation.windowsize
         self._adaptive = limits.adaptive_window and negotiation.windowsize > 1
@@ -360,7 +389,7 @@ class ReadSession:
             float(negotiation.timeout) if negotiation.timeout is not None else limits.timeout
         )
         self._last = size // self._blksize + 1
-        self._oack = encode(OptionAck(negotiation.oack)) if negotiation.oack else None
+        self._oack = encode(OptionAck(negotiation.oack(size))) if negotiation.accepted else None
 
         self._started = False
         self._acked = -1 if self._oack is not None else 0
@@ -391,13 +420,8 @@ class ReadSession:
     # Introspection, for the adapter's logs and for metrics.
 
     @property
-    def request(self) -> ReadRequest:
-        """The RRQ this session serves."""
-        return self._request
-
-    @property
     def negotiation(self) -> Negotiation:
-        """What the options came to (the OACK, if any, is ``negotiation.oack``)."""
+        """What the options came to (the OACK, if any, is ``negotiation.oack(size)``)."""
         return self._negotiation
 
     @property

@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from pxetwist.tftp.packet import ErrorCode, error_datagram
+from pxetwist.tftp.packet import ErrorCode, error_datagram, is_error
 
 log = Logger()
 
@@ -275,7 +275,7 @@ class TransferSocket:
         return _STRAY
 
     def _stray(self, data: bytes, addr: Address) -> None:
-        if data[:2] != b"\0\x05":  # never answer an ERROR with an ERROR
+        if not is_error(data):  # never answer an ERROR with an ERROR (RFC 1350 §4)
             log.info(
                 "tftp: stray datagram from {stray} on the transfer to {peer}",
                 stray=peer_text(addr),

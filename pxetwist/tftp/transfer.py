@@ -3,21 +3,28 @@
 
 A :class:`Transfer` is the same object in the main process and in a transfer worker
 (:mod:`pxetwist.tftp.worker`); what differs is its *owner*, which is told when it ends, with a
-:class:`TransferSummary` (the listener logs it; a worker reports it to the main process, which
-logs it).
+:class:`TransferSummary`: in the main process its slot in the transfer table
+(:mod:`pxetwist.tftp.table`), which reports it; in a worker, the worker's host, which sends it
+to the main process.
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from pxetwist.tftp.files import close_source
-from pxetwist.tftp.packet import Ack, ErrorCode, MalformedPacket, Packet, decode, error_datagram
+from pxetwist.tftp.packet import (
+    Ack,
+    ErrorCode,
+    MalformedPacket,
+    Packet,
+    ack_block,
+    decode,
+    error_datagram,
+)
 from pxetwist.tftp.session import Actions, BlockSource, Outcome, ReadSession, TransferSummary
 from pxetwist.tftp.sockets import Address, Sender, peer_text
 
@@ -27,9 +34,13 @@ log = Logger()
 class TransferServer(Protocol):
     """What a transfer needs of the server it runs in."""
 
-    reactor: Any
-    busy: int
-    """Transfers running (and requests being resolved); a lone one is served in place."""
+    @property
+    def reactor(self) -> Any: ...
+
+    @property
+    def busy(self) -> int:
+        """Transfers running (and requests being resolved); a lone one is served in place."""
+        ...
 
 
 class TransferOwner(Protocol):
@@ -59,26 +70,22 @@ class Transfer:
         source: BlockSource,
         started: float,
         mtu: int = 1500,
+        filename: str = "",
     ) -> None:
         self.owner = owner
+        self.filename = filename
+        """The name the client asked for (a retransmitted RRQ names it again)."""
         self.peer = peer
         self.session = session
         self.source = source
         self.started = started
         self.mtu = mtu
         self.finished = False
-        self.origin: Any = None
-        """Whatever the owner keeps with the transfer (the listener: the resolved file)."""
         self._clock = owner.server.reactor
         self._timer: IDelayedCall | None = None
         self._armed = 0.0
         self._sender: Sender | None = None
         self._port: Any = None
-
-    @property
-    def filename(self) -> str:
-        """The name the client asked for (a retransmitted RRQ names it again)."""
-        return self.session.request.filename
 
     def attach(self, port: Any, transport: Any) -> None:
         """Use ``transport`` to send; ``port`` (if any) is closed when the transfer ends."""
@@ -92,8 +99,8 @@ class Transfer:
         """A datagram from the peer's TID."""
         if self.finished:
             return
-        if len(data) >= 4 and data[0] == 0 and data[1] == 4:  # ACK: the hot path
-            block = (data[2] << 8) | data[3]
+        block = ack_block(data)
+        if block is not None:  # the hot path
             now = self._clock.seconds()
             if self._timer is not None:
                 datagrams = self.session.receive_ack(block, now)
@@ -181,32 +188,4 @@ class Transfer:
         self.owner.transfer_ended(self, summary)
 
 
-class TransferProtocol(DatagramProtocol):
-    """The server's TID for one transfer: a UDP port that talks to exactly one client port."""
-
-    noisy = False
-
-    def __init__(self, transfer: Transfer) -> None:
-        self.transfer = transfer
-        self._peer = transfer.peer
-
-    def datagramReceived(self, datagram: bytes, addr: Address) -> None:
-        if addr == self._peer:
-            self.transfer.receive(datagram)
-            return
-        # RFC 1350 §4: an unknown TID gets ERROR 5 and the transfer goes on; never answer an
-        # ERROR with an ERROR.
-        if len(datagram) >= 2 and datagram[1] == 5 and datagram[0] == 0:
-            return
-        log.info(
-            "tftp: stray datagram from {stray} on the transfer to {peer}",
-            stray=peer_text(addr),
-            peer=peer_text(self._peer),
-        )
-        transport = self.transport
-        if transport is not None:
-            with contextlib.suppress(OSError):
-                transport.write(error_datagram(ErrorCode.UNKNOWN_TRANSFER_ID), addr)
-
-
-__all__ = ["Transfer", "TransferOwner", "TransferProtocol", "TransferServer", "TransferSummary"]
+__all__ = ["Transfer", "TransferOwner", "TransferServer", "TransferSummary"]

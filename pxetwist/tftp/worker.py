@@ -23,7 +23,7 @@ import socket
 import sys
 from collections import deque
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO, Any, Final
 
 from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
 from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent, globalLogBeginner
@@ -39,6 +39,7 @@ from pxetwist.tftp.handoff import (
     MalformedMessage,
     Ready,
     decode_message,
+    decode_transfer_id,
     encode_message,
 )
 from pxetwist.tftp.packet import ErrorCode, error_datagram
@@ -56,7 +57,6 @@ class WorkerHost:
     def __init__(self, reactor: Any, control: socket.socket) -> None:
         self.reactor = reactor
         self.control = control
-        self.busy = 0
         self.transfers: dict[int, Transfer] = {}
         self._ids: dict[Transfer, int] = {}
         self._mux: TransferMux | None = None
@@ -64,6 +64,11 @@ class WorkerHost:
         self._writing = False
         self._closing = False
         control.setblocking(False)
+
+    @property
+    def busy(self) -> int:
+        """Transfers this worker runs (a lone one is served in place)."""
+        return len(self.transfers)
 
     @property
     def server(self) -> WorkerHost:
@@ -93,22 +98,24 @@ class WorkerHost:
     def doRead(self) -> None:
         for _ in range(64):
             try:
-                data, fds, _flags, _addr = socket.recv_fds(self.control, MAX_MESSAGE, 2)
+                data, fds, flags, _addr = socket.recv_fds(self.control, MAX_MESSAGE + 1, 2)
             except BlockingIOError:
                 return
             except OSError:
-                data, fds = b"", []
+                data, fds, flags = b"", [], 0
             if not data:
                 for fd in fds:
                     os.close(fd)
                 self._shut_down()
                 return
             try:
+                if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_MESSAGE:
+                    raise MalformedMessage("control message cut short", decode_transfer_id(data))
                 message = decode_message(data)
             except MalformedMessage as error:
-                log.error("undecodable control message: {error}", error=str(error))
                 for fd in fds:
                     os.close(fd)
+                self._undecodable(error)
                 continue
             if isinstance(message, Handoff):
                 self._take(message, fds)
@@ -119,6 +126,13 @@ class WorkerHost:
                     transfer = self.transfers.get(message.transfer_id)
                     if transfer is not None:
                         transfer.abort(message.reason)
+
+    def _undecodable(self, error: MalformedMessage) -> None:
+        """Log it, and if it named a transfer, report that transfer ended: its slot in the
+        main process must not wait for a transfer that never starts."""
+        log.error("undecodable control message: {error}", error=str(error))
+        if error.transfer_id:
+            self._send(Ended(error.transfer_id, _failed(f"hand-off not understood: {error}")))
 
     # Transfers.
 
@@ -132,7 +146,7 @@ class WorkerHost:
         sock = socket.socket(fileno=fds[0])
         source = FileSource(fds[1], os.fstat(fds[1]).st_size)
         try:
-            session = ReadSession(handoff.request, source, handoff.limits)
+            session = ReadSession(handoff.negotiation, source, handoff.limits)
         except Exception as error:
             source.close()
             with contextlib.suppress(OSError):
@@ -148,7 +162,6 @@ class WorkerHost:
         transfer.attach(port, port.socket)
         self.transfers[handoff.transfer_id] = transfer
         self._ids[transfer] = handoff.transfer_id
-        self.busy += 1
         transfer.start()
 
     def transfer_ended(self, transfer: Transfer, summary: TransferSummary) -> None:
@@ -156,7 +169,6 @@ class WorkerHost:
         if transfer_id is None:
             return
         del self.transfers[transfer_id]
-        self.busy -= 1
         self._send(Ended(transfer_id, summary))
 
     def _send(self, message: Ready | Ended) -> None:
@@ -194,21 +206,31 @@ class WorkerHost:
         self._flush()
 
     def _shut_down(self) -> None:
-        """The main process is gone or stopping: end every transfer (ERROR 0) and exit."""
+        """The main process is stopping (or gone): end every transfer with ERROR 0, report each
+        end with what it really sent (issue 18: not "0 of N bytes"), and exit."""
         if self.control.fileno() < 0:
             return
-        self._closing = True
         self.reactor.removeReader(self)
         if self._writing:
             self._writing = False
             self.reactor.removeWriter(self)
         for transfer in list(self.transfers.values()):
             transfer.abort("server shutting down")
+        self._closing = True
+        # The reports are queued; give them to a socket that may block for a moment.
+        with contextlib.suppress(OSError):
+            self.control.settimeout(STOP_FLUSH)
+            while self._outbox:
+                self.control.send(self._outbox.popleft())
         self.control.close()
         if self._mux is not None:
             self._mux.close()
         if self.reactor.running:
             self.reactor.stop()
+
+
+STOP_FLUSH: Final = 1.0
+"""Seconds the last reports may wait for room on the control socket while stopping."""
 
 
 def _failed(detail: str) -> TransferSummary:

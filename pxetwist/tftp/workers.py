@@ -11,10 +11,16 @@ concurrent transfers, the log) and hands the *running* of each transfer to one o
 and its open file as descriptors (:mod:`pxetwist.tftp.handoff`).  The main reactor then never
 sees a data block, so DHCP and HTTP stay responsive however many transfers run.
 
-Failure handling: a worker that dies takes its transfers with it (each is logged as an error;
+Which worker runs which transfer is written in the transfer's slot of the server's
+:class:`~pxetwist.tftp.table.TransferTable`; a worker's reports end slots there, and nothing
+here counts transfers.
+
+Failure handling: a worker that dies takes its transfers with it (each ends as an error;
 the clients time out and retry, and their retries are served by the others); it is respawned
 after a delay that grows while it keeps dying.  When no worker is ready (at start-up, or all
-dead), transfers run in the main process as they do with ``tftp.workers: 0``.
+dead), transfers run in the main process as they do with ``tftp.workers: 0``.  Stopping shuts
+the sending side of each control socket: a worker then ends its transfers (ERROR 0 to each
+client), reports each end with what it really sent, and exits.
 """
 
 from __future__ import annotations
@@ -24,11 +30,9 @@ import contextlib
 import os
 import socket
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-import attrs
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.protocol import ProcessProtocol
@@ -40,13 +44,13 @@ from pxetwist.tftp.handoff import (
     MAX_MESSAGE,
     Cancel,
     Ended,
-    Handoff,
     MalformedMessage,
     Ready,
     decode_message,
     encode_message,
 )
-from pxetwist.tftp.session import Outcome, TransferSummary
+from pxetwist.tftp.session import TransferSummary
+from pxetwist.tftp.table import TransferSlot, TransferTable
 
 log = Logger()
 
@@ -58,8 +62,6 @@ STOP_GRACE: Final = 3.0
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 
-OnEnded = Callable[[TransferSummary], None]
-
 
 def default_worker_count() -> int:
     """``tftp.workers: auto``: one per CPU this process may run on, none on a single CPU."""
@@ -68,12 +70,6 @@ def default_worker_count() -> int:
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
     return 0 if cpus < 2 else min(cpus, 16)
-
-
-@attrs.define
-class _InFlight:
-    on_ended: OnEnded
-    size: int
 
 
 @implementer(IReadDescriptor)
@@ -86,7 +82,6 @@ class WorkerProcess(ProcessProtocol):
         self.pid: int | None = None
         self.ready = False
         self.alive = False
-        self.in_flight: dict[int, _InFlight] = {}
         self.control: socket.socket | None = None
         self.ended: Deferred[None] = Deferred()
         self._stderr = b""
@@ -139,7 +134,7 @@ class WorkerProcess(ProcessProtocol):
             return
         for _ in range(64):
             try:
-                data = control.recv(MAX_MESSAGE)
+                data = control.recv(MAX_MESSAGE + 1)
             except BlockingIOError:
                 return
             except OSError:
@@ -156,9 +151,20 @@ class WorkerProcess(ProcessProtocol):
                 self.ready = True
                 log.info("tftp: transfer worker {pid} ready", pid=message.pid)
             elif isinstance(message, Ended):
-                in_flight = self.in_flight.pop(message.transfer_id, None)
-                if in_flight is not None:
-                    self.pool.deliver(in_flight.on_ended, message.summary)
+                self.pool.ended(message.transfer_id, message.summary)
+
+    def _drain(self) -> None:
+        """Read every report still queued on the control socket (a worker that exited after
+        reporting its last transfers must not have them counted as lost)."""
+        for _ in range(100_000):
+            if self.control is None:
+                return
+            try:
+                if not self.control.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                    return
+            except OSError:
+                return
+            self.doRead()
 
     def _close_control(self) -> None:
         control, self.control = self.control, None
@@ -166,6 +172,14 @@ class WorkerProcess(ProcessProtocol):
         if control is not None:
             self.pool.reactor.removeReader(self)
             control.close()
+
+    def shut_down(self) -> None:
+        """Tell the worker to stop (end of our side of the stream) and keep reading its reports
+        until it closes its side."""
+        control = self.control
+        if control is not None:
+            with contextlib.suppress(OSError):
+                control.shutdown(socket.SHUT_WR)
 
     # Work.
 
@@ -196,16 +210,11 @@ class WorkerProcess(ProcessProtocol):
             if line.strip():
                 _relay(self.pid, line.decode("utf-8", "replace"))
 
-    def fail_in_flight(self, detail: str) -> None:
-        """End every transfer this worker was running, as errors with ``detail``."""
-        lost, self.in_flight = self.in_flight, {}
-        for in_flight in lost.values():
-            self.pool.deliver(in_flight.on_ended, _lost(in_flight.size, detail))
-
     def processEnded(self, reason: Failure) -> None:
         self.alive = False
+        self._drain()
         self._close_control()
-        self.fail_in_flight(f"transfer worker {self.pid} exited")
+        self.pool.lost(self, f"transfer worker {self.pid} exited")
         ended, self.ended = self.ended, Deferred()
         ended.callback(None)
         self.pool.worker_ended(self, reason)
@@ -214,19 +223,6 @@ class WorkerProcess(ProcessProtocol):
 def _cancel_call(result: None, call: Any) -> None:
     if call.active():
         call.cancel()
-
-
-def _lost(size: int, detail: str) -> TransferSummary:
-    return TransferSummary(
-        outcome=Outcome.ERROR,
-        detail=detail,
-        bytes=0,
-        size=size,
-        seconds=0.0,
-        blksize=0,
-        windowsize=0,
-        retransmissions=0,
-    )
 
 
 _LEVELS: Final = {level.name: level for level in LogLevel.iterconstants()}
@@ -244,12 +240,12 @@ def _relay(pid: int | None, line: str) -> None:
 class WorkerPool:
     """``count`` worker processes taking transfers, least busy first."""
 
-    def __init__(self, reactor: Any, count: int) -> None:
+    def __init__(self, reactor: Any, count: int, table: TransferTable) -> None:
         self.reactor = reactor
         self.count = count
+        self.table = table
         self.workers: list[WorkerProcess] = []
         self.stopping = False
-        self._next_id = 1
         self._delays: dict[int, float] = {}
 
     def start(self) -> None:
@@ -292,52 +288,47 @@ class WorkerPool:
         return [w for w in self.workers if w.ready and w.alive]
 
     def hand_off(
-        self,
-        handoff: Callable[[int], Handoff],
-        sock: socket.socket,
-        file_fd: int,
-        size: int,
-        on_ended: OnEnded,
-    ) -> int | None:
-        """Give a transfer to the least busy ready worker; its id, or None if none took it.
+        self, message: bytes, sock: socket.socket, file_fd: int, slot: TransferSlot
+    ) -> WorkerProcess | None:
+        """Give ``slot``'s transfer to the least busy ready worker; that worker, or None.
 
-        ``handoff`` builds the message for a transfer id.  On success the worker holds its own
-        copies of ``sock`` and ``file_fd``; the caller closes its own.
-        """
+        ``message`` is the encoded hand-off.  On success the worker holds its own copies of
+        ``sock`` and ``file_fd`` (the caller closes its own) and the slot names the worker."""
         if self.stopping:
             return None
-        candidates = sorted(self.ready, key=lambda w: len(w.in_flight))
-        for worker in candidates:
-            transfer_id = self._next_id
-            data = encode_message(handoff(transfer_id))
-            if worker.send(data, (sock.fileno(), file_fd)):
-                self._next_id += 1
-                worker.in_flight[transfer_id] = _InFlight(on_ended, size)
-                return transfer_id
+        table = self.table
+        for worker in sorted(self.ready, key=table.running_on):
+            if worker.send(message, (sock.fileno(), file_fd)):
+                slot.worker = worker
+                slot.cancel = lambda reason, w=worker: self._cancel(w, slot.id, reason)
+                return worker
         return None
 
-    def deliver(self, on_ended: OnEnded, summary: TransferSummary) -> None:
+    def ended(self, transfer_id: int, summary: TransferSummary) -> None:
         try:
-            on_ended(summary)
+            self.table.ended_remotely(transfer_id, summary)
         except Exception:
-            log.failure("tftp: error logging the end of a transfer")
+            log.failure("tftp: error reporting the end of a transfer")
 
-    def cancel(self, transfer_id: int, reason: str) -> None:
-        for worker in self.workers:
-            if transfer_id in worker.in_flight:
-                worker.send(encode_message(Cancel(transfer_id, reason)))
-                return
+    def lost(self, worker: WorkerProcess, detail: str) -> None:
+        try:
+            self.table.lost(worker, detail)
+        except Exception:
+            log.failure("tftp: error reporting the transfers of a lost worker")
+
+    def _cancel(self, worker: WorkerProcess, transfer_id: int, reason: str) -> None:
+        worker.send(encode_message(Cancel(transfer_id, reason)))
 
     def stop(self) -> Deferred[Any]:
-        """Close every control socket (a worker ends its transfers and exits on that); kill
-        those that are still there after :data:`STOP_GRACE` seconds."""
+        """Shut the sending side of every control socket (a worker then ends its transfers,
+        reports them, and exits); kill those still there after :data:`STOP_GRACE` seconds.
+        Transfers a worker did not report by the time it is gone end as errors."""
         self.stopping = True
         waits = []
         for worker in self.workers:
             if not worker.alive:
                 continue
-            worker.fail_in_flight("server shutting down")
-            worker._close_control()
+            worker.shut_down()
             waits.append(worker.ended)
             pid = worker.pid
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address as TwistedAddress
 from twisted.internet.defer import Deferred, succeed
@@ -123,3 +123,31 @@ class FakeFDReactor(Clock):
         if not calls:
             return None
         return max(0.0, min(call.getTime() for call in calls) - self.seconds())
+
+
+class SocketReactor(FakeFDReactor):
+    """The TFTP listener's port 69 as a fake port (it records what it writes), transfers on
+    the production path: real sockets on loopback behind the transfer mux (a reader here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: list[FakeUDPPort] = []
+
+    def listenUDP(
+        self,
+        port: int,
+        protocol: AbstractDatagramProtocol,
+        interface: str = "",
+        maxPacketSize: int = 8192,  # noqa: N803 (Twisted's name)
+    ) -> Any:
+        bound = FakeUDPPort(cast(FakeUDPReactor, self), port or 40000, protocol, interface)
+        self.ports.append(bound)
+        return bound
+
+    def open_ports(self) -> list[FakeUDPPort]:
+        return [port for port in self.ports if port.listening]
+
+    def read_ready(self) -> None:
+        """Let every readable transfer socket read (what the reactor's poll would do)."""
+        for reader in list(self.readers):
+            reader.doRead()

@@ -25,16 +25,24 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pxetwist.tftp import workers as workers_module
 from pxetwist.tftp.handoff import (
+    MAX_MESSAGE,
     Cancel,
     Ended,
     Handoff,
     MalformedMessage,
+    MessageTooLarge,
     Ready,
     decode_message,
     encode_message,
 )
 from pxetwist.tftp.packet import ReadRequest
-from pxetwist.tftp.session import Outcome, SessionLimits, TransferSummary
+from pxetwist.tftp.session import (
+    Negotiation,
+    Outcome,
+    SessionLimits,
+    TransferSummary,
+    negotiate,
+)
 from pxetwist.tftp.worker import WorkerHost
 
 from .test_clients import CLIENTS, LabTestCase, ServerLab, _require_tools, sha256
@@ -78,7 +86,7 @@ messages = st.one_of(
         Handoff,
         transfer_id=st.integers(1, 2**53),
         peer=peers,
-        request=requests,
+        negotiation=st.builds(negotiate, requests, limits),
         limits=limits,
         mtu=st.integers(68, 9000),
     ),
@@ -93,16 +101,23 @@ class HandoffCodecTests(SynchronousTestCase):
     def test_round_trip(self, message: Handoff | Cancel | Ready | Ended) -> None:
         self.assertEqual(decode_message(encode_message(message)), message)
 
-    def test_a_handoff_fits_one_message(self) -> None:
-        long_name = "x" * 400  # longer than any boot file name (an RRQ fits 512 octets)
-        message = Handoff(
-            1,
-            ("10.0.0.1", 2000),
-            ReadRequest(long_name, "octet", (("blksize", "1468"), ("tsize", "0"))),
-            SessionLimits(),
-            1500,
-        )
-        self.assertLess(len(encode_message(message)), 8192)
+    def test_a_handoff_is_small_whatever_the_request(self) -> None:
+        """Issue 18 defect 1: RRQs of 6 KB and more (550 ``blksize`` pairs; ``./`` x 3000 before
+        the name) once made hand-offs too large for the worker.  A hand-off carries the
+        negotiated options only, so it stays small for any request a datagram can hold."""
+        for request in (
+            ReadRequest("big.bin", "octet", (("blksize", "512"),) * 550),
+            ReadRequest("./" * 3000 + "big.bin", "octet"),
+            ReadRequest("x" * 65000, "netascii", (("tsize", "0"), ("windowsize", "9" * 9000))),
+        ):
+            message = Handoff(
+                1, ("10.0.0.1", 2000), negotiate(request, SessionLimits()), SessionLimits(), 1500
+            )
+            self.assertLess(len(encode_message(message)), 1024)
+
+    def test_an_oversized_message_is_refused_by_the_sender(self) -> None:
+        with self.assertRaises(MessageTooLarge):
+            encode_message(Cancel(1, "x" * MAX_MESSAGE))
 
     @given(st.binary(max_size=200))
     def test_junk_is_malformed_not_a_crash(self, junk: bytes) -> None:
@@ -112,11 +127,26 @@ class HandoffCodecTests(SynchronousTestCase):
             return
         self.assertIsInstance(message, Handoff | Cancel | Ready | Ended)
 
-    def test_a_handoff_must_carry_an_rrq(self) -> None:
-        wrq = b'{"kind":"handoff","id":1,"peer":["10.0.0.1",1],"rrq":"AAJ4AG9jdGV0AA==",'
-        wrq += b'"limits":{},"mtu":1500}'
-        with self.assertRaisesRegex(MalformedMessage, "RRQ"):
-            decode_message(wrq)
+    def test_a_message_cut_short_still_ends_its_transfer(self) -> None:
+        """A hand-off the worker cannot read in full (or at all) is reported as ended, with
+        its id from the fixed header, so the main process releases the slot (issue 18)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        host = WorkerHost(MemoryReactor(), ours)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        good = encode_message(Handoff(7, ("127.0.0.1", 9), Negotiation(), SessionLimits(), 1500))
+        for ident, data in (
+            (7, good + b"x" * MAX_MESSAGE),
+            (8, good[:12].replace(b"\x07", b"\x08")),
+        ):
+            socket.send_fds(theirs, [data], [sock.fileno(), sock.fileno()])
+            host.doRead()
+            ended = decode_message(theirs.recv(MAX_MESSAGE))
+            assert isinstance(ended, Ended)
+            self.assertEqual((ended.transfer_id, ended.summary.outcome), (ident, Outcome.ERROR))
+        self.assertEqual(host.transfers, {})
 
 
 class WorkerReportTests(SynchronousTestCase):

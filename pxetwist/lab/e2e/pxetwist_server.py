@@ -154,7 +154,7 @@ class StageEvent:
 _LOG_LINE = re.compile(r"^(?P<stamp>\S+) \[(?P<system>[^\]#]*)(#\w+)?\] (?P<text>.*)$")
 _STAGES = {
     "pxetwist.dhcp.protocol": "dhcp",
-    "pxetwist.tftp.protocol": "tftp",
+    "pxetwist.tftp": "tftp",  # the TFTP boot events, as the log observer writes them
     "pxetwist.http.access": "http",
     "pxetwist.http.scripts": "http",
     "pxetwist.policy.chain": "policy",
