@@ -153,6 +153,11 @@ class TftpService(Service):
         return DeferredList(stopping + [maybeDeferred(port.stopListening) for port in ports])
 
     @property
+    def active_transfers(self) -> int:
+        """Slots taken in the transfer table now (what the metrics gauge reads at scrape time)."""
+        return self.server.busy
+
+    @property
     def addresses(self) -> list[tuple[str, int]]:
         """``(address, port)`` of every listener, as bound."""
         return [listening_address(port) for port in self.ports]
