@@ -27,6 +27,7 @@ from pxetwist.dhcp.options import MessageType, OptionCode, encode_arches
 from pxetwist.dhcp.packet import DhcpPacket, MalformedPacket, decode
 from pxetwist.dhcp.service import pools_for
 from pxetwist.policy.plugins import PluginError, build_policies
+from pxetwist.policy.reach import client_fetches, serving_context
 from pxetwist.policy.values import InvalidMacAddress, MacAddress
 from pxetwist.testing import run_chain
 
@@ -120,6 +121,12 @@ def explain(
     steps: list[dict[str, Any]] = []
     incoming = Incoming(packet, interface, ("0.0.0.0", 68), 67, True)
     steps.append(_step(engine, policies, incoming))
+    context = serving_context(config, str(server))
+    for step in steps[:1]:
+        request = step["request"]
+        step["fetches"] = (
+            client_fetches(step["decision"], request, context) if request is not None else []
+        )
     first = steps[0]
     offer = first["outcome"].replies[0].packet if first["outcome"].replies else None
     if (
@@ -180,6 +187,11 @@ def render_text(result: dict[str, Any]) -> str:
             ):
                 if value:
                     lines.append(f"  {label}: {value}")
+            for fetch in step.get("fetches", ()):
+                if fetch.problem is None:
+                    lines.append(f"  {fetch.loader} fetches {fetch.what} as {fetch.location}")
+                else:
+                    lines.append(f"  UNREACHABLE for {fetch.loader}: {fetch.what}: {fetch.problem}")
         lines.append(f"outcome: {outcome.verdict.value}: {outcome.reason}")
         for reply in outcome.replies:
             lines.append(
@@ -203,6 +215,16 @@ def render_json(result: dict[str, Any]) -> str:
                 "action": decision.action.value if decision else None,
                 "reason": decision.reason if decision else None,
                 "verdict": outcome.verdict.value,
+                "fetches": [
+                    {
+                        "loader": fetch.loader,
+                        "what": fetch.what,
+                        "value": fetch.value,
+                        "location": fetch.location,
+                        "problem": fetch.problem,
+                    }
+                    for fetch in step.get("fetches", ())
+                ],
                 "replies": [
                     {
                         "address": str(reply.address),

@@ -15,6 +15,7 @@ from pxetwist.config.model import DhcpMode
 from pxetwist.netinfo import InterfaceInfo, interface_info, ipv4_interfaces
 from pxetwist.policy.interfaces import IBootPolicy
 from pxetwist.policy.plugins import build_policies
+from pxetwist.policy.reach import unreachable_values
 
 
 @attrs.frozen
@@ -86,4 +87,8 @@ def summarize(setup: ServerSetup) -> str:
         lines.append(f"api: http://{config.api.host}:{config.api.port}/")
     lines.append(f"policy chain: {' -> '.join(name for name, _ in setup.policies)}")
     lines.append(f"machines: {len(config.machines)}, groups: {len(config.groups)}")
+    servers = [str(config.server_address)] if config.server_address is not None else []
+    servers += [str(info.ip) for info in setup.interfaces if info.ip is not None]
+    for problem in unreachable_values(config, servers):
+        lines.append(f"warning: {problem}")
     return "\n".join(lines)

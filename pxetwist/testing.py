@@ -31,6 +31,8 @@ _VENDOR = {
     Firmware.IPXE: "PXEClient:Arch:{arch:05d}:UNDI:002001",
     Firmware.HTTP_BOOT: "HTTPClient:Arch:{arch:05d}:UNDI:003000",
 }
+#: What U-Boot's ``dhcp`` sends in option 60 for its option-93 value (CONFIG_BOOTP_VCI_STRING).
+_UBOOT_VENDOR = {21: "U-Boot.armv7", 22: "U-Boot.armv8"}
 
 
 def make_request(
@@ -47,11 +49,14 @@ def make_request(
     """A :class:`BootRequest` like the one a real client of that kind produces, in one call.
 
     ``firmware`` sets the vendor class and user class the way the firmware would (``"ipxe"``
-    adds user class ``iPXE``; ``"plain"`` sends nothing PXE-like).
+    adds user class ``iPXE``; ``"u-boot"`` sends ``U-Boot.armv8`` for arch 22; ``"plain"``
+    sends nothing PXE-like).
     """
     kind = Firmware(firmware)
     arches = (Arch(arch),) if arch is not None and kind is not Firmware.PLAIN else ()
     vendor = _VENDOR[kind].format(arch=arch or 0).encode() if kind in _VENDOR else None
+    if kind is Firmware.UBOOT:
+        vendor = _UBOOT_VENDOR.get(arch or 0, "U-Boot").encode()
     user_classes: tuple[bytes, ...] = ()
     if user_class is not None:
         user_classes = (user_class,)

@@ -23,6 +23,10 @@ PXE_BOOT_THIS_FILE = bytes((6, 1, 8, 255))
 _PLACEHOLDER = re.compile(r"(?<!\$)\{(server|http_port|tftp_port)\}")
 _MAX_FILE = 127  # the 128-byte `file` field, NUL-terminated
 
+#: Clients that get no 60 = PXEClient and no 43: plain DHCP clients, and U-Boot, which names
+#: itself in 60 (U-Boot.armv8) and reads neither.
+_NO_PXE_OPTIONS = frozenset({Firmware.PLAIN, Firmware.UBOOT})
+
 
 def expand_placeholders(text: str, *, server: IPv4Address, http_port: int, tftp_port: int) -> str:
     """Fill ``{server}``, ``{http_port}`` and ``{tftp_port}``; leave iPXE's ``${...}`` alone."""
@@ -77,7 +81,7 @@ def boot_fields(
     omit = decision.quirks.omit_pxe_options
     if firmware is Firmware.HTTP_BOOT:
         options.append((OptionCode.VENDOR_CLASS, b"HTTPClient"))
-    elif firmware is not Firmware.PLAIN and not omit and _said_pxeclient(request):
+    elif firmware not in _NO_PXE_OPTIONS and not omit and _said_pxeclient(request):
         options.append((OptionCode.VENDOR_CLASS, b"PXEClient"))
         if discovery_control:
             options.append((OptionCode.VENDOR_SPECIFIC, PXE_BOOT_THIS_FILE))

@@ -8,7 +8,9 @@ here:
   HTTP or TFTP root.  :func:`ipxe_location`, :func:`pxelinux_location` and :func:`grub_location`
   turn one value into what that loader can fetch: iPXE takes URLs (HTTP when the file is under the
   HTTP root, else TFTP), PXELINUX paths relative to the TFTP root, GRUB ``/path`` on the TFTP
-  root or ``(http,server:port)/path``.  ``{server}``, ``{http_port}`` and ``{tftp_port}`` in a
+  root or ``(http,server:port)/path``; U-Boot, which reads PXELINUX's format, only TFTP paths
+  from its server (:func:`uboot_location`: a URL to us becomes the path, anything else it
+  cannot reach is an error).  ``{server}``, ``{http_port}`` and ``{tftp_port}`` in a
   value are filled in first by :func:`expand_placeholders`; iPXE's own ``${...}`` stay.
 * **Templates.**  The config text comes from a Jinja2 template (``ipxe.j2``, ``pxelinux.j2``,
   ``grub.j2``), looked up first in the operator's ``templates:`` directory and then among the
@@ -29,14 +31,14 @@ import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import attrs
 import jinja2
 
 from pxetwist.policy.decision import BootDecision
 from pxetwist.policy.request import BootRequest
-from pxetwist.policy.values import BootAction
+from pxetwist.policy.values import BootAction, Firmware
 from pxetwist.tftp.paths import PathRefused, normalize_request_path, resolve_path
 
 #: The templates shipped with pxetwist; an operator's ``templates:`` directory is searched first.
@@ -206,6 +208,73 @@ def grub_location(value: str, context: ServingContext) -> str:
     return f"/{relative}"
 
 
+class Unreachable(ValueError):
+    """A kernel or initrd value the asking client has no way to fetch."""
+
+
+def _our_tftp_path(value: str, context: ServingContext, client: str) -> str:
+    """The TFTP path on us that a URL names, for a client that only fetches TFTP paths.
+
+    A ``tftp://`` URL to us becomes its path; an ``http://`` URL to our HTTP server becomes the
+    path when the same file is under the TFTP root.  Anything else is :class:`Unreachable`.
+    """
+    parts = urlsplit(_check_url(value))
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # not a number: not a port of ours
+        port = -1
+    ours = parts.hostname == context.server
+    if scheme == "tftp" and ours and (port or _TFTP_DEFAULT_PORT) == context.tftp_port:
+        return _relative(unquote(parts.path))
+    if scheme == "http" and ours and (port or 80) == context.http_port:
+        relative = _relative(unquote(parts.path))
+        if _under(context.tftp_root, relative):
+            return relative
+        raise Unreachable(
+            f"{client} cannot fetch {value!r}: it fetches over TFTP only, and the file is not "
+            "under the TFTP root"
+        )
+    raise Unreachable(
+        f"{client} cannot fetch {value!r}: it fetches paths over TFTP from its server only"
+    )
+
+
+def uboot_location(value: str, context: ServingContext, *, directory: str = "") -> str:
+    """What U-Boot's ``pxe`` command fetches: a TFTP path on its server, relative to a directory.
+
+    U-Boot reads the config like PXELINUX but fetches every name with its ``tftp`` command from
+    ``serverip``, prefixed with the directory of its boot file (the ``directory`` the config
+    was asked from); it has no URLs, so a ``tftp://`` URL in the file is asked for literally and
+    fails (firmware notes).  So: a URL to us becomes its path, a path stays a path, and what it
+    cannot reach (another server, a file only under the HTTP root) is :class:`Unreachable`.
+    """
+    value = context.expand(value)
+    if _is_url(value):
+        relative = _our_tftp_path(value, context, "U-Boot")
+    else:
+        relative = _relative(value)
+        if not _under(context.tftp_root, relative) and _under(context.http_root, relative):
+            raise Unreachable(
+                f"U-Boot cannot fetch {value!r}: it is only under the HTTP root, and U-Boot "
+                "fetches over TFTP"
+            )
+    if not directory:
+        return relative
+    if relative.startswith(directory + "/"):
+        return relative[len(directory) + 1 :]
+    return "../" * (directory.count("/") + 1) + relative
+
+
+def config_directory(path: str | None) -> str:
+    """The directory a ``.../pxelinux.cfg/<name>`` request was made under (``""``: the root)."""
+    if not path:
+        return ""
+    directory, _, _ = path.rpartition("/")
+    parent, _, last = directory.rpartition("/")
+    return parent if last.lower() == "pxelinux.cfg" else ""
+
+
 def _basename(location: str) -> str:
     """The name iPXE gives an image it downloaded: the last component of the URL's path."""
     path = urlsplit(location).path if _is_url(location) else location
@@ -266,7 +335,9 @@ class Renderer:
         For iPXE a decision's ``script`` is returned as written (placeholders filled, and a
         ``#!ipxe`` line added if it lacks one, since iPXE will not run a script without it);
         everything else goes through the loader's template.  ``absolute_paths`` is for PXELINUX
-        configs asked for below a directory (see :func:`pxelinux_location`).
+        configs asked for below a directory (see :func:`pxelinux_location`).  The locations fit
+        the client that asks: a PXELINUX-format config for U-Boot (``request.firmware``) gets
+        TFTP paths only (:func:`uboot_location`), and what it cannot fetch is a RenderError.
         """
         name = kind.template
         if decision.action is BootAction.IGNORE:
@@ -276,7 +347,16 @@ class Renderer:
             if not script.lstrip().startswith("#!ipxe"):
                 script = "#!ipxe\n" + script
             return script if script.endswith("\n") else script + "\n"
-        if kind is LoaderKind.PXELINUX:
+        if kind is LoaderKind.PXELINUX and request.firmware is Firmware.UBOOT:
+            directory = config_directory(request.path)
+            if len(decision.initrds) > 1 and decision.action is not BootAction.LOCAL:
+                raise RenderError(
+                    name, f"U-Boot loads one initrd; the decision names {len(decision.initrds)}"
+                )
+
+            def locate(value: str, context: ServingContext) -> str:
+                return uboot_location(value, context, directory=directory)
+        elif kind is LoaderKind.PXELINUX:
             absolute = absolute_paths
 
             def locate(value: str, context: ServingContext) -> str:
@@ -375,9 +455,12 @@ __all__ = [
     "RenderError",
     "Renderer",
     "ServingContext",
+    "Unreachable",
+    "config_directory",
     "expand_placeholders",
     "grub_location",
     "has_boot_config",
     "ipxe_location",
     "pxelinux_location",
+    "uboot_location",
 ]

@@ -8,7 +8,7 @@ from ipaddress import IPv4Address
 
 import attrs
 
-from pxetwist.policy.values import Arch, Firmware, MacAddress, Stage
+from pxetwist.policy.values import Arch, Firmware, Isa, MacAddress, Stage
 
 #: User classes (option 77) that mean "this client is iPXE"; operators can add their own builds'.
 DEFAULT_IPXE_USER_CLASSES: tuple[bytes, ...] = (b"iPXE",)
@@ -60,14 +60,48 @@ class BootRequest:
             # (QEMU, OVMF) must get our iPXE build first (protocol-reference §4.2).
             return Firmware.IPXE
         vendor = self.vendor_class or b""
+        if vendor.startswith(b"U-Boot"):
+            # U-Boot's `dhcp` names its build in 60 (protocol-reference firmware notes); its EFI
+            # boot step says PXEClient instead and is a UEFI client like any other.
+            return Firmware.UBOOT
         if vendor.startswith(b"HTTPClient"):
             return Firmware.HTTP_BOOT
         if vendor.startswith(b"PXEClient"):
             return Firmware.PXE_ROM
         arch = self.arch
         if arch is not None:
+            if arch in _UBOOT_ARCHES:
+                return Firmware.UBOOT
             return Firmware.HTTP_BOOT if arch.is_http_boot else Firmware.PXE_ROM
         return Firmware.PLAIN
+
+    @property
+    def isa(self) -> Isa | None:
+        """The client's processor family: from option 93, else from U-Boot's option 60.
+
+        Older U-Boot builds send 93 = 0x100 (not an IANA value) and name the CPU only in 60
+        (``U-Boot.armv7``, ``U-Boot.armv8``); a client whose family is unknown is ``None``.
+        """
+        arch = self.arch
+        if arch is not None and arch.isa is not None:
+            return arch.isa
+        vendor = self.vendor_class or b""
+        for prefix, isa in _UBOOT_VENDOR_ISA:
+            if vendor.startswith(prefix):
+                return isa
+        return None
+
+
+#: Option 93 values only U-Boot sends (RFC 4578 registry: "ARM 32/64-bit uboot").
+_UBOOT_ARCHES = frozenset({Arch.UBOOT_ARM32, Arch.UBOOT_ARM64})
+
+#: U-Boot's option 60 (CONFIG_BOOTP_VCI_STRING defaults), most specific first.
+_UBOOT_VENDOR_ISA: tuple[tuple[bytes, Isa], ...] = (
+    (b"U-Boot.armv8", Isa.ARM64),
+    (b"U-Boot.arm", Isa.ARM32),  # U-Boot.arm and U-Boot.armv7
+    (b"U-Boot.riscv64", Isa.RISCV64),
+    (b"U-Boot.riscv32", Isa.RISCV32),
+)
 
 
 def parse_user_class(raw: bytes) -> tuple[bytes, ...]:

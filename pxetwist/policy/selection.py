@@ -14,7 +14,15 @@ from twisted.logger import Logger
 from pxetwist.config.model import Config, Profile
 from pxetwist.policy.decision import BootDecision
 from pxetwist.policy.request import BootRequest
-from pxetwist.policy.values import BootAction, Firmware, Stage
+from pxetwist.policy.values import (
+    UBOOT_BOOT_KEYS,
+    Arch,
+    BootAction,
+    Firmware,
+    Isa,
+    Stage,
+    boot_key_isa,
+)
 
 log = Logger()
 
@@ -23,14 +31,30 @@ _BOOT_STAGES = frozenset({Stage.DHCP, Stage.PROXY, Stage.PROXY_4011})
 
 
 def boot_key_for(request: BootRequest, arch_default: str | None) -> tuple[str | None, str]:
-    """The ``boot`` table key for this client, and why (for the decision's reason)."""
+    """The ``boot`` table key for this client, and why (for the decision's reason).
+
+    ``arch_default`` stands in for a client whose architecture has no key of its own, but only
+    within the client's processor family (:class:`~pxetwist.policy.values.Isa`): an ARM or
+    U-Boot client is never sent an x86 program, whatever the default says.  A client whose
+    family is unknown (a new option 93 value) still gets the default, as before.
+    """
     firmware = request.firmware
     if firmware is Firmware.IPXE:
         return "ipxe", "iPXE client"
     arch = request.arch
-    if arch is not None and arch.boot_key is not None:
+    isa = request.isa
+    if firmware is Firmware.UBOOT:
+        described = _describe(request, arch, isa)
+        key = UBOOT_BOOT_KEYS.get(isa) if isa is not None else None
+        if arch is not None and arch.is_http_boot and arch.boot_key is not None:
+            key = arch.boot_key
+        if key is not None:
+            return key, described
+    elif arch is not None and arch.boot_key is not None:
         return arch.boot_key, f"arch {int(arch)} ({arch.name})"
-    if arch is not None and not arch.is_known:
+    else:
+        described = _describe(request, arch, isa)
+    if arch is not None and not arch.is_known and isa is None:
         log.warn(
             "unknown client architecture {arch} from {mac}; using the default {default}",
             arch=int(arch),
@@ -39,10 +63,29 @@ def boot_key_for(request: BootRequest, arch_default: str | None) -> tuple[str | 
             stage=request.stage.value,
         )
     default = arch_default
-    if default is not None and firmware is Firmware.HTTP_BOOT and not default.startswith("http-"):
+    if default is None:
+        return None, f"{described}: no boot key of its own and policy.arch_default is ignore"
+    if firmware is Firmware.HTTP_BOOT and not default.startswith("http-"):
         default = "http-efi-x86_64"
-    described = f"arch {int(arch)}" if arch is not None else "no arch"
+    program_isa = boot_key_isa(default)
+    if isa is not None and program_isa is not None and program_isa is not isa:
+        why = (
+            f"{described}: no boot key of its own, and the default boot[{default}] is for "
+            f"{program_isa.value}, not offered to an {isa.value} client"
+        )
+        log.warn("no boot program for {mac}: {why}", mac=str(request.mac), why=why, isa=isa.value)
+        return None, why
     return default, f"{described}, configured default"
+
+
+def _describe(request: BootRequest, arch: Arch | None, isa: Isa | None) -> str:
+    parts = [f"arch {int(arch)} ({arch.name})" if arch is not None else "no arch"]
+    if request.firmware is Firmware.UBOOT:
+        vendor = (request.vendor_class or b"U-Boot").decode("ascii", "replace")
+        parts.insert(0, vendor)
+    if isa is not None:
+        parts.append(isa.value)
+    return ", ".join(parts)
 
 
 def decide_from_profile(
@@ -68,7 +111,15 @@ def decide_from_profile(
             reason=f"{reason}: action local",
         )
     program, why = _program(request, {**config.boot_table, **profile.boot}, config)
-    if program is None and request.firmware is not Firmware.PLAIN and request.stage in _BOOT_STAGES:
+    if (
+        program is None
+        and config.policy.arch_default is None
+        and request.firmware is not Firmware.PLAIN
+        and request.stage in _BOOT_STAGES
+    ):
+        # `arch_default: ignore` asks for no answer at all.  Otherwise a client with no
+        # program still gets its address (authoritative mode) and its rendered configs, which
+        # U-Boot's `dhcp; pxe get` needs; proxy mode has nothing to say to it and stays silent.
         return BootDecision.ignore(f"{reason}; {why}")
     return BootDecision(
         program=program,

@@ -142,6 +142,38 @@ class Arch(enum.IntEnum):
         """The key of the config's ``boot`` table this architecture boots from, if any."""
         return _BOOT_KEYS.get(self.normalized())
 
+    @property
+    def isa(self) -> Isa | None:
+        """The processor family this architecture's programs run on; ``None`` if unknown."""
+        return _ARCH_ISA.get(self.normalized())
+
+
+class Isa(enum.Enum):
+    """The processor family a client runs and a boot program is built for.
+
+    ``policy.arch_default`` only ever applies within one family: an x86 program offered to an
+    ARM client would be downloaded and then fail (or, with U-Boot's ``autoload``, be loaded
+    over memory), so a client of a known family with no program of its own gets none.  The
+    value is the suffix boot keys use (``efi-arm64``, ``uboot-arm64``).
+    """
+
+    X86 = "x86"
+    ARM32 = "arm32"
+    ARM64 = "arm64"
+    RISCV32 = "riscv32"
+    RISCV64 = "riscv64"
+    RISCV128 = "riscv128"
+    LOONGARCH32 = "loongarch32"
+    LOONGARCH64 = "loongarch64"
+    ITANIUM = "itanium"
+    ALPHA = "alpha"
+    POWER = "power"
+    S390 = "s390"
+    MIPS32 = "mips32"
+    MIPS64 = "mips64"
+    SUNWAY32 = "sunway32"
+    SUNWAY64 = "sunway64"
+
 
 _HTTP_ARCHES = frozenset(
     {
@@ -175,10 +207,57 @@ _BOOT_KEYS: dict[Arch, str] = {
     Arch.HTTP_EFI_RISCV64: "http-efi-riscv64",
     Arch.HTTP_EFI_LOONGARCH64: "http-efi-loongarch64",
     Arch.HTTP_BIOS: "http-bios",
+    Arch.UBOOT_ARM32: "uboot-arm32",
+    Arch.UBOOT_ARM64: "uboot-arm64",
+    Arch.HTTP_UBOOT_ARM32: "http-uboot-arm32",
+    Arch.HTTP_UBOOT_ARM64: "http-uboot-arm64",
+}
+
+_ISA_MEMBERS: dict[Isa, tuple[int, ...]] = {
+    Isa.X86: (0, 1, 4, 5, 6, 7, 9, 15, 16, 17, 20),
+    Isa.ARM32: (8, 10, 18, 21, 23),
+    Isa.ARM64: (11, 19, 22, 24),
+    Isa.RISCV32: (25, 26),
+    Isa.RISCV64: (27, 28),
+    Isa.RISCV128: (29, 30),
+    Isa.LOONGARCH32: (37, 38),
+    Isa.LOONGARCH64: (39, 40),
+    Isa.ITANIUM: (2,),
+    Isa.ALPHA: (3,),
+    Isa.POWER: (12, 13, 14),
+    Isa.S390: (31, 32),
+    Isa.MIPS32: (33,),
+    Isa.MIPS64: (34,),
+    Isa.SUNWAY32: (35,),
+    Isa.SUNWAY64: (36,),
+}
+_ARCH_ISA: dict[Arch, Isa] = {
+    Arch(value): isa for isa, values in _ISA_MEMBERS.items() for value in values
+}
+
+#: U-Boot's boot keys, by the family its build is for (it names itself in option 60).
+UBOOT_BOOT_KEYS: dict[Isa, str] = {
+    Isa.ARM32: "uboot-arm32",
+    Isa.ARM64: "uboot-arm64",
+    Isa.RISCV32: "uboot-riscv32",
+    Isa.RISCV64: "uboot-riscv64",
 }
 
 #: Every key the ``boot`` table may hold, in the order the example config documents them.
-BOOT_KEYS: tuple[str, ...] = ("ipxe", *dict.fromkeys(_BOOT_KEYS.values()))
+BOOT_KEYS: tuple[str, ...] = (
+    "ipxe",
+    *dict.fromkeys(_BOOT_KEYS.values()),
+    *(key for key in UBOOT_BOOT_KEYS.values() if key not in _BOOT_KEYS.values()),
+)
+
+_KEY_SUFFIX_ISA: dict[str, Isa] = {"bios": Isa.X86, "ia32": Isa.X86, "x86_64": Isa.X86} | {
+    isa.value: isa for isa in Isa
+}
+
+
+def boot_key_isa(key: str) -> Isa | None:
+    """The family a ``boot`` table entry's program is for (``None`` for ``ipxe``: any)."""
+    return _KEY_SUFFIX_ISA.get(key.rpartition("-")[2]) if key != "ipxe" else None
 
 
 class Firmware(enum.Enum):
@@ -187,6 +266,7 @@ class Firmware(enum.Enum):
     PXE_ROM = "pxe"  # a PXE ROM or UEFI PXE stack: wants an NBP over TFTP
     IPXE = "ipxe"  # iPXE: wants a script URL (ends the chainload loop)
     HTTP_BOOT = "http-boot"  # UEFI HTTP Boot: wants an http:// URL to an EFI program
+    UBOOT = "u-boot"  # U-Boot's dhcp/pxe commands: fetch paths over TFTP, no PXE options
     PLAIN = "plain"  # an ordinary DHCP client (an installed OS): no boot answer
 
 
