@@ -6,7 +6,6 @@ HTTP Boot), §4 (iPXE) and §5 (quirks).  Pure: no I/O, no Twisted.
 
 from __future__ import annotations
 
-import re
 from ipaddress import IPv4Address
 
 import attrs
@@ -14,24 +13,18 @@ import attrs
 from pxetwist.dhcp.options import OptionCode, encode_string
 from pxetwist.dhcp.packet import DhcpPacket
 from pxetwist.policy.decision import BootDecision
+from pxetwist.policy.placeholders import expand_placeholders
 from pxetwist.policy.values import Firmware
 
 #: Option 43 telling a PXE client to boot the file in this packet, no menu, no discovery
 #: (PXE_DISCOVERY_CONTROL = 8, then PXE_END).
 PXE_BOOT_THIS_FILE = bytes((6, 1, 8, 255))
 
-_PLACEHOLDER = re.compile(r"(?<!\$)\{(server|http_port|tftp_port)\}")
 _MAX_FILE = 127  # the 128-byte `file` field, NUL-terminated
 
 #: Clients that get no 60 = PXEClient and no 43: plain DHCP clients, and U-Boot, which names
 #: itself in 60 (U-Boot.armv8) and reads neither.
 _NO_PXE_OPTIONS = frozenset({Firmware.PLAIN, Firmware.UBOOT})
-
-
-def expand_placeholders(text: str, *, server: IPv4Address, http_port: int, tftp_port: int) -> str:
-    """Fill ``{server}``, ``{http_port}`` and ``{tftp_port}``; leave iPXE's ``${...}`` alone."""
-    values = {"server": str(server), "http_port": str(http_port), "tftp_port": str(tftp_port)}
-    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], text)
 
 
 @attrs.frozen

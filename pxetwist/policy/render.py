@@ -10,8 +10,9 @@ here:
   HTTP root, else TFTP), PXELINUX paths relative to the TFTP root, GRUB ``/path`` on the TFTP
   root or ``(http,server:port)/path``; U-Boot, which reads PXELINUX's format, only TFTP paths
   from its server (:func:`uboot_location`: a URL to us becomes the path, anything else it
-  cannot reach is an error).  ``{server}``, ``{http_port}`` and ``{tftp_port}`` in a
-  value are filled in first by :func:`expand_placeholders`; iPXE's own ``${...}`` stay.
+  cannot reach is an error).  ``{server}``, ``{http_port}`` and ``{tftp_port}`` in a value are
+  filled in first by :func:`~pxetwist.policy.placeholders.expand_placeholders`; iPXE's own
+  ``${...}`` stay.
 * **Templates.**  The config text comes from a Jinja2 template (``ipxe.j2``, ``pxelinux.j2``,
   ``grub.j2``), looked up first in the operator's ``templates:`` directory and then among the
   bundled ones (``pxetwist/templates``).  Undefined variables are errors (``StrictUndefined``),
@@ -36,15 +37,15 @@ from urllib.parse import quote, unquote, urlsplit
 import attrs
 import jinja2
 
+from pxetwist.paths import PathRefused, normalize_request_path, resolve_path
 from pxetwist.policy.decision import BootDecision
+from pxetwist.policy.placeholders import expand_placeholders
 from pxetwist.policy.request import BootRequest
 from pxetwist.policy.values import BootAction, Firmware
-from pxetwist.tftp.paths import PathRefused, normalize_request_path, resolve_path
 
 #: The templates shipped with pxetwist; an operator's ``templates:`` directory is searched first.
 BUNDLED_TEMPLATES: Final = Path(__file__).resolve().parents[1] / "templates"
 
-_PLACEHOLDER = re.compile(r"(?<!\$)\{(server|http_port|tftp_port)\}")
 _UNSAFE = re.compile(r"[\x00-\x20\x7f]")
 _TFTP_DEFAULT_PORT: Final = 69
 
@@ -100,17 +101,6 @@ class ServingContext:
         return expand_placeholders(
             text, server=self.server, http_port=self.http_port, tftp_port=self.tftp_port
         )
-
-
-def expand_placeholders(text: str, *, server: str, http_port: int, tftp_port: int) -> str:
-    """Fill ``{server}``, ``{http_port}`` and ``{tftp_port}``; leave everything else as it is.
-
-    Unlike ``str.format`` this ignores other braces, so iPXE's ``${mac}`` and ``${net0/ip}``, a
-    GRUB ``${root}`` or a literal ``{`` in a kernel command line pass through untouched, and so
-    does ``${server}`` (an iPXE variable that happens to share the name).
-    """
-    values = {"server": server, "http_port": str(http_port), "tftp_port": str(tftp_port)}
-    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], text)
 
 
 def _is_url(value: str) -> bool:
@@ -457,7 +447,6 @@ __all__ = [
     "ServingContext",
     "Unreachable",
     "config_directory",
-    "expand_placeholders",
     "grub_location",
     "has_boot_config",
     "ipxe_location",

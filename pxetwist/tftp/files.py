@@ -30,12 +30,12 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
 from pxetwist.bootconfig import BootConfig, BootConfigResolver, ConfigAsk, ConfigStatus
+from pxetwist.paths import PathRefused, normalize_request_path, resolve_path
 from pxetwist.policy.render import LoaderKind, ServingContext
 from pxetwist.policy.sightings import SightingRegistry
 from pxetwist.policy.values import MacAddress, Stage
 from pxetwist.tftp.generated import match_generated
 from pxetwist.tftp.packet import ErrorCode
-from pxetwist.tftp.paths import PathRefused, normalize_request_path, resolve_path
 from pxetwist.tftp.session import BlockSource, BytesSource
 
 log = Logger()

@@ -10,13 +10,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pxetwist.config import parse_config
 from pxetwist.policy.decision import BootDecision
+from pxetwist.policy.placeholders import expand_placeholders
 from pxetwist.policy.render import (
     BUNDLED_TEMPLATES,
     LoaderKind,
     Renderer,
     RenderError,
     ServingContext,
-    expand_placeholders,
     grub_location,
     has_boot_config,
     ipxe_location,

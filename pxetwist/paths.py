@@ -1,4 +1,8 @@
-"""Confine requested TFTP file names to the served root (protocol-reference §6.6, §5 #16).
+"""Confine requested file names to a served root (protocol-reference §6.6, §5 #16).
+
+TFTP confines every RRQ with it, and boot-config rendering (:mod:`pxetwist.policy.render`) uses
+it to tell whether a kernel path names a file under the TFTP or the HTTP root; so it belongs to
+neither protocol package.
 
 TFTP has no authentication, so the file name in an RRQ is attacker-controlled input.  Two steps:
 

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from pxetwist.tftp.paths import PathRefused, normalize_request_path, resolve_path
+from pxetwist.paths import PathRefused, normalize_request_path, resolve_path
 
 
 class NormalizeTests(SynchronousTestCase):
