@@ -306,7 +306,7 @@ class TftpTests(SynchronousTestCase):
     """The generated ``pxelinux.cfg/01-<mac>`` U-Boot downloads, through the TFTP server."""
 
     def test_uboot_gets_paths_for_tftp_urls(self) -> None:
-        from tests.tftp.test_protocol import CLIENT, Harness
+        from tests.tftp.test_protocol import CLIENT, SERVER, Harness
 
         config = config_from_yaml(
             f"tftp: {{root: {temp_dir(self)}}}\nhttp: {{enabled: false}}\n"
@@ -322,4 +322,4 @@ class TftpTests(SynchronousTestCase):
         self.assertIn("KERNEL arm64/linux\n", text)
         self.assertIn("INITRD arm64/initrd.gz\n", text)
         harness.sightings.record(make_request(MAC, arch=0), IPv4Address(CLIENT[0]))
-        self.assertIn("KERNEL tftp://10.77.0.1/arm64/linux\n", harness.download(name).decode())
+        self.assertIn(f"KERNEL tftp://{SERVER}/arm64/linux\n", harness.download(name).decode())
