@@ -138,6 +138,14 @@ def as_seconds(reader: _Reader, path: KeyPath, value: Any) -> float:
     return float(value)
 
 
+def as_timeout(reader: _Reader, path: KeyPath, value: Any) -> float:
+    """A positive number of seconds (fractions allowed)."""
+    seconds = as_seconds(reader, path, value)
+    if seconds <= 0:
+        reader.fail(path, f"{value} must be more than 0 seconds")
+    return seconds
+
+
 def as_duration(reader: _Reader, path: KeyPath, value: Any) -> int:
     """Whole seconds, written as ``3600`` or ``1h``, ``30m``, ``2d``."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -374,6 +382,20 @@ def _http(reader: _Reader, path: KeyPath, value: Any) -> HttpConfig:
         enabled=section.take("enabled", as_bool, default.enabled),
         root=section.take("root", as_path, default.root),
         port=section.take("port", as_port, default.port),
+        header_timeout=section.take("header_timeout", as_timeout, default.header_timeout),
+        body_timeout=section.take("body_timeout", as_timeout, default.body_timeout),
+        keepalive_timeout=section.take("keepalive_timeout", as_timeout, default.keepalive_timeout),
+        max_header_line=section.take(
+            "max_header_line", as_int(256, 1 << 20), default.max_header_line
+        ),
+        max_header_size=section.take(
+            "max_header_size", as_int(256, 1 << 24), default.max_header_size
+        ),
+        max_headers=section.take("max_headers", as_int(1, 10_000), default.max_headers),
+        max_body=section.take("max_body", as_int(0, 1 << 30), default.max_body),
+        max_idle_per_client=section.take(
+            "max_idle_per_client", as_int(1, 1_000_000), default.max_idle_per_client
+        ),
     )
     section.done()
     return http

@@ -66,9 +66,20 @@ class TftpConfig:
 
 @attrs.frozen
 class HttpConfig:
+    """``http:``.  The limits protect the server from slow and oversized requests; see
+    :mod:`pxetwist.http.channel` for what each one answers."""
+
     enabled: bool = True
     root: Path = Path("/srv/pxetwist/http")
     port: int = 8080
+    header_timeout: float = 10.0  # seconds for the request line and headers
+    body_timeout: float = 10.0  # seconds for a request body, from the end of the headers
+    keepalive_timeout: float = 60.0  # seconds an idle kept-alive connection stays open
+    max_header_line: int = 8192  # bytes per line: 414 for the request line, 431 for a header
+    max_header_size: int = 16384  # bytes of all header lines of one request: 431
+    max_headers: int = 100  # header fields per request: 431
+    max_body: int = 65536  # bytes of request body: 413 (boot clients send none)
+    max_idle_per_client: int = 64  # idle connections per client address; the oldest is closed
 
 
 @attrs.frozen

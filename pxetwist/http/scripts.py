@@ -70,6 +70,7 @@ from pxetwist.policy.values import (
 from pxetwist.tftp.generated import match_generated
 
 __all__ = [
+    "GENERATED_ATTRIBUTE",
     "MAC_ATTRIBUTE",
     "BootScripts",
     "ScriptName",
@@ -81,6 +82,9 @@ _log = Logger()
 
 MAC_ATTRIBUTE: Final = "boot_mac"
 """The request attribute a script sets to the MAC it identified, for the access log."""
+
+GENERATED_ATTRIBUTE: Final = "boot_generated"
+"""The request attribute set when the body is a script or config written for the machine."""
 
 _TEXT: Final = b"text/plain; charset=utf-8"
 
@@ -398,6 +402,7 @@ class BootScripts(Resource):
         headers.setRawHeaders(b"Content-Type", [_TEXT])
         headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
         headers.setRawHeaders(b"Cache-Control", [b"no-store"])
+        setattr(request, GENERATED_ATTRIBUTE, True)
         typed.write(body)  # twisted.web drops the body itself for HEAD
         typed.finish()
         _log.info(

@@ -18,18 +18,15 @@ same holds for DHCP and TFTP). Generated URLs name the address a client connecte
 ``server_address`` when the config sets one (NAT, a load balancer in front). Sockets are bound in
 ``privilegedStartService``, so ``twistd --uid`` can drop root after binding port 80.
 
-**Access log.** Every finished response is one ``twisted.logger`` event in the namespace
-``pxetwist.http.access`` with the fields ``client``, ``method``, ``path``, ``status``, ``bytes``
-(body bytes sent), ``seconds`` (from the request line to the last byte handed to the kernel) and
-``mac`` when it is known: from the script's ``mac=``, else what DHCP (or the neighbour table)
-knows about the client's address. A download the client abandons is logged too, with
-``complete`` False.
+**What it reports.** Every response, finished, abandoned or refused by the connection's limits,
+is one boot event on ``context.events`` (:mod:`pxetwist.http.site`); the access log is the log
+observer's line for it. Connections are :class:`~pxetwist.http.channel.BootChannel`: header and
+body deadlines, size limits with their 4xx statuses, a cap on idle connections per client.
 """
 
 from __future__ import annotations
 
 import itertools
-from ipaddress import AddressValueError, IPv4Address
 from typing import Any, Final, cast
 
 from twisted.application.service import Service
@@ -37,22 +34,16 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web import http
-from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
 
 from pxetwist.context import IServerReactor, ServerContext, listening_address
 from pxetwist.fdlimit import HEADROOM, raise_fd_limit
-from pxetwist.http.scripts import MAC_ATTRIBUTE, BootScripts, script_name
+from pxetwist.http.scripts import BootScripts, script_name
+from pxetwist.http.site import BootRoot, BootSite
 from pxetwist.http.static import BootFiles
-from pxetwist.policy.sightings import SightingRegistry
-from pxetwist.policy.values import MacAddress
 
-__all__ = ["BootRequestLog", "BootRoot", "BootSite", "HttpService"]
+__all__ = ["HttpService"]
 
 log = Logger()
-access_log = Logger(namespace="pxetwist.http.access")
 
 _BACKLOG: Final = 1024
 """Pending connections per listener: a rack powering on at once opens hundreds together, and
@@ -60,94 +51,6 @@ Twisted's default of 50 would make the rest retry their SYN a second later."""
 
 _SCAN_LIMIT: Final = 10_000  # entries of the root looked at for shadowed files at start
 _FD_PER_DOWNLOAD: Final = 3  # the socket, the file, and the socket's dup for sendfile
-
-
-class BootRoot(Resource):
-    """The site's root: generated scripts for the names they claim, files for the rest."""
-
-    isLeaf = True
-
-    def __init__(self, scripts: BootScripts, files: BootFiles) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.scripts = scripts
-        self.files = files
-
-    def render(self, request: Request) -> int:
-        name = self.scripts.claims(request)
-        if name is not None:
-            return self.scripts.serve(request, name)
-        return self.files.render(request)
-
-
-class BootRequestLog(Request):
-    """A request that knows when it started, for the access log's ``seconds``."""
-
-    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
-        super().__init__(channel, *args, **kwargs)
-        factory = getattr(channel, "factory", None)
-        clock = getattr(factory, "reactor", None)
-        self.started_at: float | None = clock.seconds() if clock is not None else None
-
-    def connectionLost(self, reason: Failure) -> None:
-        # Only responses under way are worth a line: an abandoned download, not an idle
-        # keep-alive connection closing or a client that hung up while the policy decided.
-        unfinished = not self.finished and self.startedWriting
-        site = getattr(self.channel, "factory", None)
-        super().connectionLost(reason)  # type: ignore[no-untyped-call]
-        if unfinished and isinstance(site, BootSite):
-            site.log_request(self, complete=False)
-
-
-class BootSite(Site):
-    """A :class:`~twisted.web.server.Site` whose access log is structured events, not a file."""
-
-    noisy = False
-    requestFactory = BootRequestLog
-
-    def __init__(
-        self, resource: Resource, reactor: Any, sightings: SightingRegistry | None = None
-    ) -> None:
-        super().__init__(resource, reactor=reactor)
-        self.sightings = sightings
-
-    def log(self, request: http.Request) -> None:  # called by Request.finish
-        self.log_request(request, complete=True)
-
-    def log_request(self, request: http.Request, *, complete: bool) -> None:
-        typed: Any = request
-        address = typed.getClientAddress()
-        host = getattr(address, "host", None)
-        mac = getattr(request, MAC_ATTRIBUTE, None)
-        if mac is None and host is not None and self.sightings is not None:
-            mac = self._mac_at(host)
-        started = getattr(request, "started_at", None)
-        seconds = round(self.reactor.seconds() - started, 6) if started is not None else None
-        access_log.info(
-            "{client} {method} {path} {status} {bytes} bytes {seconds}s{mac_note}{incomplete_note}",
-            client=str(host) if host is not None else str(address),
-            method=typed.method.decode("ascii", "replace"),
-            path=typed.uri.decode("ascii", "backslashreplace"),
-            status=typed.code,
-            bytes=typed.sentLength,
-            seconds=seconds,
-            mac=str(mac) if mac is not None else None,
-            mac_note=f" mac {mac}" if mac is not None else "",
-            complete=complete,
-            incomplete_note="" if complete else " (client went away)",
-            user_agent=_header(typed, b"user-agent"),
-        )
-
-    def _mac_at(self, host: str) -> MacAddress | None:
-        assert self.sightings is not None
-        try:
-            return self.sightings.mac_at(IPv4Address(host))
-        except AddressValueError:
-            return None
-
-
-def _header(request: Any, name: bytes) -> str | None:
-    values = request.requestHeaders.getRawHeaders(name)
-    return values[0].decode("latin-1") if values else None
 
 
 class HttpService(Service):
@@ -159,7 +62,13 @@ class HttpService(Service):
         self.context = context
         self.files = BootFiles(context.config.http.root, context.reactor)
         self.scripts = BootScripts(context)
-        self.site = BootSite(BootRoot(self.scripts, self.files), context.reactor, context.sightings)
+        self.site = BootSite(
+            BootRoot(self.scripts, self.files),
+            context.reactor,
+            events=context.events,
+            sightings=context.sightings,
+            limits=lambda: context.config.http,
+        )
         self.ports: list[IListeningPort] = []
 
     @property

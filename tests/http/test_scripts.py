@@ -19,7 +19,7 @@ from twisted.internet import address, defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import IResource
@@ -28,8 +28,9 @@ from zope.interface.verify import verifyObject
 
 from pxetwist.config.model import Config
 from pxetwist.context import IServerReactor, ServerContext
+from pxetwist.events import BootEvent, BootEventBus, EventProtocol, EventStage, LogObserver, Outcome
 from pxetwist.http.scripts import BootScripts, arch_from_query, script_name
-from pxetwist.http.service import BootRoot, BootSite
+from pxetwist.http.site import BootRoot, BootSite
 from pxetwist.http.static import BootFiles
 from pxetwist.policy.builtin import ArchPolicy, StaticPolicy
 from pxetwist.policy.chain import PolicyChain
@@ -520,16 +521,20 @@ _HOST = address.IPv4Address("TCP", "10.77.0.1", 8080)
 
 
 class SiteTests(_Case):
-    """:class:`BootSite` over :class:`BootRoot`: raw bytes in, the access log out."""
+    """:class:`BootSite` over :class:`BootRoot`: raw bytes in, one boot event per response out."""
 
     def setUp(self) -> None:
         super().setUp()
         (self.http_root / "boot.ipxe").write_bytes(b"#!ipxe\nfile on disk\n")
         (self.http_root / "menu.ipxe").write_bytes(b"#!ipxe\nmenu\n")
+        self.bus = BootEventBus()
+        self.boot_events: list[BootEvent] = []
+        self.bus.subscribe(self.boot_events.append)
         self.site = BootSite(
             BootRoot(self.resource, BootFiles(self.http_root, self.clock)),
             self.clock,
-            self.sightings,
+            events=self.bus,
+            sightings=self.sightings,
         )
 
     def raw(self, request: bytes) -> bytes:
@@ -544,8 +549,8 @@ class SiteTests(_Case):
         protocol.connectionLost(Failure(ConnectionDone()))
         return response
 
-    def access(self) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("log_namespace") == "pxetwist.http.access"]
+    def access(self) -> list[BootEvent]:
+        return self.boot_events
 
     def test_scripts_take_precedence(self) -> None:
         response = self.raw(f"GET /boot.ipxe?mac={KNOWN} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -560,23 +565,46 @@ class SiteTests(_Case):
         self.assertTrue(response.startswith(b"HTTP/1.1 400 "), response)
 
     def test_access_log(self) -> None:
+        """A generated script: one event, with the script's MAC and ``generated`` set."""
         self.raw(f"GET /boot.ipxe?mac={KNOWN} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         [event] = self.access()
-        self.assertEqual(event["client"], "10.77.1.5")
-        self.assertEqual(event["method"], "GET")
-        self.assertEqual(event["path"], f"/boot.ipxe?mac={KNOWN}")
-        self.assertEqual(event["status"], 200)
-        self.assertEqual(event["mac"], KNOWN)
-        self.assertTrue(event["complete"])
-        self.assertGreater(event["bytes"], 50)
-        self.assertGreaterEqual(event["seconds"], 0)
+        self.assertEqual(
+            (event.protocol, event.stage, event.outcome),
+            (EventProtocol.HTTP, EventStage.HTTP_REQUEST, Outcome.OK),
+        )
+        self.assertEqual(event.client, IPv4Address("10.77.1.5"))
+        self.assertEqual(str(event.mac), KNOWN)
+        details = event.details
+        self.assertEqual(details["method"], "GET")
+        self.assertEqual(details["path"], f"/boot.ipxe?mac={KNOWN}")
+        self.assertEqual(details["status"], 200)
+        self.assertIs(details["generated"], True)
+        self.assertIs(details["complete"], True)
+        self.assertIsNone(details["range"])
+        self.assertGreater(cast(int, details["bytes"]), 50)
+        self.assertGreaterEqual(cast(float, details["seconds"]), 0)
 
     def test_access_log_mac_from_sightings(self) -> None:
-        """A file download is logged with the MAC DHCP saw at the client's address."""
+        """A file download is reported with the MAC DHCP saw at the client's address."""
         self.sightings.record(make_request(KNOWN), IPv4Address(_PEER.host))
-        self.raw(b"GET /node/linux HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.raw(b"GET /node/linux HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n")
         [event] = self.access()
-        self.assertEqual((event["status"], event["bytes"], event["mac"]), (200, 64, KNOWN))
+        self.assertEqual(
+            (event.details["status"], event.details["bytes"], str(event.mac)), (206, 10, KNOWN)
+        )
+        self.assertEqual(event.details["range"], "bytes=0-9")
+        self.assertIs(event.details["generated"], False)
+
+    def test_access_log_line(self) -> None:
+        """The log observer writes the event as the access-log line, in ``pxetwist.http``."""
+        self.bus.subscribe(LogObserver())
+        self.sightings.record(make_request(KNOWN), IPv4Address(_PEER.host))
+        self.raw(b"GET /node/linux HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n")
+        [logged] = [e for e in self.events if e.get("log_namespace") == "pxetwist.http"]
+        self.assertEqual(
+            formatEvent(logged),
+            f"10.77.1.5 GET /node/linux 206 10 bytes 0.0s mac {KNOWN} range bytes=0-9",
+        )
 
     def test_client_gone_before_the_decision(self) -> None:
         """A client that hangs up while a slow policy thinks gets nothing written, no error."""
@@ -597,4 +625,6 @@ class SiteTests(_Case):
     def test_access_log_unknown_machine(self) -> None:
         self.raw(b"GET /nothing-here HTTP/1.1\r\nHost: x\r\n\r\n")
         [event] = self.access()
-        self.assertEqual((event["status"], event["mac"]), (404, None))
+        self.assertEqual(
+            (event.details["status"], event.mac, event.outcome), (404, None, Outcome.REFUSED)
+        )

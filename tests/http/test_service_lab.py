@@ -37,6 +37,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from pxetwist.context import IServerReactor, ServerContext
+from pxetwist.events import BootEvent, BootEventBus
 from pxetwist.http.service import HttpService
 from pxetwist.lab import NetLab, require_binary, require_lab
 from pxetwist.netinfo import InterfaceInfo
@@ -123,6 +124,9 @@ class LoopbackServiceTests(TestCase):
         observer = cast(ILogObserver, self.events.append)
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.boot_events: list[BootEvent] = []
+        bus = BootEventBus()
+        bus.subscribe(self.boot_events.append)
         self.service = HttpService(
             ServerContext.build(
                 config,
@@ -130,6 +134,7 @@ class LoopbackServiceTests(TestCase):
                 cast(IServerReactor, reactor),
                 interfaces=[lo],
                 sightings=self.sightings,
+                events=bus,
             )
         )
         self.service.privilegedStartService()
@@ -139,8 +144,8 @@ class LoopbackServiceTests(TestCase):
         self.base_url = f"http://{host}:{port}/"
         self.pool = HTTPConnectionPool(reactor, persistent=False)
 
-    def access(self) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("log_namespace") == "pxetwist.http.access"]
+    def access(self) -> list[BootEvent]:
+        return self.boot_events
 
     @defer.inlineCallbacks
     def test_scripts_and_files(self) -> Generator[Any, Any, None]:
@@ -192,7 +197,7 @@ class LoopbackServiceTests(TestCase):
             response = yield treq.get(self.base_url + name, pool=pool)
             self.assertEqual((yield response.content()), self.files[name])
         [channel] = channels  # one connection for both
-        handle = channel._channel.transport.getHandle()
+        handle = channel.transport.getHandle()
         self.assertEqual(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK), 0)
 
     @defer.inlineCallbacks
@@ -204,11 +209,11 @@ class LoopbackServiceTests(TestCase):
                 break
             yield deferLater(reactor, 0.01, lambda: None)
         [event] = self.access()
-        self.assertEqual(event["path"], "/node/linux")
-        self.assertEqual((event["status"], event["bytes"]), (200, 1_000_000))
-        self.assertEqual(event["client"], "127.0.0.1")
-        self.assertIsNone(event["mac"])
-        self.assertGreaterEqual(event["seconds"], 0)
+        self.assertEqual(event.details["path"], "/node/linux")
+        self.assertEqual((event.details["status"], event.details["bytes"]), (200, 1_000_000))
+        self.assertEqual(str(event.client), "127.0.0.1")
+        self.assertIsNone(event.mac)
+        self.assertGreaterEqual(cast(float, event.details["seconds"]), 0)
 
     def test_listens_only_on_the_interfaces(self) -> None:
         self.assertEqual([host for host, _ in self.service.addresses], ["127.0.0.1"])

@@ -153,9 +153,12 @@ class StageEvent:
 
 _LOG_LINE = re.compile(r"^(?P<stamp>\S+) \[(?P<system>[^\]#]*)(#\w+)?\] (?P<text>.*)$")
 _STAGES = {
+    # the boot events' log lines (pxetwist.events.LogObserver: pxetwist.<protocol>)
+    "pxetwist.dhcp": "dhcp",
+    "pxetwist.tftp": "tftp",
+    "pxetwist.http": "http",
+    # lines a protocol still logs itself
     "pxetwist.dhcp.protocol": "dhcp",
-    "pxetwist.tftp": "tftp",  # the TFTP boot events, as the log observer writes them
-    "pxetwist.http.access": "http",
     "pxetwist.http.scripts": "http",
     "pxetwist.policy.chain": "policy",
 }
