@@ -61,7 +61,8 @@ class _Connection:
         self.channel.dataReceived(data)
 
     def read(self) -> bytes:
-        return self.transport.value()
+        data: bytes = self.transport.value()
+        return data
 
     @property
     def closed(self) -> bool:
