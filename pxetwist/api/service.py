@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from pxetwist.api import dashboard
 from pxetwist.api.leaseview import TableLeaseView
 from pxetwist.api.metricsweb import MetricsResource
 from pxetwist.api.recent import RecentSessions
@@ -74,6 +75,7 @@ class ApiService(Service):
             before_scrape,
         )
         self.root.putChild(b"metrics", self.metrics_resource)
+        dashboard.mount(self.root)
         self.site = ApiSite(self.root)
         self.port: Any = None
 
