@@ -20,6 +20,7 @@ TEST_PKGS=(
   ipxe pxelinux syslinux-common grub-efi-amd64-signed shim-signed
   debian-installer-12-netboot-amd64
   nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils
+  chromium chromium-driver                                # the dashboard's browser test (selenium)
 )
 
 missing_packages() {
