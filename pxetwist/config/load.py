@@ -25,6 +25,7 @@ from pxetwist.config.model import (
     Machine,
     PolicyConfig,
     Profile,
+    SessionsConfig,
     Subnet,
     TftpConfig,
 )
@@ -268,6 +269,7 @@ def _profile_fields(section: _Section) -> Profile:
         boot=section.take("boot", _boot_table, {}),
         action=section.take("action", as_choice(_ACTIONS), None),
         quirks=section.take("quirks", _quirks, None),
+        boot_once=section.take("boot_once", as_bool, None),
     )
 
 
@@ -428,6 +430,24 @@ def _api(reader: _Reader, path: KeyPath, value: Any) -> ApiConfig:
     return api
 
 
+def _sessions(reader: _Reader, path: KeyPath, value: Any) -> SessionsConfig:
+    section = reader.section(path, value)
+    defaults = SessionsConfig()
+    sessions = SessionsConfig(
+        enabled=section.take("enabled", as_bool, defaults.enabled),
+        stuck_after=section.take("stuck_after", as_duration, defaults.stuck_after),
+        keep=section.take("keep", as_int(1, 10_000), defaults.keep),
+        max_sessions=section.take("max_sessions", as_int(1, 100_000_000), defaults.max_sessions),
+        max_machines=section.take("max_machines", as_int(1, 10_000_000), defaults.max_machines),
+        max_events=section.take("max_events", as_int(16, 100_000), defaults.max_events),
+        flush_interval=section.take("flush_interval", as_seconds, defaults.flush_interval),
+    )
+    section.done()
+    if sessions.flush_interval < 0.05 or sessions.flush_interval > 60:
+        reader.fail((*path, "flush_interval"), f"{sessions.flush_interval} is outside 0.05..60")
+    return sessions
+
+
 def _policy(reader: _Reader, path: KeyPath, value: Any) -> PolicyConfig:
     section = reader.section(path, value)
     default = PolicyConfig()
@@ -483,6 +503,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
         groups=groups,
         machines=top.take("machines", as_strict_list(_machine), ()),
         policy=top.take("policy", _policy, PolicyConfig()),
+        sessions=top.take("sessions", _sessions, SessionsConfig()),
         templates=top.take("templates", as_path, reader.base_dir / "templates"),
     )
     top.done()

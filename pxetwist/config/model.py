@@ -94,6 +94,19 @@ class ApiConfig:
 
 
 @attrs.frozen
+class SessionsConfig:
+    """Boot sessions (``pxetwist sessions``): how they are judged and how many are kept."""
+
+    enabled: bool = True
+    stuck_after: int = 300  # seconds without progress before a session is called stuck
+    keep: int = 20  # sessions stored per machine (older ones are deleted)
+    max_sessions: int = 100_000  # sessions stored in all (the oldest are deleted first)
+    max_machines: int = 20_000  # machines followed in memory at once (least recent dropped)
+    max_events: int = 200  # events kept per session (the first of each stage always kept)
+    flush_interval: float = 1.0  # seconds between writes to data_dir/sessions.sqlite
+
+
+@attrs.frozen
 class Profile:
     """What a machine boots; used by ``defaults``, ``groups`` and ``machines``."""
 
@@ -103,6 +116,7 @@ class Profile:
     boot: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_dict)
     action: BootAction | None = None
     quirks: Quirks | None = None
+    boot_once: bool | None = None  # network-boot once, then local boot until reset
 
     def over(self, base: Profile) -> Profile:
         """This profile's settings, falling back to ``base`` for what it leaves unset."""
@@ -113,6 +127,7 @@ class Profile:
             boot={**base.boot, **self.boot},
             action=self.action if self.action is not None else base.action,
             quirks=self.quirks if self.quirks is not None else base.quirks,
+            boot_once=self.boot_once if self.boot_once is not None else base.boot_once,
         )
 
 
@@ -170,6 +185,7 @@ class Config:
     groups: Mapping[str, Profile] = attrs.field(factory=dict, converter=_frozen_dict)
     machines: tuple[Machine, ...] = ()
     policy: PolicyConfig = PolicyConfig()
+    sessions: SessionsConfig = SessionsConfig()
     # Operator boot-config templates (ipxe.j2, pxelinux.j2, grub.j2), searched before the bundled
     # ones; the loader defaults it to <config file dir>/templates.  None: bundled templates only.
     templates: Path | None = None
@@ -186,6 +202,11 @@ class Config:
     @property
     def lease_store_url(self) -> str:
         return self.dhcp.leases or f"sqlite:{self.data_dir / 'leases.sqlite'}"
+
+    @property
+    def sessions_path(self) -> Path:
+        """The SQLite file of boot sessions and boot-once state."""
+        return self.data_dir / "sessions.sqlite"
 
     @property
     def boot_table(self) -> Mapping[str, str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
@@ -32,6 +32,9 @@ class PolicyChain:
     policies: Sequence[tuple[str, IBootPolicy]]
     clock: IReactorTime
     timeout: float = 2.0
+    #: Applied to every decision before it is returned, whichever policy made it: state kept
+    #: beside the policies, such as boot once (:meth:`pxetwist.sessions.bootonce.BootOnce.gate`).
+    gate: Callable[[BootRequest, BootDecision], BootDecision] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -135,11 +138,12 @@ class PolicyChain:
             mac=str(request.mac),
         )
 
-    @staticmethod
     def _decided(
-        request: BootRequest, name: str, answer: BootDecision, log_decision: bool
+        self, request: BootRequest, name: str, answer: BootDecision, log_decision: bool
     ) -> BootDecision:
         decision = attrs.evolve(answer, policy=name)
+        if self.gate is not None:
+            decision = self.gate(request, decision)
         if log_decision:
             arch = request.arch
             log.info(

@@ -49,6 +49,10 @@ class BootDecision:
     group: str | None = None
     reason: str = ""
     policy: str | None = None  # filled in by the chain: which policy decided
+    # Network-boot once: after the server has seen this machine's boot go through (kernel and
+    # initrd served completely, or the booted OS's call-back) it gets the local-boot answer
+    # until ``pxetwist machines reset-boot``; see :mod:`pxetwist.sessions.bootonce`.
+    boot_once: bool = False
 
     @classmethod
     def ignore(cls, reason: str) -> BootDecision:

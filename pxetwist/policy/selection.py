@@ -130,6 +130,7 @@ def decide_from_profile(
         name=name,
         group=group,
         reason=f"{reason}; {why}",
+        boot_once=bool(profile.boot_once),
     )
 
 

@@ -81,6 +81,14 @@ class SightingRegistry:
     def by_mac(self, mac: MacAddress) -> Sighting | None:
         return self._by_mac.get(mac)
 
+    def mac_seen_at(self, address: IPv4Address) -> MacAddress | None:
+        """The machine DHCP last saw at ``address``, from memory only (no neighbour table)."""
+        return self._by_address.get(address)
+
+    def neighbours(self) -> dict[IPv4Address, MacAddress]:
+        """The neighbour table this registry falls back to (a file read: not per packet)."""
+        return self._neighbours()
+
     def mac_at(self, address: IPv4Address) -> MacAddress | None:
         mac = self._by_address.get(address)
         if mac is None:

@@ -1,0 +1,180 @@
+# -*- test-case-name: tests.sessions.test_store -*-
+"""Where sessions and boot-once state survive a restart: one SQLite file in ``data_dir``.
+
+``sessions.sqlite`` holds each session as its JSON (what ``pxetwist sessions --json`` prints)
+beside the columns it is looked up by, and the machines that have used up their boot once.
+The server writes it from one thread of its own (:mod:`pxetwist.sessions.persistence`), never
+from the reactor; ``pxetwist sessions`` and ``pxetwist machines reset-boot`` open it from
+another process while the server runs (WAL mode: readers never wait for the writer).
+
+Bounded: after each write only the newest ``keep`` sessions of each machine written remain, and
+now and then the oldest sessions beyond ``max_sessions`` in all are deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id      TEXT PRIMARY KEY,  -- <mac hex>-<start in microseconds>
+    mac     TEXT NOT NULL,     -- 52:54:00:12:34:56
+    started REAL NOT NULL,     -- Unix time
+    updated REAL NOT NULL,
+    state   TEXT NOT NULL,     -- in-progress, booted, stuck, failed
+    stage   TEXT NOT NULL,
+    body    TEXT NOT NULL      -- the session as JSON
+);
+CREATE INDEX IF NOT EXISTS sessions_by_mac ON sessions (mac, started);
+CREATE INDEX IF NOT EXISTS sessions_by_start ON sessions (started);
+CREATE TABLE IF NOT EXISTS boot_once (
+    mac     TEXT PRIMARY KEY,  -- a machine that has used up its one network boot
+    used_at REAL NOT NULL,
+    how     TEXT NOT NULL,     -- what showed the boot went through
+    session TEXT               -- the session that did
+);
+"""
+
+
+@attrs.frozen
+class SessionRow:
+    """One session to store: its key columns and its JSON body."""
+
+    id: str
+    mac: str
+    started: float
+    updated: float
+    state: str
+    stage: str
+    body: str
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> SessionRow:
+        return cls(
+            id=str(value["id"]),
+            mac=str(value["mac"]),
+            started=float(value["started"]),
+            updated=float(value["updated"]),
+            state=str(value["state"]),
+            stage=str(value["stage"]),
+            body=json.dumps(value, separators=(",", ":")),
+        )
+
+
+@attrs.frozen
+class UsedBoot:
+    """A machine's used-up boot once."""
+
+    mac: str
+    used_at: float
+    how: str
+    session: str | None = None
+
+
+class SessionStore:
+    """The SQLite file, opened by one thread (or process) at a time."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        if readonly:
+            self._db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                str(path), timeout=10, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        self._db.row_factory = sqlite3.Row
+        self.saves = 0
+
+    def close(self) -> None:
+        self._db.close()
+
+    def data_version(self) -> int:
+        """Changes when another connection (the CLI) commits; not for this one's own writes."""
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    # -- writing (the server's thread) ----------------------------------------------------
+
+    def save(
+        self,
+        rows: Sequence[SessionRow],
+        used: Sequence[UsedBoot] = (),
+        *,
+        keep: int,
+        max_sessions: int,
+    ) -> None:
+        """Store sessions (newest version wins) and used boots, then prune; one transaction."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO sessions (id, mac, started, updated, state, stage, body) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "updated = excluded.updated, state = excluded.state, stage = excluded.stage, "
+                "body = excluded.body",
+                [attrs.astuple(row) for row in rows],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO boot_once (mac, used_at, how, session) VALUES (?, ?, ?, ?)",
+                [attrs.astuple(item) for item in used],
+            )
+            for mac in {row.mac for row in rows}:
+                db.execute(
+                    "DELETE FROM sessions WHERE mac = ? AND id NOT IN "
+                    "(SELECT id FROM sessions WHERE mac = ? ORDER BY started DESC LIMIT ?)",
+                    (mac, mac, keep),
+                )
+            self.saves += 1
+            if self.saves % 64 == 1:
+                self._prune_total(max_sessions)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _prune_total(self, max_sessions: int) -> None:
+        (count,) = self._db.execute("SELECT count(*) FROM sessions").fetchone()
+        if count > max_sessions:
+            self._db.execute(
+                "DELETE FROM sessions WHERE id IN "
+                "(SELECT id FROM sessions ORDER BY started ASC LIMIT ?)",
+                (count - max_sessions,),
+            )
+
+    def reset_boot(self, mac: str) -> UsedBoot | None:
+        """Arm a machine's boot once again; return what was recorded, if anything."""
+        row = self._db.execute(
+            "SELECT mac, used_at, how, session FROM boot_once WHERE mac = ?", (mac,)
+        ).fetchone()
+        if row is None:
+            return None
+        self._db.execute("DELETE FROM boot_once WHERE mac = ?", (mac,))
+        return UsedBoot(row["mac"], row["used_at"], row["how"], row["session"])
+
+    # -- reading --------------------------------------------------------------------------
+
+    def used_boots(self) -> list[UsedBoot]:
+        rows = self._db.execute("SELECT mac, used_at, how, session FROM boot_once").fetchall()
+        return [UsedBoot(row["mac"], row["used_at"], row["how"], row["session"]) for row in rows]
+
+    def sessions(self, mac: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Stored sessions as JSON values, newest first."""
+        if mac is None:
+            rows: Iterable[sqlite3.Row] = self._db.execute(
+                "SELECT body FROM sessions ORDER BY started DESC LIMIT ?", (limit,)
+            )
+        else:
+            rows = self._db.execute(
+                "SELECT body FROM sessions WHERE mac = ? ORDER BY started DESC LIMIT ?",
+                (mac, limit),
+            )
+        return [json.loads(row["body"]) for row in rows]
