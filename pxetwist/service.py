@@ -19,6 +19,7 @@ from pxetwist.config.model import Config, DhcpMode
 from pxetwist.context import IServerReactor, ServerContext
 from pxetwist.events import LogObserver
 from pxetwist.policy.chain import PolicyChain
+from pxetwist.sessions.recorder import recorder_for
 from pxetwist.startup import ServerSetup
 
 log = Logger()
@@ -71,6 +72,10 @@ class PxeService(MultiService):
             interfaces=setup.interfaces,
         )
         self.context.events.subscribe(LogObserver())
+        # Sessions and boot once first: the boot-once gate goes on the chain before any
+        # protocol asks it, and the store is open before the first packet.
+        self.recorder = recorder_for(self.context)
+        self.recorder.setServiceParent(self)
         for entry in PROTOCOLS:
             if entry.enabled(config):
                 entry.build(self.context).setServiceParent(self)

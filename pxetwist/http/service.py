@@ -37,6 +37,7 @@ from twisted.logger import Logger
 
 from pxetwist.context import IServerReactor, ServerContext, listening_address
 from pxetwist.fdlimit import HEADROOM, raise_fd_limit
+from pxetwist.http.callback import BootDone
 from pxetwist.http.scripts import BootScripts, script_name
 from pxetwist.http.site import BootRoot, BootSite
 from pxetwist.http.static import BootFiles
@@ -63,7 +64,7 @@ class HttpService(Service):
         self.files = BootFiles(context.config.http.root, context.reactor)
         self.scripts = BootScripts(context)
         self.site = BootSite(
-            BootRoot(self.scripts, self.files),
+            BootRoot(self.scripts, self.files, BootDone(context)),
             context.reactor,
             events=context.events,
             sightings=context.sightings,

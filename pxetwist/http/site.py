@@ -34,6 +34,7 @@ from twisted.web.server import Request, Site
 
 from pxetwist.config.model import HttpConfig
 from pxetwist.events import BootEvent, BootEventBus, EventProtocol, EventStage, Outcome
+from pxetwist.http.callback import BootDone
 from pxetwist.http.channel import BootChannel, IdleConnections
 from pxetwist.http.scripts import GENERATED_ATTRIBUTE, MAC_ATTRIBUTE, BootScripts
 from pxetwist.http.static import BootFiles
@@ -64,12 +65,17 @@ class BootRoot(Resource):
 
     isLeaf = True
 
-    def __init__(self, scripts: BootScripts, files: BootFiles) -> None:
+    def __init__(
+        self, scripts: BootScripts, files: BootFiles, done: BootDone | None = None
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.scripts = scripts
         self.files = files
+        self.done = done  # the OS call-back, /boot/done
 
-    def render(self, request: Request) -> int:
+    def render(self, request: Request) -> int | bytes:
+        if self.done is not None and self.done.claims(request):
+            return self.done.render(request)
         name = self.scripts.claims(request)
         if name is not None:
             return self.scripts.serve(request, name)

@@ -49,6 +49,14 @@ BUNDLED_TEMPLATES: Final = Path(__file__).resolve().parents[1] / "templates"
 _UNSAFE = re.compile(r"[\x00-\x20\x7f]")
 _TFTP_DEFAULT_PORT: Final = 69
 
+#: The booted OS's call-back route (:mod:`pxetwist.http.callback`).
+DONE_PATH: Final = "/boot/done"
+
+
+def done_url(server: str, http_port: int, mac: object) -> str:
+    """The call-back URL a booted OS fetches to say it is up: the ``done_url`` variable."""
+    return f"http://{server}:{http_port}{DONE_PATH}?mac={mac}"
+
 
 class RenderError(Exception):
     """A config could not be rendered; the message names the template and, if known, the line.
@@ -399,6 +407,7 @@ class Renderer:
                 raise RenderError(name, f"decision {what}: {error}") from None
 
         local = decision.action is BootAction.LOCAL
+        callback = done_url(context.server, context.http_port, request.mac)
         kernel = None if local else place("kernel", decision.kernel)
         if not local and kernel is None and not (kind is LoaderKind.IPXE and decision.program):
             raise RenderError(name, "the decision has no kernel to boot")
@@ -413,7 +422,10 @@ class Renderer:
             "kernel": kernel,
             "initrds": initrds,
             "initrd_names": [_basename(location) for location in initrds],
-            "cmdline": _one_line(context.expand(decision.cmdline or "")),
+            "cmdline": _one_line(context.expand(decision.cmdline or "")).replace(
+                "{done_url}", callback
+            ),
+            "done_url": callback,
             "program": program,
             "mac": str(request.mac),
             "name": decision.name,
@@ -447,6 +459,7 @@ __all__ = [
     "ServingContext",
     "Unreachable",
     "config_directory",
+    "done_url",
     "grub_location",
     "has_boot_config",
     "ipxe_location",

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -29,6 +30,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from pxetwist.config.model import Config
+from pxetwist.context import ServerContext, Settings
 from pxetwist.events import BootEventBus
 from pxetwist.policy.sightings import SightingRegistry
 from pxetwist.sessions.attribution import Attribution
@@ -206,6 +208,22 @@ class SessionRecorder(Service):
         if self._store is not None:
             self._store.close()
             self._store = None
+
+
+def recorder_for(context: ServerContext) -> SessionRecorder:
+    """The recorder of a running server: its gate goes on the chain before any protocol asks it.
+
+    Built before the protocol services (which read ``context.chain`` per request), so every
+    decision passes the boot-once gate; a reload keeps the gate on the new chain
+    (:mod:`pxetwist.reload`), and the recorder takes the new config's limits.
+    """
+    recorder = SessionRecorder(context.config, context.events, context.sightings, context.reactor)
+    current = context.live.current
+    context.live.replace(
+        Settings(current.config, attrs.evolve(current.chain, gate=recorder.bootonce.gate))
+    )
+    context.live.subscribe(lambda old, new: recorder.configure(new.config))
+    return recorder
 
 
 def in_this_thread(function: Callable[..., T], *args: Any) -> Deferred[T]:
