@@ -21,15 +21,19 @@ from pxetwist.config.model import (
     Config,
     DhcpConfig,
     DhcpMode,
+    GaneshaConfig,
     HttpConfig,
     Machine,
+    NfsConfig,
     PolicyConfig,
     Profile,
     SessionsConfig,
     Subnet,
     TftpConfig,
 )
-from pxetwist.policy.decision import Quirks
+from pxetwist.nfs.paths import prefix_escape, template_problem
+from pxetwist.nfs.render import VERSIONS
+from pxetwist.policy.decision import NfsAccess, NfsExport, Quirks
 from pxetwist.policy.values import BOOT_KEYS, BootAction, InvalidMacAddress, MacAddress
 
 T = TypeVar("T")
@@ -259,6 +263,25 @@ def _boot_table(reader: _Reader, path: KeyPath, value: Any) -> dict[str, str]:
 
 
 _ACTIONS = {action.value: action for action in BootAction}
+_ACCESS = {access.value: access for access in NfsAccess}
+
+
+def _nfs_export(reader: _Reader, path: KeyPath, value: Any) -> NfsExport:
+    """One ``{path, access, create}`` entry; confinement under nfs.root is checked later."""
+    section = reader.section(path, value)
+    if not section.has("path"):
+        reader.fail(path, "an NFS export needs a 'path' (relative to nfs.root)")
+    text = section.take("path", as_str, "")
+    problem = template_problem(text)
+    if problem is not None:
+        reader.fail((*path, "path"), problem)
+    export = NfsExport(
+        path=text,
+        access=section.take("access", as_choice(_ACCESS), NfsAccess.RO),
+        create=section.take("create", as_bool, False),
+    )
+    section.done()
+    return export
 
 
 def _profile_fields(section: _Section) -> Profile:
@@ -270,6 +293,7 @@ def _profile_fields(section: _Section) -> Profile:
         action=section.take("action", as_choice(_ACTIONS), None),
         quirks=section.take("quirks", _quirks, None),
         boot_once=section.take("boot_once", as_bool, None),
+        nfs=section.take("nfs", as_strict_list(_nfs_export), None),
     )
 
 
@@ -448,6 +472,51 @@ def _sessions(reader: _Reader, path: KeyPath, value: Any) -> SessionsConfig:
     return sessions
 
 
+def as_nfs_version(reader: _Reader, path: KeyPath, value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value) if isinstance(value, float) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+    if text not in VERSIONS:
+        reader.fail(path, f"{value!r} is not an NFS version ({', '.join(VERSIONS)})")
+    return text
+
+
+def _ganesha(reader: _Reader, path: KeyPath, value: Any) -> GaneshaConfig:
+    section = reader.section(path, value)
+    dbus = section.take("dbus", as_str, None)
+    managed = section.take("managed", as_bool, dbus is None)
+    if managed and dbus is not None:
+        reader.fail(
+            (*path, "dbus"), "is for an operator's Ganesha: set managed: false, or drop dbus"
+        )
+    ids = section.take("export_ids", as_strict_list(as_int(1, 65535)), (1000, 65000))
+    if len(ids) != 2 or ids[0] > ids[1]:
+        reader.fail((*path, "export_ids"), "must be [first, last] with first <= last")
+    ganesha = GaneshaConfig(
+        managed=managed,
+        dbus=dbus,
+        bind_address=section.take("bind_address", as_ipv4, None),
+        export_ids=(ids[0], ids[1]),
+    )
+    section.done()
+    return ganesha
+
+
+def _nfs(reader: _Reader, path: KeyPath, value: Any) -> NfsConfig:
+    section = reader.section(path, value)
+    versions = section.take("versions", as_strict_list(as_nfs_version), NfsConfig().versions)
+    if not versions:
+        reader.fail((*path, "versions"), "must name at least one NFS version")
+    nfs = NfsConfig(
+        enabled=section.take("enabled", as_bool, False),
+        root=section.take("root", as_path, NfsConfig().root),
+        versions=tuple(dict.fromkeys(versions)),
+        ganesha=section.take("ganesha", _ganesha, GaneshaConfig()),
+    )
+    section.done()
+    return nfs
+
+
 def _policy(reader: _Reader, path: KeyPath, value: Any) -> PolicyConfig:
     section = reader.section(path, value)
     default = PolicyConfig()
@@ -498,6 +567,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
         tftp=top.take("tftp", _tftp, TftpConfig()),
         http=top.take("http", _http, HttpConfig()),
         api=top.take("api", _api, ApiConfig()),
+        nfs=top.take("nfs", _nfs, NfsConfig()),
         boot=top.take("boot", _boot_table, {}),
         defaults=top.take("defaults", _profile, Profile()),
         groups=groups,
@@ -508,7 +578,29 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
     )
     top.done()
     _check_machines(reader, config)
+    _check_nfs_exports(reader, config)
     return config
+
+
+def _check_nfs_exports(reader: _Reader, config: Config) -> None:
+    """Every export path stays under nfs.root: no symlink out of it, ``{name}`` only if named."""
+    profiles: list[tuple[KeyPath, Profile]] = [(("defaults",), config.defaults)]
+    profiles += [(("groups", name), profile) for name, profile in config.groups.items()]
+    profiles += [(("machines", i), m.profile) for i, m in enumerate(config.machines)]
+    for where, profile in profiles:
+        for index, export in enumerate(profile.nfs or ()):
+            escape = prefix_escape(config.nfs.root, export.path)
+            if escape is not None:
+                reader.fail((*where, "nfs", index, "path"), escape)
+    for index, machine in enumerate(config.machines):
+        if machine.name is not None:
+            continue
+        for export in config.machine_profile(machine).nfs or ():
+            if "{name}" in export.path:
+                reader.fail(
+                    ("machines", index),
+                    f"its NFS export {export.path!r} uses {{name}} but the machine has no name",
+                )
 
 
 def _check_machines(reader: _Reader, config: Config) -> None:

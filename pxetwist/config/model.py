@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from pxetwist.policy.decision import Quirks
+from pxetwist.policy.decision import NfsExport, Quirks
 from pxetwist.policy.values import BootAction, MacAddress
 
 
@@ -93,6 +93,23 @@ class ApiConfig:
     metrics_token: str | None = None  # a token name whose token /metrics then requires
 
 
+class GaneshaConfig:
+    """Which NFS-Ganesha the exports go to: one pxetwist runs, or an operator's over DBus."""
+
+    managed: bool = True  # run ganesha.nfsd (and its dbus-daemon, rpcbind) ourselves
+    dbus: str | None = None  # the bus address of an operator's Ganesha (managed: false)
+    bind_address: IPv4Address | None = None  # managed Ganesha listens here; None: everywhere
+    export_ids: tuple[int, int] = (1000, 65000)  # Export_Id range pxetwist owns
+
+
+@attrs.frozen
+class NfsConfig:
+    enabled: bool = False
+    root: Path = Path("/srv/pxetwist/nfs")
+    versions: tuple[str, ...] = ("4.1", "3")  # "3", "4.0", "4.1", "4.2"
+    ganesha: GaneshaConfig = GaneshaConfig()
+
+
 @attrs.frozen
 class SessionsConfig:
     """Boot sessions (``pxetwist sessions``): how they are judged and how many are kept."""
@@ -117,6 +134,7 @@ class Profile:
     action: BootAction | None = None
     quirks: Quirks | None = None
     boot_once: bool | None = None  # network-boot once, then local boot until reset
+    nfs: tuple[NfsExport, ...] | None = None  # exports while the machine holds its address
 
     def over(self, base: Profile) -> Profile:
         """This profile's settings, falling back to ``base`` for what it leaves unset."""
@@ -128,6 +146,7 @@ class Profile:
             action=self.action if self.action is not None else base.action,
             quirks=self.quirks if self.quirks is not None else base.quirks,
             boot_once=self.boot_once if self.boot_once is not None else base.boot_once,
+            nfs=self.nfs if self.nfs is not None else base.nfs,
         )
 
 
@@ -180,6 +199,7 @@ class Config:
     tftp: TftpConfig = TftpConfig()
     http: HttpConfig = HttpConfig()
     api: ApiConfig = ApiConfig()
+    nfs: NfsConfig = NfsConfig()
     boot: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_dict)
     defaults: Profile = Profile()
     groups: Mapping[str, Profile] = attrs.field(factory=dict, converter=_frozen_dict)

@@ -5,7 +5,7 @@ turns the :class:`BootDecision` into its own reply.
 """
 
 from pxetwist.policy.chain import PolicyChain
-from pxetwist.policy.decision import BootDecision, Quirks
+from pxetwist.policy.decision import BootDecision, NfsAccess, NfsExport, Quirks
 from pxetwist.policy.interfaces import IBootPolicy, IBootPolicyFactory
 from pxetwist.policy.request import BootRequest
 from pxetwist.policy.values import Arch, BootAction, Firmware, MacAddress, Stage
@@ -19,6 +19,8 @@ __all__ = [
     "IBootPolicy",
     "IBootPolicyFactory",
     "MacAddress",
+    "NfsAccess",
+    "NfsExport",
     "PolicyChain",
     "Quirks",
     "Stage",

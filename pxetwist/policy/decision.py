@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from ipaddress import IPv4Address
 
@@ -26,6 +27,27 @@ class Quirks:
     boot_file: str | None = None  # send this boot-file name whatever the policy chose
 
 
+class NfsAccess(enum.Enum):
+    """What a machine may do on one of its NFS exports."""
+
+    RO = "ro"  # every write refused
+    RW = "rw"  # the machine's root writes as root (no root squash: a diskless root needs it)
+
+
+@attrs.frozen
+class NfsExport:
+    """A directory under ``nfs.root`` that a machine gets as an NFS export while it holds an address.
+
+    ``path`` is relative to ``nfs.root`` and may contain ``{mac}`` (dashed) and ``{name}``;
+    pxetwist expands them per machine, confines the result under the root, makes it when
+    ``create`` is set, and grants it to the machine's address only (see :mod:`pxetwist.nfs`).
+    """
+
+    path: str
+    access: NfsAccess = NfsAccess.RO
+    create: bool = False
+
+
 @attrs.frozen
 class BootDecision:
     """A policy's answer for one machine.
@@ -33,7 +55,8 @@ class BootDecision:
     Exactly one shape is used: ``program`` (an NBP path under the TFTP root, or a URL), an iPXE
     ``script``, or ``kernel``/``initrds``/``cmdline`` from which pxetwist renders the boot
     program's configuration (pxelinux, GRUB, iPXE).  ``files`` lets a policy hand over finished
-    per-machine files by path.  ``reason`` is for people: logs and ``pxetwist explain`` show it.
+    per-machine files by path.  ``nfs`` lists the machine's NFS exports, in the order
+    ``{nfs}``, ``{nfs2}``... name them in command lines.  ``reason`` is for people: logs and ``pxetwist explain`` show it.
     """
 
     action: BootAction = BootAction.BOOT
@@ -45,6 +68,7 @@ class BootDecision:
     cmdline: str | None = None
     files: Mapping[str, str] = attrs.field(factory=dict, converter=_copy)
     quirks: Quirks = Quirks()
+    nfs: tuple[NfsExport, ...] = ()
     name: str | None = None  # the machine's name, when the policy knows it
     group: str | None = None
     reason: str = ""

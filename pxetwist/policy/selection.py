@@ -127,6 +127,7 @@ def decide_from_profile(
         initrds=profile.initrds or (),
         cmdline=profile.cmdline,
         quirks=quirks,
+        nfs=profile.nfs or (),
         name=name,
         group=group,
         reason=f"{reason}; {why}",
