@@ -19,6 +19,7 @@ process by PID: SIGTERM, then SIGKILL after a grace (Ganesha needs 2-3 s).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Callable
@@ -173,10 +174,8 @@ class ManagedGanesha:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         (self.state_dir / "recov").mkdir(exist_ok=True)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
-        except FileNotFoundError:
-            pass
         dbus_conf = self.state_dir / "dbus.conf"
         dbus_conf.write_text(_DBUS_POLICY.format(socket=self.socket))
         try:
@@ -191,7 +190,7 @@ class ManagedGanesha:
                     "/bin/sh",
                     "-c",
                     "mount -t tmpfs -o mode=0755,size=4m pxetwist-run /run && exec "
-                    f'"$0" --config-file="$1" --nofork --nopidfile',
+                    '"$0" --config-file="$1" --nofork --nopidfile',
                     self.binaries["dbus-daemon"],
                     str(dbus_conf),
                 ],
@@ -344,10 +343,8 @@ class ManagedGanesha:
 
 def _signal(child: _Child, sig: signal.Signals) -> None:
     if child.pid is not None and child.running:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def _sleep(reactor: Any, seconds: float) -> Deferred[None]:

@@ -1,4 +1,4 @@
-"""Export paths: ``{mac}``/``{name}`` expansion, confinement under ``nfs.root``, opaque pseudo paths.
+"""Export paths: ``{mac}``/``{name}`` expansion, confinement under nfs.root, opaque pseudo paths.
 
 An export path in the config is a *template* relative to ``nfs.root``.  It is checked twice:
 

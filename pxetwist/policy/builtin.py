@@ -13,7 +13,7 @@ from pxetwist.policy.interfaces import IBootPolicy, IBootPolicyFactory
 from pxetwist.policy.overlay import MachineOverlay
 from pxetwist.policy.request import BootRequest
 from pxetwist.policy.selection import decide_from_profile
-from pxetwist.policy.values import Firmware
+from pxetwist.policy.values import Firmware, Stage
 
 
 @implementer(IBootPolicy)
@@ -72,13 +72,14 @@ class ArchPolicy:
     """Any network-boot client: the ``boot`` table entry for its firmware and architecture.
 
     It is the catch-all at the end of the default chain.  Ordinary DHCP clients (no PXE, iPXE or
-    HTTP Boot markers) get no opinion: there is nothing to boot them with.
+    HTTP Boot markers) get no opinion: there is nothing to boot them with.  The NFS stage is
+    the exception: it asks for a machine's exports (``defaults.nfs``) whatever it sent last.
     """
 
     config: Config
 
     def decide(self, request: BootRequest) -> BootDecision | None:
-        if request.firmware is Firmware.PLAIN:
+        if request.firmware is Firmware.PLAIN and request.stage is not Stage.NFS:
             return None
         return decide_from_profile(
             request, self.config.defaults, self.config, reason="by architecture (defaults)"

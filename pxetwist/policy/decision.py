@@ -36,7 +36,7 @@ class NfsAccess(enum.Enum):
 
 @attrs.frozen
 class NfsExport:
-    """A directory under ``nfs.root`` that a machine gets as an NFS export while it holds an address.
+    """A directory under ``nfs.root`` exported to a machine while it holds an address.
 
     ``path`` is relative to ``nfs.root`` and may contain ``{mac}`` (dashed) and ``{name}``;
     pxetwist expands them per machine, confines the result under the root, makes it when
@@ -56,7 +56,8 @@ class BootDecision:
     ``script``, or ``kernel``/``initrds``/``cmdline`` from which pxetwist renders the boot
     program's configuration (pxelinux, GRUB, iPXE).  ``files`` lets a policy hand over finished
     per-machine files by path.  ``nfs`` lists the machine's NFS exports, in the order
-    ``{nfs}``, ``{nfs2}``... name them in command lines.  ``reason`` is for people: logs and ``pxetwist explain`` show it.
+    ``{nfs}``, ``{nfs2}``... name them in command lines.  ``reason`` is for people: logs and
+    ``pxetwist explain`` show it.
     """
 
     action: BootAction = BootAction.BOOT

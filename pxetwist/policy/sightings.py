@@ -18,6 +18,9 @@ import attrs
 from pxetwist.policy.request import BootRequest
 from pxetwist.policy.values import MacAddress, Stage
 
+#: Told of every :meth:`SightingRegistry.record`: the request and the address (if known).
+SightingObserver = Callable[[BootRequest, IPv4Address | None], None]
+
 
 @attrs.frozen
 class Sighting:
@@ -59,6 +62,14 @@ class SightingRegistry:
         self._neighbours = neighbours
         self._by_mac: OrderedDict[MacAddress, Sighting] = OrderedDict()
         self._by_address: dict[IPv4Address, MacAddress] = {}
+        self._observers: tuple[SightingObserver, ...] = ()
+
+    def subscribe(self, observer: SightingObserver) -> None:
+        """Call ``observer(request, address)`` after each :meth:`record` (the NFS wrapper does)."""
+        self._observers = (*self._observers, observer)
+
+    def unsubscribe(self, observer: SightingObserver) -> None:
+        self._observers = tuple(o for o in self._observers if o != observer)
 
     def record(self, request: BootRequest, address: IPv4Address | None = None) -> None:
         """Remember this request; ``address`` is the client's address when known."""
@@ -77,6 +88,8 @@ class SightingRegistry:
                 and self._by_address.get(dropped.address) == dropped.request.mac
             ):
                 del self._by_address[dropped.address]
+        for observer in self._observers:
+            observer(request, address)
 
     def by_mac(self, mac: MacAddress) -> Sighting | None:
         return self._by_mac.get(mac)

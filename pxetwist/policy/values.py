@@ -278,6 +278,7 @@ class Stage(enum.Enum):
     PROXY_4011 = "proxy-4011"
     TFTP = "tftp"
     HTTP = "http"
+    NFS = "nfs"  # the NFS export wrapper asking which exports a machine holds
 
 
 class BootAction(enum.Enum):

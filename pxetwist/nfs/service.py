@@ -1,0 +1,427 @@
+"""The NFS export wrapper: each machine's exports open to its address, for as long as it holds it.
+
+State is level-triggered.  ``desired`` is what Ganesha should export now, worked out per machine
+from the policy decision (which exports) and the :class:`~pxetwist.nfs.lifecycle.AddressBook`
+(which address); ``applied`` is what Ganesha has.  Whenever a machine's facts change (DHCP saw
+it, TFTP or HTTP served it, its lease was bound, released or expired, the config was reloaded)
+the machine is looked at again and :meth:`NfsService._sync` walks ``applied`` towards
+``desired`` one DBus call at a time (``RemoveExport`` first, then ``AddExport``).  A Ganesha that
+is down is not an error here: the managed one is restarted with a config holding ``desired``.
+
+Every export that Ganesha takes or gives up is logged with MAC, address and path and emitted as
+an ``nfs-grant`` / ``nfs-withdraw`` :class:`~pxetwist.events.BootEvent`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger, LogLevel
+
+from pxetwist.config.model import Config, DhcpMode
+from pxetwist.events import BootEvent, EventProtocol, EventStage, Outcome
+from pxetwist.nfs.bus import GaneshaBus, GaneshaBusError
+from pxetwist.nfs.exports import ExportIds, ExportPlanner
+from pxetwist.nfs.lifecycle import AddressBook, LeaseLookup
+from pxetwist.nfs.managed import ManagedGanesha
+from pxetwist.nfs.paths import NfsPathError, load_or_create_key
+from pxetwist.nfs.render import ExportGrant, GaneshaSettings, render_config, render_export
+from pxetwist.policy.request import BootRequest
+from pxetwist.policy.values import MacAddress, Stage
+
+if TYPE_CHECKING:
+    from pxetwist.context import ServerContext
+
+log = Logger()
+
+CHECK_INTERVAL = 5.0  # seconds between looks at lease expiry (authoritative mode)
+
+
+def state_dir(config: Config) -> Path:
+    return config.data_dir / "nfs"
+
+
+def planner_for(config: Config, *, create_key: bool) -> ExportPlanner | None:
+    """The planner with this data_dir's pseudo-path key (``None`` if there is no key yet)."""
+    key_file = state_dir(config) / "pseudo.key"
+    if create_key:
+        key = load_or_create_key(key_file)
+    else:
+        try:
+            key = key_file.read_bytes()
+        except OSError:
+            return None
+    return ExportPlanner(config.nfs.root, key)
+
+
+def ganesha_settings(config: Config) -> GaneshaSettings:
+    return GaneshaSettings(
+        versions=config.nfs.versions,
+        bind_address=config.nfs.ganesha.bind_address,
+        recovery_dir=state_dir(config) / "ganesha" / "recov",
+    )
+
+
+class NfsService(Service):
+    """Grants and withdraws exports on a Ganesha it runs or an operator's (see module doc)."""
+
+    name = "nfs"
+
+    def __init__(self, context: ServerContext) -> None:
+        self.context = context
+        self.reactor: Any = context.reactor
+        config = context.config
+        self.state = state_dir(config)
+        self.planner: ExportPlanner | None = None
+        self.ids: ExportIds | None = None
+        self.book = self._book(config)
+        self.desired: dict[int, ExportGrant] = {}
+        self.applied: dict[int, ExportGrant] = {}
+        self.bus: GaneshaBus | None = None
+        self.managed: ManagedGanesha | None = None
+        self._lock = DeferredLock()
+        self._checker: LoopingCall | None = None
+        self._running = False
+        self._sync_again = False
+        self._pending: set[MacAddress] = set()
+        self._pending_call: Any = None
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    def _book(self, config: Config) -> AddressBook:
+        reservations = {m.mac: m.address for m in config.machines if m.address is not None}
+        return AddressBook(
+            reservations,
+            authoritative=config.dhcp.mode is DhcpMode.AUTHORITATIVE,
+            subnets=[subnet.network for subnet in config.dhcp.subnets],
+        )
+
+    def _lease_lookup(self) -> LeaseLookup | None:
+        """The DHCP service's lease table, when this server hands out addresses."""
+        parent = self.parent
+        if parent is None or self.context.config.dhcp.mode is not DhcpMode.AUTHORITATIVE:
+            return None
+        try:
+            dhcp: Any = parent.getServiceNamed("dhcp")  # type: ignore[attr-defined]
+        except KeyError:
+            return None
+        table = getattr(dhcp, "table", None)
+        if table is None:
+            return None
+
+        def lookup(mac: MacAddress, now: float) -> IPv4Address | None:
+            lease = table.find_client(None, mac, now)
+            if lease is None or lease.state.value != "bound":
+                return None
+            return lease.address  # type: ignore[no-any-return]
+
+        return lookup
+
+    def startService(self) -> None:
+        super().startService()
+        config = self.context.config
+        self._running = True
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.planner = planner_for(config, create_key=True)
+        first, last = config.nfs.ganesha.export_ids
+        self.ids = ExportIds(self.state / "export-ids.json", first, last)
+        self.book.leases = self._lease_lookup()
+        if not self.book.authoritative:
+            self.book.load(self.state / "seen.json")
+        self.context.sightings.subscribe(self._sighted)
+        self.context.events.subscribe(self._event)
+        self.context.live.subscribe(self._reloaded)
+        (self.state / "exports").mkdir(exist_ok=True)
+        d = self._refresh(self.book.macs() | self._granted_macs(), start=True)
+        d.addCallback(lambda _: self._start_backend(config))
+        d.addErrback(lambda f: log.failure("nfs: starting the export wrapper failed", f))
+        self._checker = LoopingCall(self._check)
+        self._checker.clock = self.reactor
+        self._checker.start(CHECK_INTERVAL, now=False)
+
+    def _start_backend(self, config: Config) -> Deferred[None] | None:
+        settings = ganesha_settings(config)
+        if config.nfs.ganesha.managed:
+            self.managed = ManagedGanesha(
+                self.reactor,
+                self.state / "ganesha",
+                serves_v3=settings.serves_v3,
+                write_config=self._write_config,
+                on_ready=self._ganesha_ready,
+            )
+            self.bus = self.managed.bus
+            return self.managed.start()
+        address = config.nfs.ganesha.dbus or "system"
+        self.bus = GaneshaBus(self.reactor, address)
+        return self._adopt_external()
+
+    def _write_config(self, path: Path) -> None:
+        """The managed Ganesha's config, holding every export desired now (restored exports)."""
+        grants = list(self.desired.values())
+        path.write_text(render_config(ganesha_settings(self.context.config), grants))
+        self.applied = {grant.export_id: grant for grant in grants}
+        if grants:
+            log.info("nfs: Ganesha starts with {count} exports", count=len(grants))
+
+    def _ganesha_ready(self, _bus: GaneshaBus) -> Deferred[None]:
+        return self._sync()
+
+    @inlineCallbacks
+    def _adopt_external(self) -> Any:
+        """An operator's Ganesha: drop every export in our id range, then add ours."""
+        assert self.bus is not None and self.ids is not None
+        try:
+            exports = yield self.bus.show_exports()
+        except GaneshaBusError as error:
+            log.error("nfs: the operator's Ganesha does not answer: {error}", error=str(error))
+            return None
+        for export_id in sorted(exports):
+            if self.ids.first <= export_id <= self.ids.last:
+                try:
+                    yield self.bus.remove_export(export_id)
+                except GaneshaBusError as error:
+                    log.warn("nfs: cannot remove stale export {id}: {e}", id=export_id, e=error)
+        self.applied = {}
+        yield self._sync()
+        return None
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        self._running = False
+        if self._pending_call is not None and self._pending_call.active():
+            self._pending_call.cancel()
+        self._pending_call = None
+        if self._checker is not None and self._checker.running:
+            self._checker.stop()
+        self.context.sightings.unsubscribe(self._sighted)
+        self.context.events.unsubscribe(self._event)
+        if not self.book.authoritative:
+            self._save_seen()
+        if self.managed is not None:
+            return self.managed.stop()
+        if self.bus is not None:
+            self.bus.close()
+        return None
+
+    # -- facts coming in ------------------------------------------------------------------------
+
+    def _sighted(self, request: BootRequest, address: IPv4Address | None) -> None:
+        """DHCP recorded a machine (proxy offer, 4011, authoritative ACK)."""
+        macs = {request.mac}
+        if address is not None and (
+            not self.book.authoritative or request.stage is Stage.PROXY_4011
+        ):
+            macs |= self.book.see(request.mac, address)
+        self._soon(macs)
+
+    def _event(self, event: BootEvent) -> None:
+        if event.protocol is EventProtocol.NFS or event.mac is None:
+            return
+        macs = {event.mac}
+        if event.client is not None and event.protocol in (EventProtocol.TFTP, EventProtocol.HTTP):
+            macs |= self.book.see(event.mac, event.client)
+        elif event.stage not in (EventStage.REQUEST, EventStage.RELEASE, EventStage.DECLINE):
+            return
+        self._soon(macs)
+
+    def _reloaded(self, _old: Any, new: Any) -> None:
+        leases = self.book.leases
+        seen = {mac: self.book.address_of(mac, 0) for mac in self.book.macs()}
+        self.book = self._book(new.config)
+        self.book.leases = leases
+        if not self.book.authoritative:
+            for mac, address in seen.items():
+                if address is not None and mac not in self.book.reservations:
+                    self.book.see(mac, address)
+        self._soon(self.book.macs() | self._granted_macs())
+
+    def _check(self) -> None:
+        """Leases expire without a packet: look at every machine that holds exports."""
+        now = self.reactor.seconds()
+        stale = {
+            grant.mac
+            for grant in self.desired.values()
+            if self.book.address_of(grant.mac, now) != grant.client
+        }
+        if stale:
+            self._soon(stale)
+
+    def _soon(self, macs: set[MacAddress]) -> None:
+        """Look at these machines again on the next reactor turn (never on a protocol's path)."""
+        if not macs or not self._running:
+            return
+        self._pending |= macs
+        if self._pending_call is None:
+            self._pending_call = self.reactor.callLater(0, self._run_pending)
+
+    def _run_pending(self) -> None:
+        self._pending_call = None
+        macs, self._pending = self._pending, set()
+        d = self._refresh(macs)
+        d.addErrback(lambda f: log.failure("nfs: updating exports failed", f))
+
+    # -- deciding -------------------------------------------------------------------------------
+
+    def _granted_macs(self) -> set[MacAddress]:
+        return {grant.mac for grant in self.desired.values()}
+
+    @inlineCallbacks
+    def _refresh(self, macs: Iterable[MacAddress], start: bool = False) -> Any:
+        """Work out the exports of each machine again, then sync Ganesha."""
+        changed = False
+        for mac in sorted(macs):
+            grants = yield self._grants_for(mac)
+            old = {i: g for i, g in self.desired.items() if g.mac == mac}
+            if old != grants:
+                for export_id in old:
+                    del self.desired[export_id]
+                self.desired.update(grants)
+                changed = True
+        if not self.book.authoritative:
+            self._save_seen()
+        if changed and not start:
+            yield self._sync()
+        return None
+
+    @inlineCallbacks
+    def _grants_for(self, mac: MacAddress) -> Any:
+        address = self.book.address_of(mac, self.reactor.seconds())
+        if address is None or self.planner is None or self.ids is None:
+            return {}
+        request = self.context.sightings.request_for(stage=Stage.NFS, address=address, mac=mac)
+        if request is None:
+            request = BootRequest(mac=mac, stage=Stage.NFS, client_address=address)
+        decision = yield self.context.chain.decide(request)
+        plan = self.planner.plan(decision, mac)
+        for template, problem in plan.refused:
+            log.error(
+                "nfs: not exporting {path} to {mac}: {problem}",
+                path=template,
+                mac=mac,
+                problem=problem,
+            )
+        grants: dict[int, ExportGrant] = {}
+        in_use = set(self.desired)
+        for export in plan.exports:
+            if not self._directory_ready(export.path, export.create, mac, export.relative):
+                continue
+            try:
+                export_id = self.ids.id_for(export.pseudo, in_use)
+            except NfsPathError as error:
+                log.error("nfs: {error}", error=str(error))
+                continue
+            grants[export_id] = ExportGrant(
+                export_id=export_id,
+                mac=mac,
+                client=address,
+                path=export.path,
+                pseudo=export.pseudo,
+                access=export.access,
+                relative=export.relative,
+            )
+        return grants
+
+    def _directory_ready(self, path: Path, create: bool, mac: MacAddress, relative: str) -> bool:
+        if path.is_dir():
+            return True
+        if path.exists():
+            log.error("nfs: {path} for {mac} is not a directory", path=str(path), mac=mac)
+            return False
+        if not create:
+            log.error(
+                "nfs: {path} for {mac} does not exist (set create: true to have it made)",
+                path=str(path),
+                mac=mac,
+            )
+            return False
+        try:
+            path.mkdir(parents=True, mode=0o755)
+        except OSError as error:
+            log.error("nfs: cannot make {path}: {error}", path=str(path), error=error.strerror)
+            return False
+        log.info("nfs: made {relative} for {mac}", relative=relative, mac=mac)
+        return True
+
+    def _save_seen(self) -> None:
+        try:
+            self.book.save(self.state / "seen.json")
+        except OSError as error:
+            log.warn("nfs: cannot save sightings: {error}", error=error.strerror)
+
+    # -- applying -------------------------------------------------------------------------------
+
+    def _sync(self) -> Deferred[None]:
+        """Walk ``applied`` towards ``desired`` (serialised: one DBus call at a time)."""
+        if self._lock.locked:
+            self._sync_again = True
+            return self._lock.run(lambda: None)  # type: ignore[no-any-return]
+        return self._lock.run(self._sync_locked)  # type: ignore[no-any-return]
+
+    @inlineCallbacks
+    def _sync_locked(self) -> Any:
+        while True:
+            self._sync_again = False
+            if self.bus is None or (self.managed is not None and not self.managed.up):
+                return None
+            try:
+                yield self._sync_once(self.bus)
+            except GaneshaBusError as error:
+                log.error("nfs: Ganesha did not take an export change: {error}", error=str(error))
+                return None
+            if not self._sync_again:
+                return None
+
+    @inlineCallbacks
+    def _sync_once(self, bus: GaneshaBus) -> Any:
+        for export_id, grant in sorted(self.applied.items()):
+            if self.desired.get(export_id) == grant:
+                continue
+            yield bus.remove_export(export_id)
+            del self.applied[export_id]
+            (self.state / "exports" / f"{export_id}.conf").unlink(missing_ok=True)
+            self._report(grant, EventStage.NFS_WITHDRAW)
+        for export_id, grant in sorted(self.desired.items()):
+            if self.applied.get(export_id) == grant:
+                continue
+            block = self.state / "exports" / f"{export_id}.conf"
+            block.write_text(render_export(grant, ganesha_settings(self.context.config)))
+            yield bus.add_export(str(block), export_id)
+            self.applied[export_id] = grant
+            self._report(grant, EventStage.NFS_GRANT)
+        return None
+
+    def _report(self, grant: ExportGrant, stage: EventStage) -> None:
+        granted = stage is EventStage.NFS_GRANT
+        self.context.events.emit(
+            BootEvent(
+                time=self.reactor.seconds(),
+                protocol=EventProtocol.NFS,
+                stage=stage,
+                outcome=Outcome.OK,
+                mac=grant.mac,
+                client=grant.client,
+                details={
+                    "path": grant.relative,
+                    "pseudo": grant.pseudo,
+                    "access": grant.access.value,
+                    "export_id": grant.export_id,
+                },
+                message=(
+                    "nfs: granted {path} ({access}) to {mac} at {client} as {pseudo}"
+                    if granted
+                    else "nfs: withdrew {path} ({access}) from {mac} at {client} ({pseudo})"
+                ),
+                level=LogLevel.info,
+            )
+        )
+
+    # -- for tests and explain ------------------------------------------------------------------
+
+    def exports_of(self, mac: MacAddress) -> list[ExportGrant]:
+        return sorted(g for g in self.applied.values() if g.mac == mac)
