@@ -49,6 +49,7 @@ PROTOCOLS: tuple[ProtocolEntry, ...] = (
     ProtocolEntry("tftp", lambda c: c.tftp.enabled, "pxetwist.tftp.service:TftpService"),
     ProtocolEntry("http", lambda c: c.http.enabled, "pxetwist.http.service:HttpService"),
     ProtocolEntry("api", lambda c: c.api.enabled, "pxetwist.api.service:api_service"),
+    ProtocolEntry("nfs", lambda c: c.nfs.enabled, "pxetwist.nfs.service:NfsService"),
 )
 
 

@@ -489,13 +489,14 @@ def _ganesha(reader: _Reader, path: KeyPath, value: Any) -> GaneshaConfig:
         reader.fail(
             (*path, "dbus"), "is for an operator's Ganesha: set managed: false, or drop dbus"
         )
-    ids = section.take("export_ids", as_strict_list(as_int(1, 65535)), (1000, 65000))
+    default = GaneshaConfig()
+    ids = section.take("export_ids", as_strict_list(as_int(1, 65535)), default.export_ids)
     if len(ids) != 2 or ids[0] > ids[1]:
         reader.fail((*path, "export_ids"), "must be [first, last] with first <= last")
     ganesha = GaneshaConfig(
         managed=managed,
         dbus=dbus,
-        bind_address=section.take("bind_address", as_ipv4, None),
+        bind_address=section.take("bind_address", as_ipv4, default.bind_address),
         export_ids=(ids[0], ids[1]),
     )
     section.done()
@@ -504,14 +505,15 @@ def _ganesha(reader: _Reader, path: KeyPath, value: Any) -> GaneshaConfig:
 
 def _nfs(reader: _Reader, path: KeyPath, value: Any) -> NfsConfig:
     section = reader.section(path, value)
-    versions = section.take("versions", as_strict_list(as_nfs_version), NfsConfig().versions)
+    default = NfsConfig()
+    versions = section.take("versions", as_strict_list(as_nfs_version), default.versions)
     if not versions:
         reader.fail((*path, "versions"), "must name at least one NFS version")
     nfs = NfsConfig(
-        enabled=section.take("enabled", as_bool, False),
-        root=section.take("root", as_path, NfsConfig().root),
+        enabled=section.take("enabled", as_bool, default.enabled),
+        root=section.take("root", as_path, default.root),
         versions=tuple(dict.fromkeys(versions)),
-        ganesha=section.take("ganesha", _ganesha, GaneshaConfig()),
+        ganesha=section.take("ganesha", _ganesha, default.ganesha),
     )
     section.done()
     return nfs

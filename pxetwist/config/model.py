@@ -93,6 +93,7 @@ class ApiConfig:
     metrics_token: str | None = None  # a token name whose token /metrics then requires
 
 
+@attrs.frozen
 class GaneshaConfig:
     """Which NFS-Ganesha the exports go to: one pxetwist runs, or an operator's over DBus."""
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
@@ -19,8 +17,6 @@ import attrs
 from pxetwist.nfs.paths import NfsPathError, confine, expand, pseudo_path
 from pxetwist.policy.decision import BootDecision, NfsAccess
 from pxetwist.policy.values import MacAddress
-
-_NFS_PLACEHOLDER = re.compile(r"(?<!\$)\{nfs([1-9][0-9]?)?\}")
 
 
 @attrs.frozen
@@ -80,29 +76,6 @@ class ExportPlanner:
     def locations(self, decision: BootDecision | None, mac: MacAddress, server: str) -> list[str]:
         """``SERVER:/PSEUDO`` of each export, in order: what ``{nfs}``, ``{nfs2}``... become."""
         return [f"{server}:{export.pseudo}" for export in self.plan(decision, mac).exports]
-
-
-def expand_nfs(text: str, locations: Sequence[str]) -> str:
-    """Fill ``{nfs}`` (the first export; also ``{nfs1}``), ``{nfs2}``, ``{nfs3}``...
-
-    A placeholder with no export behind it is an error (a command line that mounts nothing
-    would boot a machine that hangs in its initrd); iPXE's ``${...}`` is left alone.
-    """
-
-    def fill(match: re.Match[str]) -> str:
-        index = int(match.group(1) or 1)
-        if index > len(locations):
-            raise ValueError(
-                f"{match.group(0)} names export {index}, but the machine has "
-                f"{len(locations)} NFS export{'s' if len(locations) != 1 else ''}"
-            )
-        return locations[index - 1]
-
-    return _NFS_PLACEHOLDER.sub(fill, text)
-
-
-def uses_nfs(text: str | None) -> bool:
-    return bool(text) and _NFS_PLACEHOLDER.search(text or "") is not None
 
 
 class ExportIds:

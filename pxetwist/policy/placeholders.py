@@ -9,6 +9,7 @@ use :func:`expand_placeholders`, so a value means the same wherever it is used.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from ipaddress import IPv4Address
 from typing import Final
 
@@ -28,4 +29,29 @@ def expand_placeholders(
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], text)
 
 
-__all__ = ["expand_placeholders"]
+_NFS_PLACEHOLDER: Final = re.compile(r"(?<!\$)\{nfs([1-9][0-9]?)?\}")
+
+
+def expand_nfs(text: str, locations: Sequence[str]) -> str:
+    """Fill ``{nfs}`` (the first export; also ``{nfs1}``), ``{nfs2}``, ``{nfs3}``...
+
+    ``locations`` are the machine's NFS exports as ``SERVER:/PSEUDO`` (see :mod:`pxetwist.nfs`),
+    filled in by boot-config rendering.  A placeholder with no export behind it is a
+    ``ValueError``: a command line that mounts nothing boots a machine that hangs in its initrd.
+    iPXE's ``${...}`` is left alone.
+    """
+
+    def fill(match: re.Match[str]) -> str:
+        index = int(match.group(1) or 1)
+        if index > len(locations):
+            count = len(locations)
+            raise ValueError(
+                f"{match.group(0)} names NFS export {index}, but the machine has {count} "
+                f"export{'' if count == 1 else 's'}"
+            )
+        return locations[index - 1]
+
+    return _NFS_PLACEHOLDER.sub(fill, text)
+
+
+__all__ = ["expand_nfs", "expand_placeholders"]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 import re
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit
@@ -39,7 +39,7 @@ import jinja2
 
 from pxetwist.paths import PathRefused, normalize_request_path, resolve_path
 from pxetwist.policy.decision import BootDecision
-from pxetwist.policy.placeholders import expand_placeholders
+from pxetwist.policy.placeholders import expand_nfs, expand_placeholders
 from pxetwist.policy.request import BootRequest
 from pxetwist.policy.values import BootAction, Firmware
 
@@ -327,6 +327,7 @@ class Renderer:
         context: ServingContext,
         *,
         absolute_paths: bool = False,
+        nfs: Sequence[str] = (),
     ) -> str:
         """The complete config text, or :class:`RenderError`.
 
@@ -336,10 +337,28 @@ class Renderer:
         configs asked for below a directory (see :func:`pxelinux_location`).  The locations fit
         the client that asks: a PXELINUX-format config for U-Boot (``request.firmware``) gets
         TFTP paths only (:func:`uboot_location`), and what it cannot fetch is a RenderError.
+        ``nfs`` are the machine's NFS exports as ``SERVER:/PSEUDO``: ``{nfs}``, ``{nfs2}``... in
+        the command line, a script or the rendered text become them; templates get them as ``nfs``.
         """
         name = kind.template
         if decision.action is BootAction.IGNORE:
             raise RenderError(name, "the decision is 'ignore': there is nothing to boot")
+        text = self._render(kind, decision, request, context, absolute_paths, nfs)
+        try:
+            return expand_nfs(text, nfs)
+        except ValueError as error:
+            raise RenderError(name, str(error)) from None
+
+    def _render(
+        self,
+        kind: LoaderKind,
+        decision: BootDecision,
+        request: BootRequest,
+        context: ServingContext,
+        absolute_paths: bool,
+        nfs: Sequence[str],
+    ) -> str:
+        name = kind.template
         if kind is LoaderKind.IPXE and decision.script is not None:
             script = context.expand(decision.script)
             if not script.lstrip().startswith("#!ipxe"):
@@ -361,7 +380,10 @@ class Renderer:
                 return pxelinux_location(value, context, absolute=absolute)
         else:
             locate = ipxe_location if kind is LoaderKind.IPXE else grub_location
-        variables = self._variables(name, kind, decision, request, context, locate)
+        variables = {
+            **self._variables(name, kind, decision, request, context, locate),
+            "nfs": list(nfs),
+        }
         try:
             template = self._environment.get_template(name)
         except jinja2.TemplateSyntaxError as error:

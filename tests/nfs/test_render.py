@@ -10,11 +10,12 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from pxetwist.config import parse_config
-from pxetwist.nfs.exports import ExportIds, ExportPlanner, expand_nfs
+from pxetwist.nfs.exports import ExportIds, ExportPlanner
 from pxetwist.nfs.paths import NfsPathError, confine, load_or_create_key, pseudo_path
 from pxetwist.nfs.render import ExportGrant, GaneshaSettings, render_config, render_export
 from pxetwist.policy.builtin import StaticPolicy
 from pxetwist.policy.decision import BootDecision, NfsAccess, NfsExport
+from pxetwist.policy.placeholders import expand_nfs
 from pxetwist.policy.request import BootRequest
 from pxetwist.policy.values import MacAddress, Stage
 
@@ -187,7 +188,7 @@ class PlannerTests(SynchronousTestCase):
         )
         self.assertTrue(locations[0].startswith("10.77.0.1:/"))
         self.assertEqual(expand_nfs("{nfs1}", locations), locations[0])
-        with self.assertRaisesRegex(ValueError, "names export 3"):
+        with self.assertRaisesRegex(ValueError, "names NFS export 3"):
             expand_nfs("{nfs3}", locations)
 
     def test_symlink_made_after_start_refused_at_grant(self) -> None:
