@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-serve}
 
-SERVE_PKGS=(python3-venv python3-pip ipxe iproute2)
+SERVE_PKGS=(python3-venv python3-pip ipxe iproute2
+  nfs-ganesha nfs-ganesha-vfs rpcbind dbus util-linux)  # diskless machines (nfs:)
 TEST_PKGS=(
   iproute2 procps tcpdump                                 # lab plumbing
   busybox-static udhcpc isc-dhcp-client dhcpcd-base       # real DHCP clients (static busybox: e2e initrd)
@@ -19,7 +20,7 @@ TEST_PKGS=(
   qemu-system-x86 ipxe-qemu seabios ovmf                  # real firmware
   ipxe pxelinux syslinux-common grub-efi-amd64-signed shim-signed
   debian-installer-12-netboot-amd64
-  nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils
+  nfs-ganesha nfs-ganesha-vfs rpcbind dbus libnfs-utils  # NFS lab: Ganesha, libnfs clients
   chromium chromium-driver                                # the dashboard's browser test (selenium)
 )
 

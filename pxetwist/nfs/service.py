@@ -90,6 +90,7 @@ class NfsService(Service):
         self._running = False
         self._sync_again = False
         self._pending: set[MacAddress] = set()
+        self._unreported: list[ExportGrant] = []
         self._pending_call: Any = None
 
     # -- setup ----------------------------------------------------------------------------------
@@ -165,11 +166,21 @@ class NfsService(Service):
         """The managed Ganesha's config, holding every export desired now (restored exports)."""
         grants = list(self.desired.values())
         path.write_text(render_config(ganesha_settings(self.context.config), grants))
-        self.applied = {grant.export_id: grant for grant in grants}
+        before, self.applied = self.applied, {grant.export_id: grant for grant in grants}
         if grants:
             log.info("nfs: Ganesha starts with {count} exports", count=len(grants))
+        self._unreported = [
+            grant
+            for export_id, grant in sorted(self.applied.items())
+            if before.get(export_id) != grant
+        ]
 
     def _ganesha_ready(self, _bus: GaneshaBus) -> Deferred[None]:
+        """Ganesha answers: the exports its config held are granted now; then catch up."""
+        unreported, self._unreported = self._unreported, []
+        for grant in unreported:
+            if self.applied.get(grant.export_id) == grant:
+                self._report(grant, EventStage.NFS_GRANT)
         return self._sync()
 
     @inlineCallbacks

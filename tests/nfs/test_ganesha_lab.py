@@ -1,0 +1,269 @@
+"""The NFS export wrapper with a real NFS-Ganesha, in a network namespace lab.
+
+``twistd -n pxe`` runs in the lab's server namespace with ``nfs.enabled``; it starts and
+supervises Ganesha (with its private dbus-daemon and rpcbind) itself.  libnfs's user-space
+clients (``nfs-ls``, ``nfs-cat``, ``nfs-cp``) run in client namespaces, each with its own
+address, so what Ganesha sees is the address a machine really has:
+
+* a machine with a reserved address mounts its exports (NFSv3 and v4, by the opaque pseudo
+  path), reads the read-only one, writes its read-write one as root (the file lands on the
+  server, owned by root), and cannot write the read-only one; any other address is refused;
+* a Ganesha killed with SIGKILL is started again by pxetwist, with the exports;
+* in authoritative mode a machine's export exists while its DHCP lease does (busybox udhcpc)
+  and is gone once the lease is released;
+* stopping pxetwist stops every process it started.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import ClassVar
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from pxetwist.lab import NetLab, require_binary, require_lab
+from pxetwist.lab.nfs import NfsLabServer, nfs_cat, nfs_ls, nfs_put, nfs_url, process_names
+
+MAC = "52:54:00:77:00:10"
+DASHED = "52-54-00-77-00-10"
+MACHINE_IP = "10.77.0.10"
+OTHER_IP = "10.77.0.20"
+VERSIONS = ["4.0", "4.1", "3"]  # libnfs speaks NFSv4.0; the kernel client of the e2e test 4.1
+TOOLS = ("ganesha.nfsd", "rpcbind", "dbus-daemon", "nfs-ls", "nfs-cat", "nfs-cp", "unshare")
+
+
+def _require(case: SynchronousTestCase | None = None) -> None:
+    require_lab(case)
+    for tool in TOOLS:
+        require_binary(tool, case)
+
+
+def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+class ReservedMachineTests(SynchronousTestCase):
+    """One server for the class: a machine with a reservation and two exports."""
+
+    lab: ClassVar[NetLab]
+    server: ClassVar[NfsLabServer]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        _require()
+        cls.lab = NetLab(clients=2).up()
+        try:
+            cls.lab.run("c1", ["ip", "addr", "add", f"{MACHINE_IP}/16", "dev", "eth0"], check=True)
+            cls.lab.run("c2", ["ip", "addr", "add", f"{OTHER_IP}/16", "dev", "eth0"], check=True)
+            cls.server = NfsLabServer(
+                cls.lab,
+                {
+                    "nfs": {"versions": VERSIONS},
+                    "machines": [
+                        {
+                            "mac": MAC,
+                            "address": MACHINE_IP,
+                            "nfs": [
+                                {"path": "images/base", "access": "ro"},
+                                {"path": "hosts/{mac}", "access": "rw", "create": True},
+                            ],
+                        }
+                    ],
+                },
+            )
+            base = cls.server.root / "images" / "base"
+            base.mkdir(parents=True)
+            (base / "release").write_text("base image 1\n")
+            cls.server.start()
+            cls.server.wait_log("nfs: granted hosts/", timeout=90)
+            cls.server.wait_log("nfs: granted images/base", timeout=30)
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        server = getattr(cls, "server", None)
+        if server is not None:
+            server.stop()
+            shutil.rmtree(server.workdir, ignore_errors=True)
+        cls.lab.down()
+
+    def url(self, relative: str, path: str = "", version: str = "3") -> str:
+        return nfs_url(self.lab.srv_ip, self.server.pseudo(MAC, relative), path, version)
+
+    def test_machine_mounts_its_exports(self) -> None:
+        made = self.server.root / "hosts" / DASHED
+        self.assertTrue(made.is_dir(), "create: true makes the machine's directory")
+        for version in ("3", "4"):
+            listing = nfs_ls(self.lab, "c1", self.url("images/base", version=version))
+            self.assertEqual(listing.returncode, 0, listing.stderr)
+            self.assertIn("release", listing.stdout)
+            read = nfs_cat(self.lab, "c1", self.url("images/base", "release", version))
+            self.assertEqual(read.stdout, "base image 1\n", read.stderr)
+            rw = nfs_ls(
+                self.lab, "c1", self.url("hosts/{mac}".replace("{mac}", DASHED), version=version)
+            )
+            self.assertEqual(rw.returncode, 0, rw.stderr)
+
+    def test_other_address_refused(self) -> None:
+        for relative in ("images/base", f"hosts/{DASHED}"):
+            for version in ("3", "4"):
+                listing = nfs_ls(self.lab, "c2", self.url(relative, version=version))
+                self.assertNotEqual(listing.returncode, 0, listing.stdout)
+                self.assertRegex(
+                    listing.stdout + listing.stderr, "NFS4ERR_NOENT|MNT3ERR_ACCES|ACCES|NOENT"
+                )
+        # and the pseudo root shows it nothing of the machine's exports
+        root = nfs_ls(self.lab, "c2", f"nfs://{self.lab.srv_ip}/?version=4")
+        self.assertNotIn(self.server.pseudo(MAC, "images/base").strip("/"), root.stdout)
+
+    def test_rw_write_lands_and_ro_refuses(self) -> None:
+        local = Path(tempfile.mkdtemp(prefix="pxt-nfs-put-")) / "note"
+        self.addCleanup(shutil.rmtree, local.parent, True)
+        local.write_text("written by the machine\n")
+        put = nfs_put(self.lab, "c1", local, self.url(f"hosts/{DASHED}", "note"))
+        self.assertEqual(put.returncode, 0, put.stdout + put.stderr)
+        landed = self.server.root / "hosts" / DASHED / "note"
+        self.assertEqual(landed.read_text(), "written by the machine\n")
+        self.assertEqual(os.stat(landed).st_uid, 0, "rw: the machine's root is not squashed")
+        refused = nfs_put(self.lab, "c1", local, self.url("images/base", "note"))
+        self.assertNotEqual(refused.returncode, 0, refused.stdout)
+        self.assertFalse((self.server.root / "images" / "base" / "note").exists())
+
+    def test_z_killed_ganesha_restarted_with_exports(self) -> None:
+        # named to run last in the class: it restarts the server's Ganesha
+        before = self.server.ganesha_pid()
+        assert before is not None, self.server.tail()
+        os.kill(before, signal.SIGKILL)
+        _wait(
+            lambda: (pid := self.server.ganesha_pid()) is not None and pid != before,
+            60,
+            "a new Ganesha",
+        )
+        _wait(
+            lambda: nfs_ls(self.lab, "c1", self.url("images/base")).returncode == 0,
+            60,
+            "the export back after the restart",
+        )
+        self.assertEqual(self.server.log_text().count("Ganesha starts with 2 exports"), 2)
+        self.assertNotEqual(nfs_ls(self.lab, "c2", self.url("images/base")).returncode, 0)
+
+
+class LeaseLifecycleTests(SynchronousTestCase):
+    """Authoritative DHCP: the export follows the lease; stopping pxetwist stops Ganesha."""
+
+    def setUp(self) -> None:
+        _require(self)
+        require_binary("busybox", self)
+        self.lab = NetLab(clients=1).up()
+        self.addCleanup(self.lab.down)
+        self.server = NfsLabServer(
+            self.lab,
+            {
+                "dhcp": {
+                    "mode": "authoritative",
+                    "subnets": [{"network": "10.77.0.0/16", "range": ["10.77.1.10", "10.77.1.50"]}],
+                },
+                "nfs": {"versions": VERSIONS},
+                "defaults": {"nfs": [{"path": "hosts/{mac}", "access": "rw", "create": True}]},
+            },
+        )
+        self.addCleanup(shutil.rmtree, self.server.workdir, True)
+        self.addCleanup(self.server.stop)
+
+    def dhcp(self, *extra: str) -> str:
+        """busybox udhcpc in c1: get a lease (and with -R release it on exit); the address."""
+        result = self.lab.run(
+            "c1",
+            [
+                "busybox",
+                "udhcpc",
+                "-i",
+                "eth0",
+                "-n",
+                "-q",
+                "-f",
+                "-t",
+                "5",
+                "-T",
+                "2",
+                "-s",
+                "/bin/true",
+                *extra,
+            ],
+            timeout=60,
+        )
+        for line in (result.stdout + result.stderr).splitlines():
+            if "obtained" in line and "lease of" in line:
+                return str(line.split("lease of", 1)[1].split()[0])
+        raise AssertionError(f"no lease: {result.stdout}{result.stderr}\n{self.server.tail()}")
+
+    def release(self) -> str:
+        """Run udhcpc in the background until it holds the lease, then stop it: it releases."""
+        proc = self.lab.spawn(
+            "c1",
+            [
+                "busybox",
+                "udhcpc",
+                "-i",
+                "eth0",
+                "-f",
+                "-R",
+                "-t",
+                "5",
+                "-T",
+                "2",
+                "-s",
+                "/bin/true",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+                line = proc.stdout.readline() if ready else ""
+                if "lease of" in line and "obtained" in line:
+                    return str(line.split("lease of", 1)[1].split()[0])
+                if proc.poll() is not None:
+                    break
+            raise AssertionError("udhcpc got no lease to release")
+        finally:
+            NetLab.stop(proc)
+
+    def test_export_follows_the_lease(self) -> None:
+        mac = self.lab.run("c1", ["cat", "/sys/class/net/eth0/address"], check=True).stdout.strip()
+        dashed = mac.replace(":", "-")
+        self.server.start()
+        self.server.wait_log("nfs: Ganesha is up", timeout=90)
+        address = self.dhcp()
+        self.lab.run("c1", ["ip", "addr", "add", f"{address}/16", "dev", "eth0"], check=True)
+        self.server.wait_log("nfs: granted hosts/", timeout=30)
+        url = nfs_url(self.lab.srv_ip, self.server.pseudo(mac, f"hosts/{dashed}"))
+        listing = nfs_ls(self.lab, "c1", url)
+        self.assertEqual(listing.returncode, 0, listing.stderr + self.server.tail())
+        self.assertIn(f"{address}", self.server.log_text())
+        # the same client asks again, then releases the lease as it stops (udhcpc -R, SIGTERM)
+        self.assertEqual(self.release(), address)
+        self.server.wait_log("nfs: withdrew hosts/", timeout=30)
+        _wait(lambda: nfs_ls(self.lab, "c1", url).returncode != 0, 15, "the export gone")
+        # stopping pxetwist stops Ganesha, rpcbind and the dbus-daemon it started
+        names = set(process_names(self.lab, "srv").values())
+        self.assertTrue({"ganesha.nfsd", "dbus-daemon"} <= names, names)
+        self.assertIn(self.server.stop(), (0, -signal.SIGTERM))  # twistd re-raises SIGTERM
+        self.assertEqual(process_names(self.lab, "srv"), {})
