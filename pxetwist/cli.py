@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from pxetwist import explain
+from pxetwist.api import commands as api_commands
 from pxetwist.sessions import cli as sessions_cli
 
 
@@ -27,15 +28,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sessions_cli.add_session_arguments(sessions_parser)
-    machines_parser = commands.add_parser("machines", help="act on one machine's state")
-    sessions_cli.add_machines_arguments(machines_parser)
+    machines_parser = commands.add_parser(
+        "machines",
+        help="reset a machine's boot once; list, show, add, change or delete machines (API)",
+        description=api_commands.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    machine_actions = sessions_cli.add_machines_arguments(machines_parser)
+    api_commands.add_machine_actions(machine_actions)
+    leases_parser = commands.add_parser(
+        "leases",
+        help="list or release DHCP leases of a running server (its API)",
+        description=api_commands.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    api_commands.add_leases_arguments(leases_parser)
     args = parser.parse_args(argv)
     if args.command == "explain":
         return explain.run(args)
     if args.command == "sessions":
         return sessions_cli.run_sessions(args)
     if args.command == "machines":
-        return sessions_cli.run_machines(args)
+        answered = api_commands.run_machine_action(args)
+        return answered if answered is not None else sessions_cli.run_machines(args)
+    if args.command == "leases":
+        return api_commands.run_leases(args)
     return 2
 
 

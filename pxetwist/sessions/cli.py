@@ -45,7 +45,10 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the sessions as JSON")
 
 
-def add_machines_arguments(parser: argparse.ArgumentParser) -> None:
+def add_machines_arguments(
+    parser: argparse.ArgumentParser,
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """``reset-boot``; returns the subcommands, to which the API-backed ones are added."""
     actions = parser.add_subparsers(dest="action", required=True)
     reset = actions.add_parser(
         "reset-boot",
@@ -54,6 +57,7 @@ def add_machines_arguments(parser: argparse.ArgumentParser) -> None:
     )
     reset.add_argument("mac", help="the machine's MAC address")
     reset.add_argument("--config", "-c", help="the server's YAML config (for data_dir)")
+    return actions
 
 
 def _config(path: str | None) -> Config:
