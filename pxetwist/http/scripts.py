@@ -60,7 +60,13 @@ from pxetwist.bootconfig import BootConfig, BootConfigResolver, ConfigAsk, Confi
 from pxetwist.context import ServerContext
 from pxetwist.http.static import PathRefused, resolve_path, serve_file
 from pxetwist.policy.decision import BootDecision
-from pxetwist.policy.render import LoaderKind, Renderer, ServingContext, ipxe_location
+from pxetwist.policy.render import (
+    LoaderKind,
+    Renderer,
+    ServingContext,
+    ipxe_location,
+    serving_context,
+)
 from pxetwist.policy.values import (
     Arch,
     InvalidMacAddress,
@@ -340,27 +346,14 @@ class BootScripts(Resource):
     # -- identifying the machine ---------------------------------------------------------------
 
     def _context(self, request: _ScriptRequest, kind: LoaderKind) -> ServingContext:
-        """Where this client reached us: the address and port it connected to, unless the config
-        names a ``server_address`` (NAT, a load balancer), then that and ``http.port``.
-
-        A GRUB loaded over HTTP fetches ``/path`` from the HTTP server it came from, so for GRUB
-        the TFTP root is left out: a file under the HTTP root gets an explicit ``(http,...)``
-        location and anything else stays relative to GRUB's own (HTTP) root.
-        """
-        config = self._server.config
+        """Where this client reached us (the address and port it connected to) and what the
+        config may point it at: :func:`~pxetwist.policy.render.serving_context`."""
         host = request.getHost()
-        server = self._server.reachable_address(_ipv4(host) or IPv4Address("0.0.0.0"))
-        if config.server_address is not None:
-            http_port = config.http.port
-        else:
-            http_port = int(getattr(host, "port", config.http.port))
-        tftp_root = config.tftp.root if config.tftp.enabled and kind is LoaderKind.IPXE else None
-        return ServingContext(
-            server=str(server),
-            http_port=http_port,
-            tftp_port=config.tftp.port,
-            http_root=self._root,
-            tftp_root=tftp_root,
+        return serving_context(
+            self._server.config,
+            _ipv4(host) or IPv4Address("0.0.0.0"),
+            http_port=getattr(host, "port", None),
+            over_http=kind,
         )
 
     # -- answering -----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from pxetwist.policy.render import (
     grub_location,
     ipxe_location,
     pxelinux_location,
+    serving_context,
     uboot_location,
 )
 from pxetwist.policy.request import BootRequest
@@ -53,17 +54,6 @@ class Fetch:
     value: str
     location: str | None
     problem: str | None = None
-
-
-def serving_context(config: Config, server: str) -> ServingContext:
-    """The context the TFTP and HTTP services would render with, at address ``server``."""
-    return ServingContext(
-        server=server,
-        http_port=config.http.port,
-        tftp_port=config.tftp.port,
-        http_root=config.http.root if config.http.enabled else None,
-        tftp_root=config.tftp.root if config.tftp.enabled else None,
-    )
 
 
 def _values(kernel: str | None, initrds: Sequence[str]) -> Iterator[tuple[str, str]]:

@@ -30,8 +30,9 @@ import enum
 import re
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from ipaddress import IPv4Address
 from pathlib import Path, PurePosixPath
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, unquote, urlsplit
 
 import attrs
@@ -42,6 +43,9 @@ from pxetwist.policy.decision import BootDecision
 from pxetwist.policy.placeholders import expand_nfs, expand_placeholders
 from pxetwist.policy.request import BootRequest
 from pxetwist.policy.values import BootAction, Firmware
+
+if TYPE_CHECKING:
+    from pxetwist.config.model import Config
 
 #: The templates shipped with pxetwist; an operator's ``templates:`` directory is searched first.
 BUNDLED_TEMPLATES: Final = Path(__file__).resolve().parents[1] / "templates"
@@ -109,6 +113,40 @@ class ServingContext:
         return expand_placeholders(
             text, server=self.server, http_port=self.http_port, tftp_port=self.tftp_port
         )
+
+
+def serving_context(
+    config: Config,
+    local: IPv4Address | str,
+    *,
+    http_port: int | None = None,
+    tftp_port: int | None = None,
+    over_http: LoaderKind | None = None,
+) -> ServingContext:
+    """What a config rendered for a client that reached us at ``local`` may point it at.
+
+    The one place TFTP, HTTP and ``explain`` get their :class:`ServingContext` from.
+
+    * ``server``: :meth:`Config.reachable_address <pxetwist.config.model.Config.
+      reachable_address>` (``server_address`` when set, else ``local``).
+    * Ports: the ones the caller is bound to, when it says (``http_port``, ``tftp_port``: port 0
+      in tests and benchmarks), else the config's; with ``server_address`` set always the
+      config's, since the client reaches whatever is in front of us at those.
+    * Roots: ``http_root`` when HTTP is served, ``tftp_root`` when TFTP is.  A config sent over
+      HTTP (``over_http`` is its loader) to anything but iPXE gets no TFTP root: a GRUB loaded
+      over HTTP fetches ``/path`` from the HTTP server it came from, so a file under the HTTP
+      root gets an explicit ``(http,...)`` location and anything else stays relative to GRUB's
+      own (HTTP) root.
+    """
+    behind = config.server_address is not None
+    tftp_served = config.tftp.enabled and over_http in (None, LoaderKind.IPXE)
+    return ServingContext(
+        server=str(config.reachable_address(IPv4Address(local))),
+        http_port=config.http.port if behind or http_port is None else http_port,
+        tftp_port=config.tftp.port if behind or tftp_port is None else tftp_port,
+        http_root=config.http.root if config.http.enabled else None,
+        tftp_root=config.tftp.root if tftp_served else None,
+    )
 
 
 def _is_url(value: str) -> bool:
@@ -486,5 +524,6 @@ __all__ = [
     "has_boot_config",
     "ipxe_location",
     "pxelinux_location",
+    "serving_context",
     "uboot_location",
 ]

@@ -9,7 +9,6 @@ is bound.  ``stopService`` ends running transfers (the client gets ERROR 0) and 
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
 from typing import Any, Final
 
 from twisted.application.service import Service
@@ -21,7 +20,7 @@ from pxetwist.bootconfig import BootConfigResolver
 from pxetwist.config.model import Config
 from pxetwist.context import IServerReactor, ServerContext, listening_address
 from pxetwist.fdlimit import HEADROOM, raise_fd_limit
-from pxetwist.policy.render import ServingContext
+from pxetwist.policy.render import ServingContext, serving_context
 from pxetwist.tftp.protocol import FileResolver, ServerSettings, TftpListener, TftpServer
 from pxetwist.tftp.workers import WorkerPool, default_worker_count
 
@@ -67,14 +66,7 @@ class TftpService(Service):
         return self.context.reactor
 
     def _context(self, address: str, port: int) -> ServingContext:
-        config = self.context.config
-        return ServingContext(
-            server=str(self.context.reachable_address(IPv4Address(address))),
-            http_port=config.http.port,
-            tftp_port=port,
-            http_root=config.http.root if config.http.enabled else None,
-            tftp_root=config.tftp.root,
-        )
+        return serving_context(self.context.config, address, tftp_port=port)
 
     def _bind(self) -> None:
         if self.ports:
