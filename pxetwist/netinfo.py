@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import socket
 import struct
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import AddressValueError, IPv4Address, IPv4Interface
 
 import attrs
 
@@ -55,3 +55,15 @@ def ipv4_interfaces() -> list[InterfaceInfo]:
         if info.address is not None and not info.address.ip.is_loopback:
             found.append(info)
     return found
+
+
+def ipv4_host(address: object) -> IPv4Address | None:
+    """The IPv4 address of a Twisted address (``IPv4Address`` from ``getPeer``, ``getHost``,
+    ``getClientAddress``), or None for anything else (a UNIX socket, a test double, IPv6)."""
+    host = getattr(address, "host", None)
+    if not isinstance(host, str):
+        return None
+    try:
+        return IPv4Address(host)
+    except AddressValueError:
+        return None

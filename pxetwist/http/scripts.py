@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from ipaddress import AddressValueError, IPv4Address
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Final, Protocol, cast
 from urllib.parse import urlsplit
@@ -59,6 +59,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from pxetwist.bootconfig import BootConfig, BootConfigResolver, ConfigAsk, ConfigStatus
 from pxetwist.context import ServerContext
 from pxetwist.http.static import PathRefused, resolve_path, serve_file
+from pxetwist.netinfo import ipv4_host
 from pxetwist.policy.decision import BootDecision
 from pxetwist.policy.render import (
     LoaderKind,
@@ -236,16 +237,6 @@ class _ScriptRequest(Protocol):
     def getHost(self) -> Any: ...
 
 
-def _ipv4(address: object) -> IPv4Address | None:
-    host = getattr(address, "host", None)
-    if not isinstance(host, str):
-        return None
-    try:
-        return IPv4Address(host)
-    except AddressValueError:
-        return None
-
-
 class BootScripts(Resource):
     """A ``twisted.web`` resource answering :func:`script_name` paths with generated configs.
 
@@ -274,7 +265,7 @@ class BootScripts(Resource):
     def claims(self, request: Request) -> ScriptName | None:
         """The script this request asks for, or None if it is for something else."""
         typed = cast(_ScriptRequest, request)
-        return script_name(typed.postpath or [], _ipv4(typed.getClientAddress()))
+        return script_name(typed.postpath or [], ipv4_host(typed.getClientAddress()))
 
     def render(self, request: Request) -> int:
         name = self.claims(request)
@@ -287,7 +278,7 @@ class BootScripts(Resource):
         typed = cast(_ScriptRequest, request)
         if typed.method not in (b"GET", b"HEAD"):
             return _respond(typed, 405, "Method Not Allowed", [(b"Allow", b"GET, HEAD")])
-        client = _ipv4(typed.getClientAddress())
+        client = ipv4_host(typed.getClientAddress())
         try:
             query = _parse_query(typed.args or {})
         except _BadQuery as error:
@@ -351,7 +342,7 @@ class BootScripts(Resource):
         host = request.getHost()
         return serving_context(
             self._server.config,
-            _ipv4(host) or IPv4Address("0.0.0.0"),
+            ipv4_host(host) or IPv4Address("0.0.0.0"),
             http_port=getattr(host, "port", None),
             over_http=kind,
         )

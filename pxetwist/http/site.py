@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from ipaddress import AddressValueError, IPv4Address
+from ipaddress import IPv4Address
 from typing import Any, Final
 
 from twisted.logger import LogLevel
@@ -38,6 +38,7 @@ from pxetwist.http.callback import BootDone
 from pxetwist.http.channel import BootChannel, IdleConnections
 from pxetwist.http.scripts import GENERATED_ATTRIBUTE, MAC_ATTRIBUTE, BootScripts
 from pxetwist.http.static import BootFiles
+from pxetwist.netinfo import ipv4_host
 from pxetwist.policy.sightings import SightingRegistry
 from pxetwist.policy.values import MacAddress
 
@@ -147,7 +148,7 @@ class BootSite(Site):
     def report(self, request: http.Request, *, complete: bool) -> None:
         """The one place an HTTP response becomes a :class:`BootEvent`."""
         typed: Any = request
-        client = _ipv4(typed.getClientAddress())
+        client = ipv4_host(typed.getClientAddress())
         mac = getattr(request, MAC_ATTRIBUTE, None)
         if mac is None:
             mac = self._mac_at(client)
@@ -190,7 +191,7 @@ class BootSite(Site):
     ) -> None:
         """A connection refused a request (or closed an idle connection, ``code`` None) before
         any resource saw it: the same event as a response, outcome ``dropped``."""
-        client = _ipv4(channel.transport.getPeer() if channel.transport is not None else None)
+        client = ipv4_host(channel.transport.getPeer() if channel.transport is not None else None)
         method, _, rest = request_line.partition(b" ")
         target = rest.rpartition(b" ")[0] or rest
         self.events.emit(
@@ -222,16 +223,6 @@ class BootSite(Site):
         if client is None or self.sightings is None:
             return None
         return self.sightings.mac_at(client)
-
-
-def _ipv4(address: object) -> IPv4Address | None:
-    host = getattr(address, "host", None)
-    if not isinstance(host, str):
-        return None
-    try:
-        return IPv4Address(host)
-    except AddressValueError:
-        return None
 
 
 def _header(request: Any, name: bytes) -> str | None:
