@@ -411,6 +411,7 @@ def _http(reader: _Reader, path: KeyPath, value: Any) -> HttpConfig:
         header_timeout=section.take("header_timeout", as_timeout, default.header_timeout),
         body_timeout=section.take("body_timeout", as_timeout, default.body_timeout),
         keepalive_timeout=section.take("keepalive_timeout", as_timeout, default.keepalive_timeout),
+        send_timeout=section.take("send_timeout", as_timeout, default.send_timeout),
         max_header_line=section.take(
             "max_header_line", as_int(256, 1 << 20), default.max_header_line
         ),

@@ -75,6 +75,7 @@ class HttpConfig:
     header_timeout: float = 10.0  # seconds for the request line and headers
     body_timeout: float = 10.0  # seconds for a request body, from the end of the headers
     keepalive_timeout: float = 60.0  # seconds an idle kept-alive connection stays open
+    send_timeout: float = 60.0  # seconds a response may wait for the client to read more
     max_header_line: int = 8192  # bytes per line: 414 for the request line, 431 for a header
     max_header_size: int = 16384  # bytes of all header lines of one request: 431
     max_headers: int = 100  # header fields per request: 431

@@ -14,6 +14,9 @@ keeps its parser and adds, per connection:
   (``http.keepalive_timeout``, Twisted's idle timer) applies instead.
 * **A body deadline** (``http.body_timeout``): a request body (a GET needs none; chunked or with
   ``Content-Length``) must be complete within this many seconds of the end of its headers, or 408.
+* **A send timeout** (``http.send_timeout``): while a response is sent, a client that takes no
+  more of it for this many seconds (it stopped reading, or reads a byte now and then) has its
+  connection aborted, and the response is reported as not complete.
 * **Size limits with the right status** instead of a silent close or Twisted's bare 400:
   a request line over ``http.max_header_line`` bytes is ``414 URI Too Long`` (RFC 9112 §3);
   a header line over it, more than ``http.max_headers`` fields or more than
@@ -40,9 +43,9 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -182,10 +185,21 @@ class BootChannel(HTTPChannel):
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
     def timeoutConnection(self) -> None:
-        """The keep-alive timer: an idle connection is closed quietly (nothing was asked)."""
+        """Twisted's idle timer: between requests the keep-alive timeout (an idle connection is
+        closed quietly, nothing was asked); while a response is sent, the send timeout (the
+        client stopped reading: the connection is aborted, and the response reported as not
+        complete)."""
         self._disarm()
         self.site.idle.mark_busy(self)
+        if self._handlingRequest and self.transport is not None:
+            cast(ITCPTransport, self.transport).abortConnection()
+            return
         self._close(abort_after=_ABORT_GRACE)
+
+    def resumeProducing(self) -> None:
+        """The transport has sent what it held: the client reads, the response progresses."""
+        self.resetTimeout()
+        super().resumeProducing()  # type: ignore[no-untyped-call]
 
     def evict(self) -> None:
         """Closed to make room for a newer idle connection from the same address."""
@@ -275,6 +289,11 @@ class BootChannel(HTTPChannel):
         self._awaiting_request_line = True
         self.site.idle.mark_busy(self)
         super().allContentReceived()  # type: ignore[no-untyped-call]
+        if self._handlingRequest and not self._refused:
+            # Twisted stops its idle timer while a request is answered; ours measures progress
+            # instead (reset when the transport drains, and by the sendfile producer), so that
+            # a client that stops reading does not keep its connection and file for ever.
+            self.setTimeout(self.limits.send_timeout)
 
     def requestDone(self, request: Any) -> None:
         super().requestDone(request)  # type: ignore[no-untyped-call]

@@ -39,6 +39,7 @@ LIMITS = HttpConfig(
     max_headers=20,
     max_body=1000,
     max_idle_per_client=3,
+    send_timeout=3.0,
 )
 
 
@@ -299,6 +300,38 @@ class SizeTests(ChannelTestCase):
         self.assertRefused(connection, 400)
 
 
+class SendTimeoutTests(ChannelTestCase):
+    """A client that stops reading a response does not keep its connection (and file) for ever."""
+
+    def test_stalled_download_is_aborted(self) -> None:
+        connection = self.connect()
+        connection.send(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        channel = connection.channel
+        channel.pauseProducing()  # what the transport does when the client's window is full
+        for _ in range(2):  # the client reads now and then: each bit of progress counts
+            self.clock.advance(2.5)
+            channel.resumeProducing()
+            channel.pauseProducing()
+        self.assertFalse(connection.closed)
+        self.clock.advance(3.0)
+        self.assertTrue(connection.transport.disconnected, "aborted, not closed gracefully")
+        connection.lose()
+        [event] = self.events
+        self.assertEqual((event.details["complete"], event.outcome), (False, Outcome.FAILED))
+        self.assertEqual(event.details["status"], 200)
+
+    def test_keepalive_timer_is_back_after_the_response(self) -> None:
+        connection = self.connect()
+        connection.send(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.settle()
+        self.assertTrue(connection.read().endswith(b"b" * 1000))
+        self.clock.advance(10.0)  # past the send timeout, within keep-alive
+        self.assertFalse(connection.closed)
+        self.clock.advance(21.0)
+        self.assertTrue(connection.closed)
+        self.assertFalse(connection.transport.disconnected, "closed gracefully, not aborted")
+
+
 class IdleCapTests(ChannelTestCase):
     def test_oldest_idle_connection_makes_room(self) -> None:
         """A fourth idle connection from one address closes the oldest idle one."""
@@ -367,6 +400,7 @@ class ConfigTests(SynchronousTestCase):
         )
         http = parse_config(
             "http:\n  header_timeout: 2.5\n  body_timeout: 3\n  keepalive_timeout: 15\n"
+            "  send_timeout: 20\n"
             "  max_header_line: 4096\n  max_header_size: 8192\n  max_headers: 50\n"
             "  max_body: 0\n  max_idle_per_client: 8\n"
         ).http
@@ -375,13 +409,14 @@ class ConfigTests(SynchronousTestCase):
                 http.header_timeout,
                 http.body_timeout,
                 http.keepalive_timeout,
+                http.send_timeout,
                 http.max_header_line,
                 http.max_header_size,
                 http.max_headers,
                 http.max_body,
                 http.max_idle_per_client,
             ),
-            (2.5, 3.0, 15.0, 4096, 8192, 50, 0, 8),
+            (2.5, 3.0, 15.0, 20.0, 4096, 8192, 50, 0, 8),
         )
 
     def test_bad_values(self) -> None:

@@ -27,6 +27,8 @@ PORT = 8080
 SLOW_CLIENTS = 1000
 HEADER_TIMEOUT = 6.0
 BYTE_EVERY = 2.0
+SEND_TIMEOUT = 4.0
+BIG = 64 * 1024 * 1024  # more than the kernel's socket buffers on both sides hold
 SLACK = 6.0  # seconds of scheduling delay allowed on a loaded two-core machine
 
 _CONFIG = """
@@ -38,6 +40,7 @@ http:
   root: {base}/http
   port: {port}
   header_timeout: {header_timeout}
+  send_timeout: {send_timeout}
   max_idle_per_client: 5000
 policy: {{chain: [static, arch], plugin_dirs: []}}
 defaults: {{kernel: default/linux, initrd: [default/initrd.gz], cmdline: quiet}}
@@ -97,6 +100,33 @@ while open_socks and time.monotonic() - start < limit:
 print(json.dumps({"closed": results, "still_open": len(open_socks)}), flush=True)
 """
 
+# Runs in the client namespace: argv = host, port, path, seconds.  Asks for a file with a small
+# receive buffer, reads nothing for `seconds`, then reads what it can; prints the bytes it got
+# and how the connection ended.
+_STALLED_READER = r"""
+import json, socket, sys, time
+host, port, path, pause = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.connect((host, port))
+s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+time.sleep(pause)
+s.settimeout(10)
+got, end = 0, "timeout"
+try:
+    while True:
+        data = s.recv(1 << 20)
+        if not data:
+            end = "closed"
+            break
+        got += len(data)
+except ConnectionResetError:
+    end = "reset"
+except socket.timeout:
+    pass
+print(json.dumps({"bytes": got, "end": end}), flush=True)
+"""
+
 
 class SlowClientsLabTests(SynchronousTestCase):
     """``twistd -n pxe`` (HTTP only) in ``<lab>-srv``; slow clients and curl in ``<lab>-cli``."""
@@ -108,6 +138,7 @@ class SlowClientsLabTests(SynchronousTestCase):
             require_binary(str(TWISTD), self)
         self.base = _tempdir(self)
         self.files = _tree(self.base)
+        (self.base / "http" / "big.iso").write_bytes(b"i" * BIG)
         self.lab = NetLab(clients=0).up()
         self.addCleanup(self.lab.down)
         config = self.base / "pxe.yaml"
@@ -116,6 +147,7 @@ class SlowClientsLabTests(SynchronousTestCase):
                 base=self.base,
                 port=PORT,
                 header_timeout=HEADER_TIMEOUT,
+                send_timeout=SEND_TIMEOUT,
                 known=KNOWN,
                 ignored=IGNORED,
             )
@@ -185,3 +217,33 @@ class SlowClientsLabTests(SynchronousTestCase):
         log = self.log.read_text()
         self.assertEqual(log.count("408 refused: request headers not complete within 6 s"), 1000)
         self.assertIn("GET /node/initrd.gz 200", log)
+
+    def test_a_client_that_stops_reading_is_aborted(self) -> None:
+        """A download whose client reads nothing is aborted after the send timeout, and its
+        socket and file are released (a slow-read client cannot hold them for ever)."""
+        before = self.descriptors()
+        pause = SEND_TIMEOUT + SLACK
+        done = self.lab.run(
+            self.lab.cli,
+            [
+                str(VENV_BIN / "python"),
+                "-c",
+                _STALLED_READER,
+                self.lab.srv_ip,
+                str(PORT),
+                "/big.iso",
+                str(pause),
+            ],
+            timeout=pause + 60,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        self.assertIn(report["end"], ("reset", "closed"), report)
+        self.assertLess(report["bytes"], BIG, "the whole file went out: nothing was stalled")
+        for _ in range(50):
+            if self.descriptors() <= before + 2:
+                break
+            time.sleep(0.1)
+        self.assertLessEqual(self.descriptors(), before + 2)
+        self.assertIn("GET /big.iso 200", self.log.read_text())
+        self.assertIn("(client went away)", self.log.read_text())
