@@ -33,12 +33,14 @@ import enum
 import uuid
 from collections.abc import Callable
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
 
 from pxetwist.context import ServerContext
+from pxetwist.nfs.exports import ExportPlanner, planner_for
 from pxetwist.policy.decision import BootDecision
 from pxetwist.policy.render import (
     LoaderKind,
@@ -115,6 +117,7 @@ class BootConfigResolver:
         self.context = context
         self._templates = context.config.templates
         self._renderer = renderer if renderer is not None else Renderer(self._templates)
+        self._planner: tuple[tuple[Path, Path], ExportPlanner | None] | None = None
 
     @property
     def renderer(self) -> Renderer:
@@ -171,11 +174,29 @@ class BootConfigResolver:
             return BootConfig(ConfigStatus.NOTHING, request, decision)
         try:
             text = self.renderer.render(
-                ask.kind, decision, request, ask.serving, absolute_paths=ask.absolute_paths
+                ask.kind,
+                decision,
+                request,
+                ask.serving,
+                absolute_paths=ask.absolute_paths,
+                nfs=self._nfs_locations(decision, request, ask.serving.server),
             )
         except RenderError as error:
             return BootConfig(ConfigStatus.FAILED, request, decision, error=error)
         return BootConfig(ConfigStatus.RENDERED, request, decision, text=text)
+
+    def _nfs_locations(
+        self, decision: BootDecision, request: BootRequest, server: str
+    ) -> list[str]:
+        """The machine's NFS exports as ``SERVER:/PSEUDO``, for ``{nfs}``, ``{nfs2}``..."""
+        config = self.context.config
+        if not decision.nfs or not config.nfs.enabled:
+            return []
+        key = (config.nfs.root, config.data_dir)
+        if self._planner is None or self._planner[0] != key:
+            self._planner = (key, planner_for(config, create_key=True))
+        planner = self._planner[1]
+        return planner.locations(decision, request.mac, server) if planner is not None else []
 
 
 def _expressible(ask: ConfigAsk, decision: BootDecision) -> bool:

@@ -26,6 +26,8 @@ from pxetwist.dhcp.leases import LeaseTable
 from pxetwist.dhcp.options import MessageType, OptionCode, encode_arches
 from pxetwist.dhcp.packet import DhcpPacket, MalformedPacket, decode
 from pxetwist.dhcp.service import pools_for
+from pxetwist.nfs.exports import explain_exports
+from pxetwist.policy.placeholders import expand_nfs, expand_placeholders
 from pxetwist.policy.plugins import PluginError, build_policies
 from pxetwist.policy.reach import client_fetches, serving_context
 from pxetwist.policy.values import InvalidMacAddress, MacAddress
@@ -147,7 +149,65 @@ def explain(
         steps.append(
             _step(engine, policies, Incoming(follow_up, interface, client, PXE_PORT, False))
         )
-    return {"steps": steps}
+    return {"steps": steps, "nfs": _nfs(config, steps, server)}
+
+
+def _nfs(config: Config, steps: list[dict[str, Any]], server: IPv4Address) -> dict[str, Any]:
+    """The machine's NFS exports and its command line with every placeholder filled in."""
+    request = steps[0]["request"]
+    decision = next((step["decision"] for step in steps if step["decision"] is not None), None)
+    if request is None or decision is None or not decision.nfs:
+        return {}
+    exports, note = explain_exports(config, decision, request.mac, str(server))
+    machine = next((m for m in config.machines if m.mac == request.mac), None)
+    granted_to = (
+        f"{machine.address} (reservation)"
+        if machine is not None and machine.address is not None
+        else "the address the machine holds (its lease, or where DHCP, TFTP or HTTP see it)"
+    )
+    cmdline = None
+    problem = None
+    if decision.cmdline:
+        text = expand_placeholders(
+            decision.cmdline, server=server, http_port=config.http.port, tftp_port=config.tftp.port
+        )
+        try:
+            cmdline = expand_nfs(text, [export.location or "" for export in exports])
+        except ValueError as error:
+            problem = str(error)
+            cmdline = text
+    return {
+        "exports": exports,
+        "note": note,
+        "granted_to": granted_to,
+        "cmdline": cmdline,
+        "cmdline_problem": problem,
+    }
+
+
+def _render_nfs(nfs: dict[str, Any]) -> list[str]:
+    if not nfs:
+        return []
+    lines = [f"nfs exports, granted to {nfs['granted_to']}:"]
+    for index, export in enumerate(nfs["exports"], start=1):
+        name = "{nfs}" if index == 1 else f"{{nfs{index}}}"
+        lines.append(
+            f"  {name} {export.template} ({export.access.value}"
+            + (", create" if export.create else "")
+            + ")"
+            + (f" -> {export.path}" if export.path is not None else "")
+        )
+        if export.location is not None:
+            lines.append(f"      mounted as {export.location}")
+        if export.problem is not None:
+            lines.append(f"      PROBLEM: {export.problem}")
+    if nfs["note"]:
+        lines.append(f"  note: {nfs['note']}")
+    if nfs["cmdline"] is not None:
+        lines.append(f"  cmdline: {nfs['cmdline']}")
+    if nfs["cmdline_problem"]:
+        lines.append(f"  PROBLEM in cmdline: {nfs['cmdline_problem']}")
+    return lines
 
 
 def _step(engine: DhcpEngine, policies: Any, incoming: Incoming) -> dict[str, Any]:
@@ -200,6 +260,7 @@ def render_text(result: dict[str, Any]) -> str:
             )
             lines.extend(describe_packet(reply.packet))
         lines.append("")
+    lines.extend(_render_nfs(result.get("nfs", {})))
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -235,7 +296,17 @@ def render_json(result: dict[str, Any]) -> str:
                 ],
             }
         )
-    return json.dumps({"steps": steps}, indent=2) + "\n"
+    nfs = result.get("nfs") or {}
+    document: dict[str, Any] = {"steps": steps}
+    if nfs:
+        document["nfs"] = {
+            "exports": [export.as_json() for export in nfs["exports"]],
+            "note": nfs["note"],
+            "granted_to": nfs["granted_to"],
+            "cmdline": nfs["cmdline"],
+            "cmdline_problem": nfs["cmdline_problem"],
+        }
+    return json.dumps(document, indent=2) + "\n"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

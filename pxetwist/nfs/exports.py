@@ -14,7 +14,8 @@ from pathlib import Path
 
 import attrs
 
-from pxetwist.nfs.paths import NfsPathError, confine, expand, pseudo_path
+from pxetwist.config.model import Config
+from pxetwist.nfs.paths import NfsPathError, confine, expand, load_or_create_key, pseudo_path
 from pxetwist.policy.decision import BootDecision, NfsAccess
 from pxetwist.policy.values import MacAddress
 
@@ -74,8 +75,36 @@ class ExportPlanner:
         return Plan(tuple(exports), tuple(refused))
 
     def locations(self, decision: BootDecision | None, mac: MacAddress, server: str) -> list[str]:
-        """``SERVER:/PSEUDO`` of each export, in order: what ``{nfs}``, ``{nfs2}``... become."""
-        return [f"{server}:{export.pseudo}" for export in self.plan(decision, mac).exports]
+        """``SERVER:/PSEUDO`` of each export in decision order: ``{nfs}``, ``{nfs2}``...
+
+        An export that cannot be served (it leads out of nfs.root, ``{name}`` without a name) is
+        an empty string, so the numbering stays the decision's and ``{nfsN}`` of a refused
+        export is an error rather than the next export.
+        """
+        if decision is None:
+            return []
+        locations: list[str] = []
+        for export in decision.nfs:
+            plan = self.plan(attrs.evolve(decision, nfs=(export,)), mac)
+            locations.append(f"{server}:{plan.exports[0].pseudo}" if plan.exports else "")
+        return locations
+
+
+def state_dir(config: Config) -> Path:
+    return config.data_dir / "nfs"
+
+
+def planner_for(config: Config, *, create_key: bool) -> ExportPlanner | None:
+    """The planner with this data_dir's pseudo-path key (``None`` if there is no key yet)."""
+    key_file = state_dir(config) / "pseudo.key"
+    if create_key:
+        key = load_or_create_key(key_file)
+    else:
+        try:
+            key = key_file.read_bytes()
+        except OSError:
+            return None
+    return ExportPlanner(config.nfs.root, key)
 
 
 class ExportIds:
@@ -128,3 +157,79 @@ class ExportIds:
         temporary = self.path.with_suffix(".tmp")
         temporary.write_text(json.dumps({"ids": self._ids}, indent=1, sort_keys=True))
         os.replace(temporary, self.path)
+
+
+@attrs.frozen
+class ExplainedExport:
+    """One export of a decision as ``pxetwist explain`` shows it."""
+
+    template: str
+    access: NfsAccess
+    create: bool
+    relative: str | None = None
+    path: Path | None = None
+    pseudo: str | None = None  # None: refused, or no pseudo-path key yet
+    location: str | None = None  # SERVER:/PSEUDO, what {nfs}, {nfs2}... become
+    problem: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "path": self.template,
+            "expanded": self.relative,
+            "directory": None if self.path is None else str(self.path),
+            "access": self.access.value,
+            "create": self.create,
+            "pseudo": self.pseudo,
+            "location": self.location,
+            "problem": self.problem,
+        }
+
+
+def explain_exports(
+    config: Config, decision: BootDecision | None, mac: MacAddress, server: str
+) -> tuple[list[ExplainedExport], str | None]:
+    """The decision's exports as the server would grant them, and a note (or ``None``).
+
+    Read-only: the pseudo-path key is read from ``data_dir`` but never made here, so before the
+    server's first start the pseudo paths are not known yet (the note says so).
+    """
+    if decision is None or not decision.nfs:
+        return [], None
+    note: str | None = None if config.nfs.enabled else "nfs.enabled is false: no export is made"
+    planner = planner_for(config, create_key=False)
+    if planner is None:
+        planner = ExportPlanner(config.nfs.root, b"\0" * 32)
+        keyless = True
+        note = note or (
+            f"no pseudo-path key in {state_dir(config)} yet: pxetwist makes it at its first "
+            "start, and pseudo paths are fixed from then on"
+        )
+    else:
+        keyless = False
+    explained = []
+    for export in decision.nfs:
+        plan = planner.plan(attrs.evolve(decision, nfs=(export,)), mac)
+        if not plan.exports:
+            refusal = plan.refused[0][1] if plan.refused else "refused"
+            explained.append(
+                ExplainedExport(export.path, export.access, export.create, problem=refusal)
+            )
+            continue
+        planned = plan.exports[0]
+        problem: str | None = None
+        if not planned.path.is_dir() and not export.create:
+            problem = "does not exist (and create is false): not exported until it does"
+        pseudo = None if keyless else planned.pseudo
+        explained.append(
+            ExplainedExport(
+                export.path,
+                export.access,
+                export.create,
+                relative=planned.relative,
+                path=planned.path,
+                pseudo=pseudo,
+                location=f"{server}:{pseudo or '/<pseudo path: made at first start>'}",
+                problem=problem,
+            )
+        )
+    return explained, note

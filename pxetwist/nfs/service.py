@@ -27,10 +27,10 @@ from twisted.logger import Logger, LogLevel
 from pxetwist.config.model import Config, DhcpMode
 from pxetwist.events import BootEvent, EventProtocol, EventStage, Outcome
 from pxetwist.nfs.bus import GaneshaBus, GaneshaBusError
-from pxetwist.nfs.exports import ExportIds, ExportPlanner
+from pxetwist.nfs.exports import ExportIds, ExportPlanner, planner_for, state_dir
 from pxetwist.nfs.lifecycle import AddressBook, LeaseLookup
 from pxetwist.nfs.managed import ManagedGanesha
-from pxetwist.nfs.paths import NfsPathError, load_or_create_key
+from pxetwist.nfs.paths import NfsPathError
 from pxetwist.nfs.render import ExportGrant, GaneshaSettings, render_config, render_export
 from pxetwist.policy.request import BootRequest
 from pxetwist.policy.values import MacAddress, Stage
@@ -41,23 +41,6 @@ if TYPE_CHECKING:
 log = Logger()
 
 CHECK_INTERVAL = 5.0  # seconds between looks at lease expiry (authoritative mode)
-
-
-def state_dir(config: Config) -> Path:
-    return config.data_dir / "nfs"
-
-
-def planner_for(config: Config, *, create_key: bool) -> ExportPlanner | None:
-    """The planner with this data_dir's pseudo-path key (``None`` if there is no key yet)."""
-    key_file = state_dir(config) / "pseudo.key"
-    if create_key:
-        key = load_or_create_key(key_file)
-    else:
-        try:
-            key = key_file.read_bytes()
-        except OSError:
-            return None
-    return ExportPlanner(config.nfs.root, key)
 
 
 def ganesha_settings(config: Config) -> GaneshaSettings:

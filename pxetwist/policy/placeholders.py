@@ -49,6 +49,8 @@ def expand_nfs(text: str, locations: Sequence[str]) -> str:
                 f"{match.group(0)} names NFS export {index}, but the machine has {count} "
                 f"export{'' if count == 1 else 's'}"
             )
+        if not locations[index - 1]:
+            raise ValueError(f"{match.group(0)}: that NFS export is refused (see the log)")
         return locations[index - 1]
 
     return _NFS_PLACEHOLDER.sub(fill, text)
