@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTCP
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -55,7 +57,7 @@ class ApiService(Service):
     def __init__(
         self,
         context: ApiContext,
-        reactor: Any,
+        reactor: IReactorTCP,
         metrics: BootMetrics | None = None,
         before_scrape: Callable[[], None] = lambda: None,
     ) -> None:
@@ -85,7 +87,9 @@ class ApiService(Service):
 
     def privilegedStartService(self) -> None:
         api = self.context.config().api
-        self.port = self.reactor.listenTCP(api.port, self.site, interface=api.host)
+        # cast: Site's channel type is narrower than listenTCP's stubs accept (Twisted's typing)
+        site = cast(ServerFactory, self.site)
+        self.port = self.reactor.listenTCP(api.port, site, interface=api.host)
         host = self.port.getHost()
         if not self.tokens.tokens:
             log.warn(

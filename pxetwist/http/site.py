@@ -26,6 +26,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Any, Final
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -124,7 +125,7 @@ class BootSite(Site):
     def __init__(
         self,
         resource: Resource,
-        reactor: Any,
+        reactor: IReactorTime,
         *,
         events: BootEventBus,
         sightings: SightingRegistry | None = None,
