@@ -9,6 +9,7 @@ value per machine: every label has a fixed vocabulary or a hard cap (:class:`_Ca
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
@@ -170,6 +171,7 @@ class BootMetrics:
             registry=r,
         )
         self._children: dict[tuple[object, ...], Any] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
         self._status = _Capped(40)
         self._ended = _Capped(16)
         self._names = _Capped(32)
@@ -250,6 +252,18 @@ class BootMetrics:
 
     def lease_committed(self, seconds: float, writes: int) -> None:
         self.lease_commit.observe(seconds)
+
+    def sessions_changed(self, sessions: Sequence[Any]) -> None:
+        """The recorder's changed sessions: count each finished one once."""
+        for session in sessions:
+            state = session.state.value
+            if state not in ("booted", "failed") or session.id in self._finished:
+                continue
+            self._finished[session.id] = None
+            if len(self._finished) > 100_000:
+                self._finished.popitem(last=False)
+            end = session.ended if session.ended is not None else session.updated
+            self.session_finished(state, session.stage.value, end - session.started)
 
     def session_finished(self, state: str, stage: str, duration: float | None) -> None:
         self.sessions.labels(state=self._names(state), stage=self._names(stage)).inc()

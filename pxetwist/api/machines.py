@@ -141,6 +141,10 @@ class MachinesApi:
         mac = parse_mac(request.params.get("mac"))
         body = request.json_object()
         self._same_mac(body, mac)
+        return self.patch(mac, body)
+
+    def patch(self, mac: MacAddress, body: Mapping[str, Any]) -> Reply:
+        """Merge ``body`` into the machine's definition (an API one, or the config's)."""
         current = self.overlay.definition(mac)
         if current is None:
             found = self._found(mac)

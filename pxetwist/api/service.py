@@ -18,6 +18,7 @@ from pxetwist.api.leaseview import TableLeaseView
 from pxetwist.api.metricsweb import MetricsResource
 from pxetwist.api.recent import RecentSessions
 from pxetwist.api.router import Router
+from pxetwist.api.sessionview import RecorderBootOnce, RecorderSessions
 from pxetwist.api.tokens import TokenSet
 from pxetwist.api.v1 import V1, ApiContext
 from pxetwist.config import Config, ConfigError
@@ -25,6 +26,7 @@ from pxetwist.context import ServerContext, Settings
 from pxetwist.dhcp.leases import LeaseTable
 from pxetwist.dhcp.store import ILeaseStore
 from pxetwist.metrics import BootMetrics, StateCollector
+from pxetwist.sessions.recorder import SessionRecorder
 
 log = Logger()
 
@@ -60,7 +62,9 @@ class ApiService(Service):
         reactor: IReactorTCP,
         metrics: BootMetrics | None = None,
         before_scrape: Callable[[], None] = lambda: None,
+        on_start: Callable[[], None] = lambda: None,
     ) -> None:
+        self._on_start = on_start
         self.context = context
         self.reactor = reactor
         config = context.config()
@@ -105,7 +109,7 @@ class ApiService(Service):
     def startService(self) -> None:
         super().startService()
         # After the DHCP service's start (it comes first in the table): its store is open now.
-        self.metrics_resource.before_scrape()
+        self._on_start()
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
@@ -123,41 +127,36 @@ class ApiService(Service):
 def api_service(context: ServerContext) -> ApiService:
     """The API service of a running server (the entry in :data:`pxetwist.service.PROTOCOLS`).
 
-    It reads the DHCP service's lease table through the service tree (looked up per request:
-    the DHCP service opens its store only when it starts), keeps recent sessions from the
-    event bus, and reads its tokens file again after each config reload.
+    It reads its sibling services through the service tree, looked up when asked (the DHCP
+    service opens its lease store only when it starts): the lease table, TFTP's active
+    transfers, and the session recorder (sessions, boot once, finished boots for the metrics;
+    without a recorder, recent sessions are kept from the bus by :class:`RecentSessions`).  It
+    reads its tokens file again after each config reload.
     """
     holder: list[ApiService] = []
 
-    def dhcp() -> Any:
+    def sibling(name: str) -> Any:
         parent = holder[0].parent if holder else None
         if parent is None:
             return None
         try:
-            return parent.getServiceNamed("dhcp")  # type: ignore[attr-defined]
+            return parent.getServiceNamed(name)  # type: ignore[attr-defined]
         except KeyError:
             return None
 
     def table() -> LeaseTable | None:
-        service = dhcp()
-        return getattr(service, "table", None)
+        return getattr(sibling("dhcp"), "table", None)
 
     def store() -> ILeaseStore | None:
-        service = dhcp()
-        return getattr(service, "store", None)
+        return getattr(sibling("dhcp"), "store", None)
 
     def active_transfers() -> int | None:
-        parent = holder[0].parent if holder else None
-        try:
-            tftp = parent.getServiceNamed("tftp") if parent is not None else None  # type: ignore[attr-defined]
-        except KeyError:
-            return None
-        count = getattr(tftp, "active_transfers", None)
+        count = getattr(sibling("tftp"), "active_transfers", None)
         return count() if callable(count) else count
 
     reactor = context.reactor
-    sessions = RecentSessions(reactor.seconds)
-    context.events.subscribe(sessions)
+    recent = RecentSessions(reactor.seconds)
+    context.events.subscribe(recent)
     leases = TableLeaseView(table, store, reactor.seconds)
     metrics = BootMetrics()
     metrics.registry.register(StateCollector(leases.pools, active_transfers))
@@ -171,12 +170,23 @@ def api_service(context: ServerContext) -> ApiService:
     api_context = ApiContext(
         config=lambda: context.config,
         leases=leases,
-        sessions=sessions,
+        sessions=recent,
         clock=reactor.seconds,
         started=reactor.seconds(),
         policy_chain=lambda: context.chain.names,
     )
-    service = ApiService(api_context, reactor, metrics, hook_store)
+
+    def started() -> None:
+        hook_store()
+        recorder = sibling("sessions")
+        if isinstance(recorder, SessionRecorder):
+            context.events.unsubscribe(recent)
+            api_context.sessions = RecorderSessions(recorder)
+            api_context.boot_once = RecorderBootOnce(recorder)
+            if metrics.sessions_changed not in recorder.changed_listeners:
+                recorder.changed_listeners.append(metrics.sessions_changed)
+
+    service = ApiService(api_context, reactor, metrics, hook_store, started)
     holder.append(service)
 
     def reloaded(old: Settings, new: Settings) -> None:

@@ -222,6 +222,20 @@ class V1:
             return result.addCallback(lambda state: Reply(200, state))
         return Reply(200, result)
 
+    def boot_once_arm(self, request: ApiRequest) -> Deferred[Reply] | Reply:
+        """Set ``boot_once`` on the machine (an API definition over it) and arm it afresh."""
+        mac = parse_mac(request.params.get("mac"))
+        self._boot_once()
+        self.machines.patch(mac, {"boot_once": True})
+        return self.boot_once_reset(request)
+
+    def boot_once_disarm(self, request: ApiRequest) -> Reply:
+        """Clear ``boot_once``: the machine network-boots every time again."""
+        mac = parse_mac(request.params.get("mac"))
+        boot_once = self._boot_once()
+        self.machines.patch(mac, {"boot_once": False})
+        return Reply(200, boot_once.state(mac))
+
     def _boot_once(self) -> IBootOnce:
         if self.context.boot_once is None:
             raise ApiError(503, "boot-once is not available: the session registry is not running")
@@ -280,6 +294,8 @@ class V1:
             Route("PATCH", f"{p}/machines/{{mac}}", m.update, w, "change some keys"),
             Route("DELETE", f"{p}/machines/{{mac}}", m.delete, w, "forget an API machine"),
             Route("GET", f"{p}/machines/{{mac}}/boot-once", self.boot_once_state),
+            Route("POST", f"{p}/machines/{{mac}}/boot-once", self.boot_once_arm, w),
+            Route("DELETE", f"{p}/machines/{{mac}}/boot-once", self.boot_once_disarm, w),
             Route("POST", f"{p}/machines/{{mac}}/boot-once/reset", self.boot_once_reset, w),
             Route("GET", f"{p}/explain", self.explain, summary="what a machine would get"),
             Route("GET", f"{p}/leases", self.leases, summary="DHCP leases"),

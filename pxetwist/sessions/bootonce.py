@@ -172,6 +172,15 @@ class BootOnce:
     def is_armed(self, mac: MacAddress) -> bool:
         return mac in self._armed
 
+    def used_record(self, mac: MacAddress) -> UsedBoot | None:
+        return self._used.get(mac)
+
+    def forget_used(self, mac: MacAddress) -> None:
+        """Arm the machine again at once (the operator API's reset; the store is done apart)."""
+        self._used.pop(mac, None)
+        text = str(mac)
+        self._unsaved = [record for record in self._unsaved if record.mac != text]
+
     @property
     def unsaved(self) -> tuple[UsedBoot, ...]:
         return tuple(self._unsaved)

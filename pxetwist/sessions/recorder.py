@@ -35,6 +35,7 @@ from pxetwist.events import BootEventBus
 from pxetwist.policy.sightings import SightingRegistry
 from pxetwist.sessions.attribution import Attribution
 from pxetwist.sessions.bootonce import BootOnce
+from pxetwist.sessions.model import Session
 from pxetwist.sessions.registry import SessionRegistry
 from pxetwist.sessions.store import SessionRow, SessionStore, UsedBoot
 
@@ -101,6 +102,8 @@ class SessionRecorder(Service):
         self._version: int | None = None
         self.writes = 0
         self.write_failures = 0
+        #: Told the sessions that changed, at each tick (the metrics count finished boots).
+        self.changed_listeners: list[Callable[[Sequence[Session]], None]] = []
 
     def open(self) -> None:
         """Open the store and load the used boots (synchronously: before anything is served)."""
@@ -145,11 +148,13 @@ class SessionRecorder(Service):
         """Hand what changed to the writer thread, unless a write is still running."""
         if self._writing is not None or self._store is None:
             return succeed(None)
-        bodies = (
-            [session.as_json() for session in self.registry.take_dirty()]
-            if (self.registry is not None)
-            else []
-        )
+        changed = self.registry.take_dirty() if self.registry is not None else []
+        for listener in self.changed_listeners:
+            try:
+                listener(changed)
+            except Exception:
+                log.failure("sessions: a listener failed")
+        bodies = [session.as_json() for session in changed]
         used = self.bootonce.take_unsaved()
         settings = self.config.sessions
         writing = self._run(

@@ -1,0 +1,87 @@
+"""The session recorder (issue 13) as the API sees it: sessions and boot once.
+
+Sessions come from the registry's memory (each machine's current and last few sessions, as
+``pxetwist sessions --json`` prints them); boot-once state from the recorder's :class:`BootOnce`,
+and a reset goes to ``sessions.sqlite`` as ``pxetwist machines reset-boot`` does, on a thread,
+and to the running gate at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from zope.interface import implementer
+
+from pxetwist.api.sources import IBootOnce, ISessionView
+from pxetwist.policy.values import MacAddress
+from pxetwist.sessions.recorder import SessionRecorder
+from pxetwist.sessions.store import SessionStore, UsedBoot
+
+
+@implementer(ISessionView)
+class RecorderSessions:
+    def __init__(self, recorder: SessionRecorder) -> None:
+        self.recorder = recorder
+
+    def sessions(self, mac: MacAddress | None, limit: int) -> Sequence[dict[str, Any]]:
+        registry = self.recorder.registry
+        if registry is None:
+            return []
+        found = registry.sessions(mac)
+        found.sort(key=lambda session: session.updated, reverse=True)
+        return [session.as_json() for session in found[:limit]]
+
+    def stuck(self) -> Sequence[dict[str, Any]]:
+        registry = self.recorder.registry
+        if registry is None:
+            return []
+        latest: dict[MacAddress, Any] = {}
+        for session in registry.sessions():
+            if session.mac not in latest:  # newest first: the machine's current attempt
+                latest[session.mac] = session
+        stuck = [s for s in latest.values() if s.state.value == "stuck"]
+        stuck.sort(key=lambda session: session.updated)
+        return [session.as_json() for session in stuck]
+
+
+def _reset_in_store(recorder: SessionRecorder, mac: MacAddress) -> UsedBoot | None:
+    store = SessionStore(recorder.config.sessions_path)
+    try:
+        return store.reset_boot(str(mac))
+    finally:
+        store.close()
+
+
+@implementer(IBootOnce)
+class RecorderBootOnce:
+    def __init__(
+        self,
+        recorder: SessionRecorder,
+        in_thread: Callable[..., Deferred[Any]] = deferToThread,
+    ) -> None:
+        self.recorder = recorder
+        self._in_thread = in_thread
+
+    def state(self, mac: MacAddress) -> dict[str, Any]:
+        bootonce = self.recorder.bootonce
+        used = bootonce.used_record(mac)
+        return {
+            "mac": str(mac),
+            "armed": bootonce.is_armed(mac),
+            "used": used is not None,
+            "used_at": used.used_at if used is not None else None,
+            "how": used.how if used is not None else None,
+        }
+
+    def reset(self, mac: MacAddress) -> Deferred[dict[str, Any]]:
+        """The store first (so the recorder's next read agrees), then the running gate."""
+
+        def forget(_: object) -> dict[str, Any]:
+            self.recorder.bootonce.forget_used(mac)
+            return self.state(mac)
+
+        done: Deferred[Any] = self._in_thread(_reset_in_store, self.recorder, mac)
+        return done.addCallback(forget)
