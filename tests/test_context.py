@@ -115,3 +115,34 @@ class ProtocolTableTests(SynchronousTestCase):
         names = [entry.name for entry in PROTOCOLS]
         self.assertEqual(sorted(names), sorted(set(names)))
         self.assertLessEqual({"dhcp", "tftp", "http"}, set(names))
+
+
+class ReloadTests(SynchronousTestCase):
+    """Services read the live settings: a reload reaches what they generate next."""
+
+    def test_tftp_listeners_point_configs_at_the_reloaded_server_address(self) -> None:
+        from pxetwist.tftp.service import TftpService
+        from tests.tftp.fakes import SocketReactor
+
+        base = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, base, ignore_errors=True)
+        config = config_from_yaml(f"tftp: {{root: {base}, port: 69}}\nhttp: {{port: 8080}}")
+        reactor = SocketReactor()
+        context = ServerContext.build(
+            config,
+            PolicyChain([], reactor),
+            cast(IServerReactor, reactor),
+            interfaces=[InterfaceInfo("srv0", 2, IPv4Interface("127.77.0.1/8"), 1500)],
+        )
+        service = TftpService(context)
+        service.privilegedStartService()
+        self.addCleanup(service.stopService)
+        (listener,) = service.server.listeners
+        self.assertEqual(
+            (listener.context.server, listener.context.http_port), ("127.77.0.1", 8080)
+        )
+        reloaded = config_from_yaml(
+            f"server_address: 192.0.2.7\ntftp: {{root: {base}, port: 69}}\nhttp: {{port: 80}}"
+        )
+        context.live.replace(Settings(reloaded, context.chain))
+        self.assertEqual((listener.context.server, listener.context.http_port), ("192.0.2.7", 80))

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from pxetwist.bootconfig import BootConfigResolver
 from pxetwist.config.model import Config
-from pxetwist.context import IServerReactor, ServerContext, listening_address
+from pxetwist.context import IServerReactor, ServerContext, Settings, listening_address
 from pxetwist.fdlimit import HEADROOM, raise_fd_limit
 from pxetwist.policy.render import ServingContext, serving_context
 from pxetwist.tftp.protocol import FileResolver, ServerSettings, TftpListener, TftpServer
@@ -60,6 +60,8 @@ class TftpService(Service):
             context.events,
         )
         self.ports: list[IListeningPort] = []
+        self._bound: list[tuple[TftpListener, int]] = []
+        context.live.subscribe(self._reloaded)
 
     @property
     def reactor(self) -> IServerReactor:
@@ -67,6 +69,13 @@ class TftpService(Service):
 
     def _context(self, address: str, port: int) -> ServingContext:
         return serving_context(self.context.config, address, tftp_port=port)
+
+    def _reloaded(self, old: Settings, new: Settings) -> None:
+        """A reload: configs generated from now on point at the new ``server_address``, HTTP
+        port and roots.  Sockets, transfer limits and workers stay as they are until a restart;
+        the root files are read from and the policy chain are read per request anyway."""
+        for listener, bound in self._bound:
+            listener.context = self._context(listener.address, bound)
 
     def _bind(self) -> None:
         if self.ports:
@@ -100,6 +109,7 @@ class TftpService(Service):
             if bound != port_number:  # port 0: tests and benchmarks
                 listener.context = self._context(address, bound)
             self.ports.append(port)
+            self._bound.append((listener, bound))
             log.info(
                 "tftp: serving {root} on {address}:{port} ({interface}, mtu {mtu}, "
                 "blksize up to {blksize})",
@@ -141,6 +151,7 @@ class TftpService(Service):
         stopping = [pool.stop()] if pool is not None else []
         self.server.abort_all("server shutting down")
         ports, self.ports = self.ports, []
+        self._bound.clear()
         self.server.listeners.clear()
         return DeferredList(stopping + [maybeDeferred(port.stopListening) for port in ports])
 
