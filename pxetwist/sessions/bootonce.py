@@ -33,8 +33,8 @@ from pxetwist.policy.request import BootRequest
 from pxetwist.policy.values import BootAction, MacAddress
 from pxetwist.sessions.classify import (
     BootFiles,
+    event_file_stage,
     file_of,
-    file_stage,
     firmware_of,
     normalize,
     served_completely,
@@ -143,7 +143,7 @@ class BootOnce:
         name = file_of(event)
         if name is None:
             return
-        stage = file_stage(name, progress.files, event.details.get("kind"))
+        stage = event_file_stage(event, progress.files)
         if stage is BootStage.SCRIPT:
             progress.restart()  # a loader reading its config again is a new attempt
         elif stage is BootStage.KERNEL:

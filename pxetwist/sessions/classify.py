@@ -88,10 +88,18 @@ class BootFiles:
         return attrs.evolve(self, program=normalize(program))
 
 
-def file_stage(name: str, files: BootFiles | None = None, kind: object = None) -> BootStage:
-    """The stage a request for ``name`` shows: the machine's own files first, then names."""
+def file_stage(
+    name: str, files: BootFiles | None = None, kind: object = None, *, generated: object = False
+) -> BootStage:
+    """The stage a request for ``name`` shows: the machine's own files first, then names.
+
+    ``generated`` (the protocol rendered the file for this machine: an iPXE script, a GRUB or
+    PXELINUX config) makes it the loader's config whatever it is called.
+    """
     if isinstance(kind, str) and kind in _KINDS:
         return _KINDS[kind]
+    if generated is True:
+        return BootStage.SCRIPT
     path = normalize(name)
     if files is not None:
         if files.kernel is not None and same_file(path, files.kernel):
@@ -141,6 +149,14 @@ def reply_of(details: Mapping[str, object]) -> str | None:
     if isinstance(reply, enum.Enum):
         return reply.name.upper()
     return str(reply).upper() or None
+
+
+def event_file_stage(event: BootEvent, files: BootFiles | None) -> BootStage:
+    """The stage of a TFTP or HTTP event, from its file and what the protocol said about it."""
+    details = event.details
+    return file_stage(
+        file_of(event) or "", files, details.get("kind"), generated=details.get("generated")
+    )
 
 
 def file_of(event: BootEvent) -> str | None:
@@ -204,6 +220,8 @@ def served_completely(event: BootEvent) -> bool:
             return False
         status = details.get("status")
         if status is not None and status != 200:
+            return False
+        if details.get("range"):
             return False
     return event.protocol in (EventProtocol.HTTP, EventProtocol.TFTP)
 

@@ -166,7 +166,12 @@ def _failure(last: SessionEvent) -> str | None:
             return f"the HTTP download of {what} {name} broke off (client went away)"
         return f"HTTP refused {what} {name} (status {status})"
     if last.protocol is EventProtocol.TFTP:
-        error = last.details.get("error") or last.details.get("reason") or last.outcome.value
+        error = (
+            last.details.get("detail")
+            or last.details.get("reason")
+            or last.details.get("error")
+            or last.outcome.value
+        )
         if last.event is EventStage.TFTP_REQUEST:
             return f"TFTP refused {what} {name}: {error}"
         return f"the TFTP transfer of {what} {name} failed: {error}"

@@ -38,8 +38,7 @@ from pxetwist.sessions.classify import (
     BootFiles,
     decision_of,
     dhcp_stage,
-    file_of,
-    file_stage,
+    event_file_stage,
     firmware_of,
     is_dhcp,
     is_plain,
@@ -215,8 +214,7 @@ class SessionRegistry:
         files = self._files_for(mac) if self._files_for is not None else None
         if files is None and machine is not None:
             files = machine.files
-        name = file_of(event) or ""
-        stage = file_stage(name, files, event.details.get("kind"))
+        stage = event_file_stage(event, files)
         session = machine.current if machine is not None else None
         if session is None or session.state.finished:
             if stage not in (BootStage.NBP, BootStage.SCRIPT, BootStage.KERNEL):

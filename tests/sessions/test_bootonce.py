@@ -101,6 +101,7 @@ class ConfirmationTests(SynchronousTestCase):
         once(http(12.0, "/debian/initrd.gz", mac=MAC, outcome=Outcome.FAILED, complete=False))
         once(http(13.0, "/debian/initrd.gz", mac=MAC, status=206))
         once(http(14.0, "/debian/initrd.gz", mac=MAC, method="HEAD"))
+        once(http(15.0, "/debian/initrd.gz", mac=MAC, range="bytes=0-"))
         self.assertFalse(once.is_used(MAC))
 
     def test_kernel_from_an_earlier_attempt_does_not_count(self) -> None:

@@ -86,6 +86,12 @@ class TimelineTests(SynchronousTestCase):
             [e.stage for e in session.events][-2:], [BootStage.KERNEL, BootStage.INITRD]
         )
 
+    def test_generated_files_are_the_loaders_config(self) -> None:
+        h = Harness()
+        h.feed(*full_boot()[:3], tftp(1004.0, "menu/node1", generated=True))
+        (session,) = h.registry.sessions(MAC)
+        self.assertEqual(session.stage, BootStage.SCRIPT)
+
     def test_proxy_mode_boot_server_and_ignored_request(self) -> None:
         h = Harness()
         h.feed(
