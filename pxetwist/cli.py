@@ -43,11 +43,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     api_commands.add_leases_arguments(leases_parser)
+    reload_parser = commands.add_parser(
+        "reload",
+        help="reload the running server's config and plugins (as SIGHUP does), and say how it went",
+    )
+    reload_parser.add_argument("--config", "-c", help="the server's YAML config (for data_dir)")
     args = parser.parse_args(argv)
     if args.command == "explain":
         return explain.run(args)
     if args.command == "sessions":
         return sessions_cli.run_sessions(args)
+    if args.command == "reload":
+        from pxetwist.control import run_reload
+
+        return run_reload(args.config)
     if args.command == "machines":
         answered = api_commands.run_machine_action(args)
         return answered if answered is not None else sessions_cli.run_machines(args)

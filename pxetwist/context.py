@@ -39,6 +39,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IReactorUDP,
 )
+from twisted.logger import Logger
 
 from pxetwist.config.model import Config
 from pxetwist.events import BootEventBus
@@ -69,6 +70,8 @@ class IServerReactor(IReactorTime, IReactorUDP, IReactorTCP, IReactorFDSet, IRea
     """
 
 
+_log = Logger()
+
 _REACTOR_PARTS: Final = (IReactorTime, IReactorUDP, IReactorTCP, IReactorFDSet, IReactorFromThreads)
 
 
@@ -88,10 +91,14 @@ def server_reactor(reactor: object) -> IServerReactor:
 
 @attrs.frozen
 class Settings:
-    """The config and the policy chain built from it: replaced together, never one alone."""
+    """The config, the policy chain built from it and the interfaces it serves: replaced
+    together, never one alone."""
 
     config: Config
     chain: PolicyChain
+    #: The served interfaces (command line, else config, else every IPv4 one): a reload may
+    #: add or remove some, and each service binds or closes its sockets to match.
+    interfaces: tuple[InterfaceInfo, ...] = ()
 
 
 SettingsListener = Callable[[Settings, Settings], None]
@@ -113,10 +120,19 @@ class LiveSettings:
         self._listeners = (*self._listeners, listener)
 
     def replace(self, settings: Settings) -> None:
-        """Put ``settings`` in force, then tell the listeners (in the order they subscribed)."""
+        """Put ``settings`` in force, then tell the listeners (in the order they subscribed).
+
+        A listener that raises is logged and the others still run: the new settings are in
+        force either way, and one service failing to follow them must not leave the rest behind.
+        """
         old, self._current = self._current, settings
         for listener in self._listeners:
-            listener(old, settings)
+            try:
+                listener(old, settings)
+            except Exception:
+                _log.failure(
+                    "a service failed to take the new settings: {listener!r}", listener=listener
+                )
 
 
 @attrs.frozen
@@ -124,7 +140,6 @@ class ServerContext:
     """What every protocol service is built from (see the module docstring)."""
 
     live: LiveSettings
-    interfaces: tuple[InterfaceInfo, ...]
     sightings: SightingRegistry
     events: BootEventBus
     reactor: IServerReactor
@@ -143,8 +158,7 @@ class ServerContext:
         """A context from its parts; a new sighting registry on the reactor's clock and an
         event bus with no observers unless given."""
         return cls(
-            live=LiveSettings(Settings(config, chain)),
-            interfaces=tuple(interfaces),
+            live=LiveSettings(Settings(config, chain, tuple(interfaces))),
             sightings=sightings if sightings is not None else SightingRegistry(reactor.seconds),
             events=events if events is not None else BootEventBus(),
             reactor=reactor,
@@ -159,6 +173,11 @@ class ServerContext:
     def chain(self) -> PolicyChain:
         """The policy chain in force now: read it per use, do not keep it."""
         return self.live.current.chain
+
+    @property
+    def interfaces(self) -> tuple[InterfaceInfo, ...]:
+        """The interfaces served now (a reload may change them): read per use."""
+        return self.live.current.interfaces
 
     @property
     def served(self) -> tuple[InterfaceInfo, ...]:

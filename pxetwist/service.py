@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.application.service import IService, MultiService
+from twisted.internet.interfaces import IReactorUNIX
 from twisted.logger import Logger
 
 from pxetwist.config.model import Config, DhcpMode
 from pxetwist.context import IServerReactor, ServerContext
+from pxetwist.control import ControlService
 from pxetwist.events import LogObserver
 from pxetwist.policy.chain import PolicyChain
+from pxetwist.reload import Reloader, SignalHandler, install_sighup, restore_sighup
 from pxetwist.sessions.recorder import recorder_for
 from pxetwist.startup import ServerSetup
 
@@ -80,6 +84,11 @@ class PxeService(MultiService):
         for entry in PROTOCOLS:
             if entry.enabled(config):
                 entry.build(self.context).setServiceParent(self)
+        # Hot reload (SIGHUP, `pxetwist reload` through the control socket, the API).
+        self.reloader = Reloader(self.context, setup)
+        self._previous_sighup: SignalHandler = None
+        if IReactorUNIX.providedBy(reactor):
+            ControlService(self.reloader, config.data_dir, reactor).setServiceParent(self)
 
     @property
     def chain(self) -> PolicyChain:
@@ -95,3 +104,9 @@ class PxeService(MultiService):
             chain=" -> ".join(self.context.chain.names),
         )
         super().startService()
+        self._previous_sighup = install_sighup(self.reloader, self.context.reactor.callFromThread)
+
+    def stopService(self) -> Any:
+        restore_sighup(self._previous_sighup)
+        self._previous_sighup = None
+        return super().stopService()

@@ -23,6 +23,9 @@ class ServerSetup:
     config: Config
     interfaces: tuple[InterfaceInfo, ...]
     policies: tuple[tuple[str, IBootPolicy], ...]
+    #: ``--interface`` names from the command line (None: the config decides); a reload
+    #: resolves them again, so an interface that appeared since is served.
+    interface_names: tuple[str, ...] | None = None
 
 
 def resolve_interfaces(config: Config, names: tuple[str, ...] | None) -> tuple[InterfaceInfo, ...]:
@@ -61,6 +64,7 @@ def prepare(config: Config, interfaces: tuple[str, ...] | None = None) -> Server
     return ServerSetup(
         config=config,
         interfaces=resolve_interfaces(config, interfaces),
+        interface_names=interfaces,
         policies=tuple(build_policies(config)),
     )
 

@@ -95,7 +95,7 @@ class ProtocolTableTests(SynchronousTestCase):
             "tftp: {{root: {base}}}\nhttp: {{root: {base}}}\n"
         )
         service = PxeService(setup, cast(IServerReactor, MemoryReactorClock()))
-        children = {child.name: child for child in service if child.name != "sessions"}
+        children = {child.name: child for child in service if child.name not in ("sessions", "control")}
         self.assertEqual(set(children), {"tftp", "http"})
         for child in children.values():
             self.assertIs(child.context, service.context)
@@ -108,8 +108,8 @@ class ProtocolTableTests(SynchronousTestCase):
             "dhcp: {{mode: off}}\ntftp: {{enabled: false}}\nhttp: {{enabled: false}}"
         )
         service = PxeService(setup, cast(IServerReactor, MemoryReactorClock()))
-        # only the session recorder (sessions and boot once), which serves no protocol
-        self.assertEqual([child.name for child in service], ["sessions"])
+        # only the session recorder (sessions and boot once) and the reload control socket
+        self.assertEqual([child.name for child in service], ["sessions", "control"])
 
     def test_the_table_names_each_protocol_once(self) -> None:
         names = [entry.name for entry in PROTOCOLS]

@@ -23,6 +23,8 @@ from pxetwist.config.model import Config
 from pxetwist.policy.chain import PolicyChain
 from pxetwist.policy.interfaces import IBootPolicy, IBootPolicyFactory
 
+_STAMP = "_pxetwist_mtime_ns"  # on each plugin module: the file's mtime when it was imported
+
 
 class PluginError(Exception):
     """A policy plugin that cannot be found, imported, verified or built."""
@@ -37,17 +39,26 @@ def _mount_directory(directory: Path) -> None:
             continue
         module_name = f"twisted.plugins.{file.stem}"
         loaded = sys.modules.get(module_name)
-        if loaded is not None and getattr(loaded, "__file__", None) == str(file):
-            continue
+        stamp = file.stat().st_mtime_ns
+        if (
+            loaded is not None
+            and getattr(loaded, "__file__", None) == str(file)
+            and getattr(loaded, _STAMP, stamp) == stamp
+        ):
+            continue  # already imported, and not changed since (a reload imports it again)
         spec = importlib.util.spec_from_file_location(module_name, file)
         if spec is None or spec.loader is None:
             raise PluginError(f"plugin file {file} cannot be imported")
         module = importlib.util.module_from_spec(spec)
+        setattr(module, _STAMP, stamp)
         sys.modules[module_name] = module
         try:
             spec.loader.exec_module(module)
         except Exception as error:
-            del sys.modules[module_name]
+            if loaded is not None:  # a reload that fails keeps the version that worked
+                sys.modules[module_name] = loaded
+            else:
+                del sys.modules[module_name]
             raise PluginError(
                 f"plugin file {file} failed to import: {type(error).__name__}: {error}"
             ) from error
