@@ -147,8 +147,8 @@ class BootMetrics:
         self.http_bytes = Counter("pxetwist_http_sent_bytes", "HTTP body bytes sent", registry=r)
         self.policy_decisions = Counter(
             "pxetwist_policy_decisions",
-            "Policy chain answers, by the policy that decided and its action",
-            ["policy", "action"],
+            "Policy answers, by policy and outcome (an action; none: no opinion; error)",
+            ["policy", "outcome"],
             registry=r,
         )
         self.policy_latency = Histogram(
@@ -172,6 +172,7 @@ class BootMetrics:
         )
         self._children: dict[tuple[object, ...], Any] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
+        self._policy_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._status = _Capped(40)
         self._ended = _Capped(16)
         self._names = _Capped(32)
@@ -243,12 +244,17 @@ class BootMetrics:
 
     # -- other sources -------------------------------------------------------------------------
 
-    def policy_answered(self, policy: str, action: str | None, seconds: float) -> None:
-        """One policy's answer (``action`` None: no opinion, or it failed)."""
-        name = self._names(policy)
-        self.policy_latency.labels(policy=name).observe(seconds)
-        if action is not None:
-            self.policy_decisions.labels(policy=name, action=action).inc()
+    def policy_answered(self, policy: str, outcome: str, seconds: float) -> None:
+        """One policy's answer (the chain's monitor): on every request, so children cached."""
+        children = self._policy_children.get((policy, outcome))
+        if children is None:
+            name = self._names(policy)
+            children = self._policy_children[policy, outcome] = (
+                self.policy_latency.labels(policy=name),
+                self.policy_decisions.labels(policy=name, outcome=self._names(outcome)),
+            )
+        children[0].observe(seconds)
+        children[1].inc()
 
     def lease_committed(self, seconds: float, writes: int) -> None:
         self.lease_commit.observe(seconds)

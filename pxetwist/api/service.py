@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTCP
@@ -161,6 +162,7 @@ def api_service(context: ServerContext) -> ApiService:
     metrics = BootMetrics()
     metrics.registry.register(StateCollector(leases.pools, active_transfers))
     context.events.subscribe(metrics)
+    _monitor_chain(context, metrics)
 
     def hook_store() -> None:
         current = store()
@@ -197,3 +199,24 @@ def api_service(context: ServerContext) -> ApiService:
 
     context.live.subscribe(reloaded)
     return service
+
+
+def _monitor_chain(context: ServerContext, metrics: BootMetrics) -> None:
+    """Put the metrics' monitor on the policy chain, and back on a chain a reload builds."""
+    monitor = metrics.policy_answered
+
+    def monitored(settings: Settings) -> Settings | None:
+        if settings.chain.monitor is monitor:
+            return None
+        return Settings(settings.config, attrs.evolve(settings.chain, monitor=monitor))
+
+    first = monitored(context.live.current)
+    if first is not None:
+        context.live.replace(first)
+
+    def reloaded(old: Settings, new: Settings) -> None:
+        again = monitored(new)
+        if again is not None and context.live.current is new:
+            context.live.replace(again)
+
+    context.live.subscribe(reloaded)

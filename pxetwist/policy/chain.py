@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from time import perf_counter
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
@@ -16,6 +17,25 @@ from pxetwist.policy.interfaces import IBootPolicy
 from pxetwist.policy.request import BootRequest
 
 log = Logger()
+
+
+def _answer_kind(answer: object) -> str:
+    if answer is None:
+        return "none"
+    if isinstance(answer, BootDecision):
+        return answer.action.value
+    return "error"
+
+
+def _timed(
+    answer: object, monitor: Callable[[str, str, float], None], name: str, started: float
+) -> object:
+    monitor(
+        name,
+        "error" if isinstance(answer, Failure) else _answer_kind(answer),
+        perf_counter() - started,
+    )
+    return answer
 
 
 @implementer(IBootPolicy)
@@ -35,6 +55,9 @@ class PolicyChain:
     #: Applied to every decision before it is returned, whichever policy made it: state kept
     #: beside the policies, such as boot once (:meth:`pxetwist.sessions.bootonce.BootOnce.gate`).
     gate: Callable[[BootRequest, BootDecision], BootDecision] | None = None
+    #: Told each policy's answer as it comes: its name, the action (``none`` for no opinion,
+    #: ``error`` for a failure, a timeout or an odd answer) and the seconds it took (metrics).
+    monitor: Callable[[str, str, float], None] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -62,11 +85,15 @@ class PolicyChain:
         self, request: BootRequest, index: int, log_decision: bool
     ) -> BootDecision | Deferred[BootDecision | None] | None:
         policies = self.policies
+        monitor = self.monitor
         while index < len(policies):
             name, policy = policies[index]
+            started = perf_counter() if monitor is not None else 0.0
             try:
                 result = policy.decide(request)
             except Exception:
+                if monitor is not None:
+                    monitor(name, "error", perf_counter() - started)
                 log.failure(
                     "policy {policy} raised for {mac}; skipping it",
                     policy=name,
@@ -77,6 +104,8 @@ class PolicyChain:
                 continue
             if isinstance(result, Deferred):
                 result.addTimeout(self.timeout, self.clock)
+                if monitor is not None:
+                    result.addBoth(_timed, monitor, name, started)
                 outcome: Deferred[BootDecision | None] = result.addCallbacks(
                     self._answered_later,
                     self._failed,
@@ -84,6 +113,8 @@ class PolicyChain:
                     errbackArgs=(request, index, name, log_decision),
                 )
                 return outcome
+            if monitor is not None:
+                monitor(name, _answer_kind(result), perf_counter() - started)
             if result is None:
                 index += 1
                 continue

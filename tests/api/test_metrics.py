@@ -13,13 +13,16 @@ from typing import Any, cast
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor
-from twisted.trial.unittest import TestCase
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
 from pxetwist.api.service import ApiService
 from pxetwist.dhcp.leases import Lease, LeaseState
 from pxetwist.dhcp.store import IStoreReactor, SQLiteLeaseStore
 from pxetwist.events import BootEvent, EventProtocol, EventStage, Outcome
 from pxetwist.metrics import BootMetrics, StateCollector, arch_label, drop_reason
+from pxetwist.policy.interfaces import IBootPolicy
 from pxetwist.policy.values import MacAddress
 from tests.api.support import METRICS, READ, ApiTestCase
 from tests.util import temp_dir
@@ -151,7 +154,7 @@ class MetricsEndpointTests(ApiTestCase):
             http_event(mac, 404, 0),
         ):
             self.metrics(event)
-        self.metrics.policy_answered("static", None, 0.00002)
+        self.metrics.policy_answered("static", "none", 0.00002)
         self.metrics.policy_answered("arch", "boot", 0.00004)
         self.metrics.session_finished("booted", "os-up", 42.0)
         status, text, headers = yield self.scrape()
@@ -224,7 +227,7 @@ class MetricsEndpointTests(ApiTestCase):
         )
         self.assertEqual(value(found, "pxetwist_http_sent_bytes_total"), 5_000_900)
         self.assertEqual(
-            value(found, "pxetwist_policy_decisions_total", policy="arch", action="boot"), 1
+            value(found, "pxetwist_policy_decisions_total", policy="arch", outcome="boot"), 1
         )
         self.assertEqual(value(found, "pxetwist_policy_decision_seconds_count", policy="static"), 1)
         self.assertEqual(
@@ -314,3 +317,54 @@ class LeaseCommitTests(TestCase):
         found = samples(generate_latest(metrics.registry).decode())
         self.assertEqual(value(found, "pxetwist_dhcp_lease_commit_seconds_count"), 2)
         self.assertGreater(value(found, "pxetwist_dhcp_lease_commit_seconds_sum"), 0)
+
+
+class ChainMonitorTests(SynchronousTestCase):
+    def test_every_answer_is_timed(self) -> None:
+        from pxetwist.policy.chain import PolicyChain
+        from pxetwist.policy.decision import BootDecision
+        from pxetwist.policy.values import BootAction
+        from pxetwist.testing import make_request
+
+        clock = Clock()
+        later: defer.Deferred[Any] = defer.Deferred()
+
+        @implementer(IBootPolicy)
+        class Policy:
+            def __init__(self, answer: Any) -> None:
+                self.answer = answer
+
+            def decide(self, request: Any) -> Any:
+                if isinstance(self.answer, Exception):
+                    raise self.answer
+                return self.answer
+
+        seen: list[tuple[str, str]] = []
+        chain = PolicyChain(
+            [
+                ("broken", Policy(RuntimeError("x"))),
+                ("silent", Policy(None)),
+                ("slow", Policy(later)),
+                ("local", Policy(BootDecision(action=BootAction.LOCAL))),
+            ],
+            clock,
+            monitor=lambda name, outcome, seconds: seen.append((name, outcome)),
+        )
+        answers: list[Any] = []
+        chain.decide(make_request("52:54:00:aa:00:01", arch=0)).addCallback(answers.append)
+        self.assertEqual(seen, [("broken", "error"), ("silent", "none")])
+        later.callback(None)
+        self.assertEqual(seen[-2:], [("slow", "none"), ("local", "local")])
+        self.assertEqual(answers[0].policy, "local")
+        timing_out: defer.Deferred[Any] = defer.Deferred()
+        seen.clear()
+        PolicyChain(
+            [("stuck", Policy(timing_out))],
+            clock,
+            timeout=1.0,
+            monitor=lambda n, o, s: seen.append((n, o)),
+        ).decide(make_request("52:54:00:aa:00:01", arch=0))
+        self.flushLoggedErrors()
+        clock.advance(2)
+        self.flushLoggedErrors()
+        self.assertEqual(seen, [("stuck", "error")])
