@@ -8,10 +8,31 @@ nothing a client sends may leak a transfer slot or lock real machines out.
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
 from typing import ClassVar
 
-from .test_clients import LabTestCase
+from twisted.trial.unittest import SynchronousTestCase
+
+from .test_clients import LabTestCase, ServerLab, _require_tools
+
+# A client that takes DATA 1-3 (ACKing each) and then holds the transfer until told to go on.
+PARTIAL_CLIENT = r"""
+import socket, struct, sys
+ip, name = sys.argv[1], sys.argv[2]
+client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+client.settimeout(10)
+client.sendto(b"\0\1" + name.encode() + b"\0octet\0", (ip, 69))
+block = 0
+while block < 3:
+    datagram, server = client.recvfrom(4096)
+    if datagram[:2] == b"\0\3" and struct.unpack("!H", datagram[2:4])[0] == block + 1:
+        block += 1
+        client.sendto(struct.pack("!HH", 4, block), server)
+print("HELD", flush=True)
+sys.stdin.readline()
+"""
 
 
 class OversizedRequestTests(LabTestCase):
@@ -48,3 +69,37 @@ class OversizedRequestTests(LabTestCase):
         self.assertNotIn("undecodable control message", self.server.log_text())
         self.fetch("curl-1468", "small.bin")
         self.fetch("curl-512", "big.bin")
+
+
+class ShutdownReportTests(SynchronousTestCase):
+    """Issue 18 defect 8: a transfer cut by SIGTERM was logged as "0 of N bytes, blksize 0";
+    the log must say what was really delivered, with the negotiated block size."""
+
+    def test_sigterm_reports_what_a_worker_sent(self) -> None:
+        _require_tools()
+        lab = ServerLab({"medium.bin": 300_000}, tftp=", workers: 2").up()
+        try:
+            proc = lab.lab.spawn(
+                "cli",
+                [sys.executable, "-c", PARTIAL_CLIENT, lab.ip, "medium.bin"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert proc.stdout is not None and proc.stdin is not None
+            self.assertEqual(proc.stdout.readline().strip(), "HELD", lab.log_tail())
+            assert lab.server is not None
+            lab.lab.stop(lab.server, grace=15)
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            proc.communicate(timeout=30)
+            log = lab.log_text()
+            line = re.search(r"tftp error: medium.bin to .*", log)
+            assert line is not None, log[-3000:]
+            # Blocks 1-3 acknowledged: 1536 octets, in 512-octet blocks, lockstep.
+            self.assertRegex(
+                line.group(0),
+                r": 1536 of 300000 bytes in [\d.]+s, blksize 512, windowsize 1, .*shutting down",
+            )
+        finally:
+            lab.down()
