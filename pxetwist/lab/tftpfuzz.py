@@ -8,9 +8,9 @@ to the server address it is given, and every loop is bounded by a count and a ti
   behind thousands of ``./``.  Each answer is read; an OACK or DATA is ended with ERROR 0 at
   once (the client gives up, as an EFI ``tsize`` probe does), so the server's slot ends too.
   Prints ``sent N``, ``answered N``, ``unanswered N``.
-* ``flood IP FILE COUNT [SEED]``: COUNT mutated datagrams (valid packets with bits flipped,
-  cut, extended, duplicated fields, random opcodes, giant option lists, pure noise) to port 69
-  and to the transfer ports the server answers from, as fast as the socket takes them.  Prints
+* ``flood IP FILE COUNT [SEED] [--rate N]``: COUNT mutated datagrams (valid packets with bits
+  flipped, cut, extended, duplicated fields, random opcodes, giant option lists, pure noise) to
+  port 69 and to the transfer ports the server answers from, at most N a second.  Prints
   ``sent``, ``seconds``, ``rate`` and how many answers came back.
 """
 
@@ -116,8 +116,11 @@ def run_oversized(ip: str, filename: str, count: int, deadline: float) -> dict[s
     return {"sent": sent, "answered": answered, "unanswered": unanswered}
 
 
-def run_flood(ip: str, filename: str, count: int, seed: int, deadline: float) -> dict[str, float]:
-    """Send ``count`` mutated datagrams; answers are drained (and their ports targeted too)."""
+def run_flood(
+    ip: str, filename: str, count: int, seed: int, deadline: float, rate: float = 0.0
+) -> dict[str, float]:
+    """Send ``count`` mutated datagrams, at most ``rate`` a second (0: as fast as the sockets
+    take them); answers are drained (and the ports they come from targeted too)."""
     senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]
     targets: list[tuple[str, int]] = [(ip, TFTP_PORT)]
     answers = sent = 0
@@ -127,8 +130,14 @@ def run_flood(ip: str, filename: str, count: int, seed: int, deadline: float) ->
         for sock in senders:
             sock.setblocking(False)
         for datagram in mutated_stream(filename, count, seed):
-            if sent % 256 == 0 and time.monotonic() > deadline:
-                break
+            if sent % 64 == 0:
+                now = time.monotonic()
+                if now > deadline:
+                    break
+                if rate > 0:
+                    ahead = began + sent / rate - now
+                    if ahead > 0:
+                        time.sleep(ahead)
             sock = senders[sent % len(senders)]
             # Mostly port 69; now and then a transfer port the server answered from.
             target = targets[0] if len(targets) == 1 or rng.random() < 0.8 else rng.choice(targets)
@@ -171,12 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("count", type=int)
     parser.add_argument("seed", type=int, nargs="?", default=1)
     parser.add_argument("--max-seconds", type=float, default=600.0)
+    parser.add_argument("--rate", type=float, default=0.0, help="datagrams a second (0: no limit)")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.max_seconds
     if args.mode == "oversized":
         counts: dict[str, float] = dict(run_oversized(args.ip, args.filename, args.count, deadline))
     else:
-        counts = run_flood(args.ip, args.filename, args.count, args.seed, deadline)
+        counts = run_flood(args.ip, args.filename, args.count, args.seed, deadline, args.rate)
     for key, value in counts.items():
         print(key, value, flush=True)
     return 0
@@ -184,3 +194,11 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def udp_counters(snmp: str) -> dict[str, int]:
+    """The ``Udp:`` counters of a ``/proc/net/snmp`` text (InDatagrams, RcvbufErrors...)."""
+    rows = [line.split()[1:] for line in snmp.splitlines() if line.startswith("Udp:")]
+    if len(rows) < 2:
+        return {}
+    return {name: int(value) for name, value in zip(rows[0], rows[1], strict=False)}

@@ -8,12 +8,15 @@ nothing a client sends may leak a transfer slot or lock real machines out.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from typing import ClassVar
 
 from twisted.trial.unittest import SynchronousTestCase
+
+from pxetwist.lab.tftpfuzz import udp_counters
 
 from .test_clients import LabTestCase, ServerLab, _require_tools
 
@@ -69,6 +72,53 @@ class OversizedRequestTests(LabTestCase):
         self.assertNotIn("undecodable control message", self.server.log_text())
         self.fetch("curl-1468", "small.bin")
         self.fetch("curl-512", "big.bin")
+
+
+class FloodTests(LabTestCase):
+    """20,000 mutated and malformed datagrams (bit flips, cuts, junk tails, giant option lists,
+    traversal names, noise, to port 69 and to the transfer ports that answer), then real
+    clients are served byte-identical, by the same server, with nothing logged as a crash."""
+
+    files: ClassVar[dict[str, int]] = {"big.bin": 200_000, "f.bin": 3_000}
+    tftp_options: ClassVar[str] = ", workers: 2, timeout: 0.2"
+    COUNT: ClassVar[int] = 20_000
+    RATE: ClassVar[int] = 4_000  # datagrams a second: the server keeps up on a loaded CI box
+
+    def udp(self) -> dict[str, int]:
+        return udp_counters(self.server.lab.run("srv", ["cat", "/proc/net/snmp"]).stdout)
+
+    def test_20000_mutated_datagrams_then_real_clients(self) -> None:
+        before = self.udp()
+        result = self.server.run(
+            [sys.executable, "-m", "pxetwist.lab.tftpfuzz", "flood", self.server.ip, "f.bin",
+             str(self.COUNT), "18", "--rate", str(self.RATE), "--max-seconds", "300"],
+            timeout=400,
+        )  # fmt: skip
+        self.assertEqual(result.returncode, 0, result.stderr)
+        counts = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+        self.assertEqual(counts["sent"], str(self.COUNT), result.stdout)
+        after = self.udp()
+        received = after["InDatagrams"] - before["InDatagrams"]
+        overflowed = after["RcvbufErrors"] - before["RcvbufErrors"]
+        closed = after["NoPorts"] - before["NoPorts"]  # to transfer ports already ended
+        if os.environ.get("PXETWIST_TIMINGS"):
+            print(
+                f"tftp flood: {result.stdout.split()} server took {received}, "
+                f"{closed} to closed ports, {overflowed} overflowed its buffers",
+                file=sys.stderr,
+            )
+        # The server read (nearly) every datagram sent to an open port: the test fuzzes the
+        # server, not the kernel's receive buffers.
+        self.assertGreater(received + closed, self.COUNT * 0.95, f"{before} {after}")
+        self.assertLess(overflowed, self.COUNT * 0.05, f"{before} {after}")
+        assert self.server.server is not None
+        self.assertIsNone(self.server.server.poll(), "the server died")
+        self.fetch("tftp-hpa", "big.bin")
+        self.fetch("curl-1468", "big.bin")
+        self.fetch("curl-512", "f.bin")
+        log = self.server.log_text()
+        for crash in ("Traceback", "Unhandled", "undecodable control message", "released twice"):
+            self.assertNotIn(crash, log)
 
 
 class ShutdownReportTests(SynchronousTestCase):
