@@ -160,6 +160,7 @@ class TftpServer:
     def abort_all(self, reason: str) -> None:
         for slot in self.table:
             slot.abort(reason)
+        self.table.close()
         mux, self._mux = self._mux, None
         if mux is not None:
             mux.close()

@@ -9,6 +9,7 @@ is bound.  ``stopService`` ends running transfers (the client gets ERROR 0) and 
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Final
 
 from twisted.application.service import Service
@@ -22,6 +23,7 @@ from pxetwist.context import IServerReactor, ServerContext, Settings, listening_
 from pxetwist.fdlimit import HEADROOM, raise_fd_limit
 from pxetwist.policy.render import ServingContext, serving_context
 from pxetwist.tftp.protocol import FileResolver, ServerSettings, TftpListener, TftpServer
+from pxetwist.tftp.sockets import enlarge_receive_buffer
 from pxetwist.tftp.workers import WorkerPool, default_worker_count
 
 log = Logger()
@@ -105,6 +107,9 @@ class TftpService(Service):
             port = self.reactor.listenUDP(
                 port_number, listener, interface=address, maxPacketSize=_MAX_PACKET
             )
+            sock = getattr(port, "socket", None)
+            if isinstance(sock, socket.socket):
+                enlarge_receive_buffer(sock)
             _, bound = listening_address(port)
             if bound != port_number:  # port 0: tests and benchmarks
                 listener.context = self._context(address, bound)

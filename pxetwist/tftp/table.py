@@ -43,6 +43,11 @@ TRANSFER_MESSAGE: Final = (
     "{detail}"
 )
 REQUEST_MESSAGE: Final = "tftp {verb} {file} from {client}:{port}: {reason}"
+REQUEST_LOG_LINES_PER_SECOND: Final = 50
+"""Refused and dropped requests logged one by one per second; past that, within the same second,
+their events still reach every observer (metrics and sessions count them all) but carry no log
+line, and one summary line per second says how many and why (a flood of junk must not become a
+flood of log)."""
 
 
 def _outcome(ended: Ended) -> Outcome:
@@ -114,10 +119,21 @@ class TransferSlot:
 class TransferTable:
     """Every accepted TFTP read request, by id and by (server address, client address)."""
 
-    def __init__(self, limit: int, reactor: Any, bus: BootEventBus) -> None:
+    def __init__(
+        self,
+        limit: int,
+        reactor: Any,
+        bus: BootEventBus,
+        log_lines_per_second: int = REQUEST_LOG_LINES_PER_SECOND,
+    ) -> None:
         self.limit = limit
         self.reactor = reactor
         self.bus = bus
+        self.log_lines_per_second = log_lines_per_second
+        self._window_start = -1.0
+        self._window_lines = 0
+        self._unlogged: dict[str, int] = {}
+        self._summary: Any = None
         self._by_id: dict[int, TransferSlot] = {}
         self._by_peer: dict[tuple[str, Address], TransferSlot] = {}
         self._next_id = 1
@@ -212,9 +228,18 @@ class TransferTable:
         """The request of ``slot`` (if it got one) is refused or dropped: release, report."""
         if slot is not None and not self._release(slot):
             return
+        now = self.reactor.seconds()
+        logged = self._within_budget(now)
+        if not logged:
+            key = (
+                f"{request.verb}: {request.reason}"
+                if request.code is None
+                else (f"{request.verb} (error {request.code})")
+            )
+            self._unlogged[key] = self._unlogged.get(key, 0) + 1
         self._emit(
             BootEvent(
-                time=self.reactor.seconds(),
+                time=now,
                 protocol=EventProtocol.TFTP,
                 stage=EventStage.TFTP_REQUEST,
                 outcome=request.outcome,
@@ -226,12 +251,46 @@ class TransferTable:
                     "code": request.code,
                     "verb": request.verb,
                 },
-                message=REQUEST_MESSAGE,
+                message=REQUEST_MESSAGE if logged else "",
                 level=request.level,
             )
         )
 
     # Reporting.
+
+    def _within_budget(self, now: float) -> bool:
+        """Whether this refusal gets its own log line (see :data:`REQUEST_LOG_LINES_PER_SECOND`)."""
+        if now - self._window_start >= 1.0:
+            self._window_start = now
+            self._window_lines = 0
+        self._window_lines += 1
+        if self._window_lines <= self.log_lines_per_second:
+            return True
+        if self._summary is None:
+            self._summary = self.reactor.callLater(
+                max(0.0, self._window_start + 1.0 - now), self._log_summary
+            )
+        return False
+
+    def _log_summary(self) -> None:
+        self._summary = None
+        unlogged, self._unlogged = self._unlogged, {}
+        total = sum(unlogged.values())
+        if total:
+            log.warn(
+                "tftp: {total} more requests refused or dropped in one second, over the "
+                "{budget} lines/s logged one by one: {counts}",
+                total=total,
+                budget=self.log_lines_per_second,
+                counts=", ".join(f"{n} {key}" for key, n in sorted(unlogged.items())),
+            )
+
+    def close(self) -> None:
+        """Stop the summary timer (the service is stopping)."""
+        summary, self._summary = self._summary, None
+        if summary is not None and summary.active():
+            summary.cancel()
+        self._log_summary()
 
     def _transfer_event(self, slot: TransferSlot, summary: TransferSummary) -> None:
         resolved = slot.resolved

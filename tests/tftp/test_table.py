@@ -192,6 +192,32 @@ class TableTests(SynchronousTestCase):
         )
 
 
+class LogBudgetTests(SynchronousTestCase):
+    def test_a_flood_of_refusals_is_summarised(self) -> None:
+        """Every refusal is an event (metrics count them all), but past the budget in one
+        second they carry no log line; one summary line says how many and why."""
+        recorder = Recorder()
+        table = TransferTable(10, recorder.clock, recorder.bus, log_lines_per_second=5)
+        logged: list[LogEvent] = []
+        self.patch(table_module, "log", Logger(observer=cast(ILogObserver, logged.append)))
+        for index in range(8):
+            table.refuse(None, RequestReport.of(PEER, f"f{index}", "no such file", code=1))
+        table.refuse(None, RequestReport.of(PEER, "junk", "too short", outcome=Outcome.DROPPED,
+                                            verb="dropped"))  # fmt: skip
+        self.assertEqual(len(recorder.events), 9)
+        self.assertEqual([bool(e.message) for e in recorder.events], [True] * 5 + [False] * 4)
+        self.assertEqual(logged, [])
+        recorder.clock.advance(1.0)
+        (summary,) = logged
+        self.assertEqual(
+            formatEvent(summary),
+            "tftp: 4 more requests refused or dropped in one second, over the 5 lines/s logged "
+            "one by one: 1 dropped: too short, 3 refused (error 1)",
+        )
+        table.refuse(None, RequestReport.of(PEER, "f", "no such file", code=1))
+        self.assertTrue(recorder.events[-1].message)  # a new second, a new budget
+
+
 class TableMachine(RuleBasedStateMachine):
     """Any order of claims, refusals, reports, duplicate reports and dying workers: every
     slot ends in exactly one event, the count never passes the limit, and ``busy`` is what
