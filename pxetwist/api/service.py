@@ -180,6 +180,9 @@ def api_service(context: ServerContext) -> ApiService:
 
     def started() -> None:
         hook_store()
+        reloader = getattr(holder[0].parent, "reloader", None)  # PxeService's Reloader
+        if reloader is not None and api_context.reloader is None:
+            api_context.reloader = reloader
         recorder = sibling("sessions")
         if isinstance(recorder, SessionRecorder):
             context.events.unsubscribe(recent)

@@ -9,7 +9,7 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 from pxetwist.config.model import Config, DhcpMode
-from pxetwist.context import IServerReactor, ServerContext
+from pxetwist.context import IServerReactor, ServerContext, Settings
 from pxetwist.dhcp.engine import PXE_PORT, SERVER_PORT, DhcpEngine, Interface
 from pxetwist.dhcp.leases import LeaseTable, Pool
 from pxetwist.dhcp.protocol import DhcpEndpoint
@@ -41,9 +41,11 @@ class DhcpService(Service):
     def __init__(self, context: ServerContext) -> None:
         self.context = context
         self.table = LeaseTable(pools_for(context.config))
+        self._started_with = context.config
         self.store: ILeaseStore | None = None
         self.readers: list[DatagramReader] = []
         self.endpoints: list[DhcpEndpoint] = []
+        context.live.subscribe(self._reloaded)
 
     @property
     def reactor(self) -> IServerReactor:
@@ -61,39 +63,105 @@ class DhcpService(Service):
             served.append(Interface(info.name, info.address.ip, info.address.network, info.mtu))
         return served
 
-    def privilegedStartService(self) -> None:
-        config = self.context.config
-        served = self._served()
+    def _engine(self, config: Config, served: list[Interface]) -> DhcpEngine:
         server_ids: list[IPv4Address] = [interface.address for interface in served]
         if config.server_address is not None:
             server_ids.append(config.server_address)
-        engine = DhcpEngine(config, self.table, server_ids)
+        return DhcpEngine(config, self.table, server_ids)
+
+    def _ports(self) -> list[int]:
+        # dhcp.mode and dhcp.boot_server are read at start: a reload does not change the ports
+        config = self._started_with
         ports = [SERVER_PORT] if config.dhcp.mode is not DhcpMode.OFF else []
         if config.dhcp.boot_server and config.dhcp.mode is not DhcpMode.OFF:
             ports.append(PXE_PORT)
+        return ports
+
+    def _open(self, interface: Interface, engine: DhcpEngine) -> None:
+        for port in self._ports():
+            sock = open_udp_socket(interface.name, port)
+            endpoint = DhcpEndpoint(
+                sock=sock,
+                interface=interface,
+                port=port,
+                engine=engine,
+                chain=self.context.chain,
+                store=self.store,
+                sightings=self.context.sightings,
+                clock=self.reactor,
+            )
+            self.endpoints.append(endpoint)
+            self.readers.append(DatagramReader(sock, endpoint.datagram_received))
+            log.info(
+                "dhcp ({mode}) listening on {interface} {address}:{port}",
+                mode=self._started_with.dhcp.mode.value,
+                interface=interface.name,
+                address=str(interface.address),
+                port=port,
+            )
+
+    def privilegedStartService(self) -> None:
+        config = self._started_with = self.context.config
+        served = self._served()
+        engine = self._engine(config, served)
         for interface in served:
-            for port in ports:
-                sock = open_udp_socket(interface.name, port)
-                endpoint = DhcpEndpoint(
-                    sock=sock,
-                    interface=interface,
-                    port=port,
-                    engine=engine,
-                    chain=self.context.chain,
-                    store=self.store,
-                    sightings=self.context.sightings,
-                    clock=self.reactor,
-                )
-                self.endpoints.append(endpoint)
-                self.readers.append(DatagramReader(sock, endpoint.datagram_received))
-                log.info(
-                    "dhcp ({mode}) listening on {interface} {address}:{port}",
-                    mode=config.dhcp.mode.value,
-                    interface=interface.name,
-                    address=str(interface.address),
-                    port=port,
-                )
+            self._open(interface, engine)
         super().privilegedStartService()
+
+    def _reloaded(self, old: Settings, new: Settings) -> None:
+        """A reload: the new config and chain answer the next packet; pools and reservations
+        are rebuilt with every lease and held offer carried over; sockets follow the served
+        interfaces.  Nothing is in flight between two packets: the engine hands its changes to
+        the store in the turn that made them, so the table can be swapped here."""
+        config = new.config
+        if pools_for(config) != pools_for(old.config):
+            table = LeaseTable(pools_for(config))
+            dropped = table.restore(list(self.table.leases()), self.reactor.seconds())
+            self.table = table
+            log.info(
+                "dhcp: pools rebuilt from the reloaded config; {dropped} leases are in no pool "
+                "now (their clients are NAKed at their next REQUEST)",
+                dropped=len(dropped),
+            )
+        served = self._served()
+        engine = self._engine(config, served)
+        for endpoint in self.endpoints:
+            endpoint.engine = engine
+            endpoint.chain = new.chain
+        if not self.endpoints and not self.running:
+            return
+        wanted = set(served)
+        for endpoint, reader in list(zip(self.endpoints, self.readers, strict=True)):
+            if endpoint.interface in wanted:
+                continue
+            self.endpoints.remove(endpoint)
+            self.readers.remove(reader)
+            self.reactor.removeReader(reader)
+            reader.socket.close()
+            log.info(
+                "dhcp: no longer listening on {interface} {address}:{port}",
+                interface=endpoint.interface.name,
+                address=str(endpoint.interface.address),
+                port=endpoint.port,
+            )
+        listening = {endpoint.interface for endpoint in self.endpoints}
+        before = set(self.readers)
+        for interface in served:
+            if interface in listening:
+                continue
+            try:
+                self._open(interface, engine)
+            except OSError as error:
+                log.error(
+                    "dhcp: cannot listen on {interface}: {error} (ports below 1024 need the "
+                    "privileges twistd dropped: restart to serve it)",
+                    interface=interface.name,
+                    error=str(error),
+                )
+        if self.running:
+            for reader in self.readers:
+                if reader not in before:
+                    self.reactor.addReader(reader)
 
     def startService(self) -> None:
         # The lease database is opened here, after twistd has dropped privileges (--uid/--gid),

@@ -35,7 +35,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
-from pxetwist.context import IServerReactor, ServerContext, listening_address
+from pxetwist.context import IServerReactor, ServerContext, Settings, listening_address
 from pxetwist.fdlimit import HEADROOM, raise_fd_limit
 from pxetwist.http.callback import BootDone
 from pxetwist.http.scripts import BootScripts, script_name
@@ -63,14 +63,17 @@ class HttpService(Service):
         self.context = context
         self.files = BootFiles(context.config.http.root, context.reactor)
         self.scripts = BootScripts(context)
+        self.root = BootRoot(self.scripts, self.files, BootDone(context))
         self.site = BootSite(
-            BootRoot(self.scripts, self.files, BootDone(context)),
+            self.root,
             context.reactor,
             events=context.events,
             sightings=context.sightings,
             limits=lambda: context.config.http,
         )
         self.ports: list[IListeningPort] = []
+        self._bound: dict[str, tuple[int, IListeningPort]] = {}  # address -> (port asked, port)
+        context.live.subscribe(self._reloaded)
 
     @property
     def reactor(self) -> IServerReactor:
@@ -84,20 +87,58 @@ class HttpService(Service):
         if not addresses:
             log.error("http: no interface with an IPv4 address to serve; HTTP is not served")
         for address in addresses:
-            port = self.reactor.listenTCP(
-                self.context.config.http.port,
-                cast(ServerFactory, self.site),  # Site's channel type: Twisted's stubs disagree
-                backlog=_BACKLOG,
-                interface=address,
-            )
-            self.ports.append(port)
-            log.info(
-                "http: serving {root} on {address}:{port}",
-                root=str(self.files.root),
-                address=address,
-                port=listening_address(port)[1],
-            )
+            self._listen(address)
         self._report_shadowed()
+
+    def _listen(self, address: str) -> None:
+        number = self.context.config.http.port
+        port = self.reactor.listenTCP(
+            number,
+            cast(ServerFactory, self.site),  # Site's channel type: Twisted's stubs disagree
+            backlog=_BACKLOG,
+            interface=address,
+        )
+        self.ports.append(port)
+        self._bound[address] = (number, port)
+        log.info(
+            "http: serving {root} on {address}:{port}",
+            root=str(self.files.root),
+            address=address,
+            port=listening_address(port)[1],
+        )
+
+    def _reloaded(self, old: Settings, new: Settings) -> None:
+        """A reload: the new root for the next requests, listeners for the interfaces served.
+
+        Downloads under way keep their connection and their open file: closing a listening
+        socket does not touch the connections it accepted.
+        """
+        if new.config.http.root != old.config.http.root:
+            self.files = BootFiles(new.config.http.root, self.reactor)
+            self.root.files = self.files
+        if not self.running:
+            return
+        number = new.config.http.port
+        wanted = list(dict.fromkeys(str(info.ip) for info in self.context.served))
+        for address, (asked, port) in list(self._bound.items()):
+            if address not in wanted or asked != number:
+                del self._bound[address]
+                self.ports.remove(port)
+                port.stopListening()
+                log.info(
+                    "http: no longer listening on {address}:{port}", address=address, port=asked
+                )
+        for address in wanted:
+            if address not in self._bound:
+                try:
+                    self._listen(address)
+                except Exception as error:
+                    log.error(
+                        "http: cannot listen on {address}:{port}: {error}",
+                        address=address,
+                        port=number,
+                        error=str(error),
+                    )
 
     def _report_shadowed(self) -> None:
         """Say which files under the root have names the generated scripts answer first."""
@@ -128,6 +169,7 @@ class HttpService(Service):
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         ports, self.ports = self.ports, []
+        self._bound.clear()
         return DeferredList([maybeDeferred(port.stopListening) for port in ports])
 
     @property

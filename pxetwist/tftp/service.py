@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 from typing import Any, Final
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IReactorFDSet, IReactorProcess
@@ -21,6 +22,7 @@ from pxetwist.bootconfig import BootConfigResolver
 from pxetwist.config.model import Config
 from pxetwist.context import IServerReactor, ServerContext, Settings, listening_address
 from pxetwist.fdlimit import HEADROOM, raise_fd_limit
+from pxetwist.netinfo import InterfaceInfo
 from pxetwist.policy.render import ServingContext, serving_context
 from pxetwist.tftp.protocol import FileResolver, ServerSettings, TftpListener, TftpServer
 from pxetwist.tftp.sockets import enlarge_receive_buffer
@@ -63,6 +65,7 @@ class TftpService(Service):
         )
         self.ports: list[IListeningPort] = []
         self._bound: list[tuple[TftpListener, int]] = []
+        self._listening: list[tuple[TftpListener, int, int, IListeningPort]] = []
         context.live.subscribe(self._reloaded)
 
     @property
@@ -74,10 +77,52 @@ class TftpService(Service):
 
     def _reloaded(self, old: Settings, new: Settings) -> None:
         """A reload: configs generated from now on point at the new ``server_address``, HTTP
-        port and roots.  Sockets, transfer limits and workers stay as they are until a restart;
-        the root files are read from and the policy chain are read per request anyway."""
+        port and roots; new requests negotiate with the new limits (block and window sizes,
+        timeout, retries, ``max_transfers``); listeners follow the interfaces served and the
+        port.  Transfers under way keep the limits and socket they started with.  Workers and
+        single-port mode stay as they are until a restart; the root files are read from and the
+        policy chain are read per request anyway."""
+        settings = attrs.evolve(
+            settings_from(new.config),
+            workers=self.settings.workers,
+            single_port=self.settings.single_port,
+        )
+        self.settings = self.server.settings = settings
+        self.server.table.limit = settings.max_transfers
         for listener, bound in self._bound:
+            listener.limits = settings.limits(listener.mtu)
             listener.context = self._context(listener.address, bound)
+        if self.ports:
+            self._rebind(new.config.tftp.port)
+
+    def _rebind(self, number: int) -> None:
+        wanted = {str(info.ip): info for info in self.context.served}
+        for listener, bound, asked, port in list(self._listening):
+            if listener.address in wanted and asked == number:
+                continue
+            self._listening.remove((listener, bound, asked, port))
+            self._bound.remove((listener, bound))
+            self.ports.remove(port)
+            if listener in self.server.listeners:
+                self.server.listeners.remove(listener)
+            port.stopListening()
+            log.info(
+                "tftp: no longer listening on {address}:{port}",
+                address=listener.address,
+                port=bound,
+            )
+        listening = {listener.address for listener, _, _, _ in self._listening}
+        for address, info in wanted.items():
+            if address not in listening:
+                try:
+                    self._listen(info, number)
+                except Exception as error:
+                    log.error(
+                        "tftp: cannot listen on {address}:{port}: {error}",
+                        address=address,
+                        port=number,
+                        error=str(error),
+                    )
 
     def _bind(self) -> None:
         if self.ports:
@@ -96,35 +141,39 @@ class TftpService(Service):
         if not served:
             log.error("tftp: no interface with an IPv4 address to serve; TFTP is not served")
         for info in served:
-            address = str(info.ip)
-            listener = TftpListener(
-                self.server,
-                address,
-                self._context(address, port_number),
-                mtu=info.mtu,
-                interface=info.name,
-            )
-            port = self.reactor.listenUDP(
-                port_number, listener, interface=address, maxPacketSize=_MAX_PACKET
-            )
-            sock = getattr(port, "socket", None)
-            if isinstance(sock, socket.socket):
-                enlarge_receive_buffer(sock)
-            _, bound = listening_address(port)
-            if bound != port_number:  # port 0: tests and benchmarks
-                listener.context = self._context(address, bound)
-            self.ports.append(port)
-            self._bound.append((listener, bound))
-            log.info(
-                "tftp: serving {root} on {address}:{port} ({interface}, mtu {mtu}, "
-                "blksize up to {blksize})",
-                root=str(self.context.config.tftp.root),
-                address=address,
-                port=bound,
-                interface=info.name,
-                mtu=info.mtu,
-                blksize=listener.limits.blksize_limit,
-            )
+            self._listen(info, port_number)
+
+    def _listen(self, info: InterfaceInfo, port_number: int) -> None:
+        address = str(info.ip)
+        listener = TftpListener(
+            self.server,
+            address,
+            self._context(address, port_number),
+            mtu=info.mtu,
+            interface=info.name,
+        )
+        port = self.reactor.listenUDP(
+            port_number, listener, interface=address, maxPacketSize=_MAX_PACKET
+        )
+        sock = getattr(port, "socket", None)
+        if isinstance(sock, socket.socket):
+            enlarge_receive_buffer(sock)
+        _, bound = listening_address(port)
+        if bound != port_number:  # port 0: tests and benchmarks
+            listener.context = self._context(address, bound)
+        self.ports.append(port)
+        self._bound.append((listener, bound))
+        self._listening.append((listener, bound, port_number, port))
+        log.info(
+            "tftp: serving {root} on {address}:{port} ({interface}, mtu {mtu}, "
+            "blksize up to {blksize})",
+            root=str(self.context.config.tftp.root),
+            address=address,
+            port=bound,
+            interface=info.name,
+            mtu=info.mtu,
+            blksize=listener.limits.blksize_limit,
+        )
 
     def privilegedStartService(self) -> None:
         self._bind()
@@ -157,6 +206,7 @@ class TftpService(Service):
         self.server.abort_all("server shutting down")
         ports, self.ports = self.ports, []
         self._bound.clear()
+        self._listening.clear()
         self.server.listeners.clear()
         return DeferredList(stopping + [maybeDeferred(port.stopListening) for port in ports])
 
