@@ -95,7 +95,9 @@ class ProtocolTableTests(SynchronousTestCase):
             "tftp: {{root: {base}}}\nhttp: {{root: {base}}}\n"
         )
         service = PxeService(setup, cast(IServerReactor, MemoryReactorClock()))
-        children = {child.name: child for child in service if child.name not in ("sessions", "control")}
+        children = {
+            child.name: child for child in service if child.name not in ("sessions", "control")
+        }
         self.assertEqual(set(children), {"tftp", "http"})
         for child in children.values():
             self.assertIs(child.context, service.context)

@@ -68,6 +68,7 @@ class ReloaderTests(SynchronousTestCase):
     def test_reload_swaps_config_and_chain_and_keeps_the_gate(self) -> None:
         gate = self.context.chain.gate
         self.assertIsNotNone(gate)
+        self.assertEqual([info.name for info in self.context.interfaces], ["lo"])
         self.write(kernel="two/linux")
         summary = self.service.reloader.reload_now()
         self.assertEqual(self.context.config.machines[0].profile.kernel, "two/linux")

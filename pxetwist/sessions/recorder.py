@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from pxetwist.config.model import Config
-from pxetwist.context import ServerContext, Settings
+from pxetwist.context import ServerContext
 from pxetwist.events import BootEventBus
 from pxetwist.policy.sightings import SightingRegistry
 from pxetwist.sessions.attribution import Attribution
@@ -225,7 +225,7 @@ def recorder_for(context: ServerContext) -> SessionRecorder:
     recorder = SessionRecorder(context.config, context.events, context.sightings, context.reactor)
     current = context.live.current
     context.live.replace(
-        Settings(current.config, attrs.evolve(current.chain, gate=recorder.bootonce.gate))
+        attrs.evolve(current, chain=attrs.evolve(current.chain, gate=recorder.bootonce.gate))
     )
     context.live.subscribe(lambda old, new: recorder.configure(new.config))
     return recorder
