@@ -211,7 +211,8 @@ def _monitor_chain(context: ServerContext, metrics: BootMetrics) -> None:
     def monitored(settings: Settings) -> Settings | None:
         if settings.chain.monitor is monitor:
             return None
-        return Settings(settings.config, attrs.evolve(settings.chain, monitor=monitor))
+        # evolve: the settings carry more than config and chain (the served interfaces)
+        return attrs.evolve(settings, chain=attrs.evolve(settings.chain, monitor=monitor))
 
     first = monitored(context.live.current)
     if first is not None:
