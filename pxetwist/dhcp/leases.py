@@ -14,9 +14,16 @@ Rules (protocol-reference §1.4, §1.7; RFC 2131 §4.3):
   A PXE ROM (no 61) and then iPXE (61 = 01 + MAC) therefore keep one address.
 * A client holds at most one record per pool: whenever an address is offered or bound to a
   client, every other record in that pool the same request would match is removed.
-* An address is unavailable to other clients while its record is OFFERED or BOUND and unexpired
-  (an offer is a hold: Raspberry Pi firmware uses an offered address without ever sending a
-  REQUEST), or DECLINED and still in quarantine. Reserved addresses go to their MAC only.
+* An address is unavailable to other clients while its record is BOUND and unexpired, or
+  DECLINED and still in quarantine. Reserved addresses go to their MAC only.
+* An offer is not a lease: an OFFERED address is held for its client (Raspberry Pi firmware uses
+  an offered address without ever sending a REQUEST), but only until the pool has nothing else.
+  Then the oldest held offer is taken back for the new client, before any DISCOVER is told "no
+  free address" (issue 18: a burst of DISCOVERs from random MACs must not starve a small pool).
+* Machines the config does not list ("unknown" MACs) may hold at most ``Pool.unknown_limit``
+  addresses of the range at once, offered or bound, so that a flood of strangers cannot take
+  the last addresses that listed machines without a reservation need.  An unknown client at the
+  limit can only take back another unknown client's offer.
 
 Allocation is amortised O(1)/O(log n) whatever the pool size: a cursor walks the never-used
 addresses of the range once, and a heap of "free from" times per pool returns expired, released
@@ -117,6 +124,11 @@ class Pool:
         factory=dict, converter=_reservation_map
     )  # may be inside or outside the range, never outside the network
     excluded: frozenset[IPv4Address] = frozenset()
+    #: MACs of the machines the config lists; every other client is "unknown".
+    known: frozenset[MacAddress] = frozenset()
+    #: At most this many addresses of the range held (offered or bound) by unknown clients at
+    #: once; None: no limit (``dhcp.subnets[].unknown_limit``).
+    unknown_limit: int | None = None
 
     def __attrs_post_init__(self) -> None:
         if (self.first is None) != (self.last is None):
@@ -155,12 +167,15 @@ class _PoolState:
         "network",
         "network_first",
         "network_last",
+        "offers",
         "pool",
         "rebuild_at",
         "recycle",
         "reserved_address",
         "reserved_mac",
         "size",
+        "unknown",
+        "unknown_expiry",
         "unusable",
     )
 
@@ -199,6 +214,12 @@ class _PoolState:
         self.cursor = self.lo
         self.recycle: list[tuple[float, int]] = []  # (free from, address), a min-heap
         self.rebuild_at = 1024  # heap length at which stale entries are swept out
+        # Dynamic addresses with an OFFERED record, oldest offer first (an ordered set).
+        self.offers: dict[int, None] = {}
+        # Dynamic addresses held (offered or bound) by unknown clients -> until when, and a
+        # min-heap of (expires, address) to drop the ones that ran out (stale entries allowed).
+        self.unknown: dict[int, float] = {}
+        self.unknown_expiry: list[tuple[float, int]] = []
 
     def dynamic(self, address: int) -> bool:
         """In the range, and neither excluded nor reserved: anyone's to have."""
@@ -365,6 +386,8 @@ class LeaseTable:
         _require_identity(client_id, mac)
         self._latest_now = max(self._latest_now, now)
         state = self._state(network)
+        # An unknown client at its pool's limit may only have what it holds already.
+        limited = self._at_unknown_limit(state, mac, now)
         chosen: int | None = None
         if mac is not None:
             reserved = state.reserved_address.get(mac)
@@ -373,14 +396,20 @@ class LeaseTable:
         if chosen is None:
             current = self._lookup(state, client_id, mac, now)
             # The lookup only returns records of this client: its address is its to take back.
-            if current is not None and state.valid_for(int(current.address), mac):
+            if (
+                current is not None
+                and state.valid_for(int(current.address), mac)
+                and (not limited or current.is_active(now))
+            ):
                 chosen = int(current.address)
-        if chosen is None and requested is not None and requested in network:
+        if chosen is None and requested is not None and requested in network and not limited:
             wanted = int(requested)
             if state.valid_for(wanted, mac) and self._available(state, wanted, client_id, mac, now):
                 chosen = wanted
         if chosen is None:
-            chosen = self._allocate(state, now)
+            chosen = self._reclaim(state, now, unknown_only=True) if limited else None
+            if chosen is None and not limited:
+                chosen = self._allocate(state, now)
             if chosen is None:
                 return None
         others = self._others(state, chosen, client_id, mac)
@@ -434,8 +463,10 @@ class LeaseTable:
         """Bind ``address`` to the client for ``lease_time`` seconds (a REQUEST), or None (NAK).
 
         Allowed when the address is in the pool's range or reserved for this MAC, and is free
-        or already this client's. The client's other records in the pool are removed: a client
-        uses one address per subnet. ``lease_time`` may be ``math.inf``.
+        or already this client's (an address offered to another client is not: the REQUEST
+        came too late); an unknown client at the pool's ``unknown_limit`` only gets what it
+        holds already.  The client's other records in the pool are removed: a client uses one
+        address per subnet. ``lease_time`` may be ``math.inf``.
         """
         _require_identity(client_id, mac)
         self._latest_now = max(self._latest_now, now)
@@ -445,6 +476,10 @@ class LeaseTable:
         a = int(address)
         if not state.valid_for(a, mac) or not self._available(state, a, client_id, mac, now):
             return None
+        if self._at_unknown_limit(state, mac, now):
+            held = state.leases.get(a)
+            if held is None or not held.is_active(now) or not held.matches(client_id, mac):
+                return None  # it would be one more address for an unknown client
         others = self._others(state, a, client_id, mac)
         existing = state.leases.get(a)
         if hostname is None and existing is not None and existing.matches(client_id, mac):
@@ -616,8 +651,50 @@ class LeaseTable:
             return None
         return state, lease
 
+    def _at_unknown_limit(self, state: _PoolState, mac: MacAddress | None, now: float) -> bool:
+        """Whether a client with ``mac`` is unknown and its pool's unknown clients hold their
+        ``unknown_limit`` of addresses already."""
+        limit = state.pool.unknown_limit
+        if limit is None or (mac is not None and mac in state.pool.known):
+            return False
+        held = state.unknown
+        if len(held) < limit:
+            return False
+        heap = state.unknown_expiry
+        while heap and heap[0][0] <= now:
+            expires, a = heapq.heappop(heap)
+            if held.get(a) == expires:
+                del held[a]
+        return len(held) >= limit
+
+    def unknown_held(self, network: IPv4Network, now: float) -> int:
+        """How many addresses of the pool unknown clients hold (offered or bound) at ``now``."""
+        state = self._state(network)
+        return sum(
+            1
+            for a in state.unknown
+            if (lease := state.leases.get(a)) is not None and lease.is_active(now)
+        )
+
+    def _reclaim(self, state: _PoolState, now: float, *, unknown_only: bool) -> int | None:
+        """The address of the oldest offer still held, taken back for another client.
+
+        With ``unknown_only``, only an offer to an unknown client (see the module docstring).
+        """
+        leases = state.leases
+        unknown = state.unknown
+        for a in state.offers:
+            lease = leases.get(a)
+            if lease is None or lease.state is not LeaseState.OFFERED or lease.expires <= now:
+                continue
+            if unknown_only and a not in unknown:
+                continue
+            return a
+        return None
+
     def _allocate(self, state: _PoolState, now: float) -> int | None:
-        """A never-used address, else the one free the longest; None when the pool is full."""
+        """A never-used address, else the one free the longest, else the oldest held offer;
+        None when every address is bound, reserved or in quarantine."""
         leases = state.leases
         while state.cursor <= state.hi:
             a = state.cursor
@@ -633,13 +710,31 @@ class LeaseTable:
             if lease is None or lease.expires <= now or lease.state is LeaseState.RELEASED:
                 return a
             # Taken again since this entry was pushed; the new holder pushed its own entry.
-        return None
+        return self._reclaim(state, now, unknown_only=False)
 
     def _put(self, state: _PoolState, address: int, lease: Lease, *, persist: bool) -> None:
         old = state.leases.get(address)
         if old is not None:
             self._unindex(state, address, old)
         state.leases[address] = lease
+        offered = lease.state is LeaseState.OFFERED
+        if offered or (old is not None and old.state is LeaseState.OFFERED):
+            state.offers.pop(address, None)
+            if offered and state.dynamic(address):
+                state.offers[address] = None  # the newest offer goes last
+        if state.pool.unknown_limit is not None:
+            if lease.state in _HOLDING and (lease.mac is None or lease.mac not in state.pool.known):
+                if state.dynamic(address):
+                    state.unknown[address] = lease.expires
+                    if not math.isinf(lease.expires):
+                        heapq.heappush(state.unknown_expiry, (lease.expires, address))
+                        if len(state.unknown_expiry) > 2 * len(state.unknown) + 1024:
+                            state.unknown_expiry = [
+                                (e, a) for a, e in state.unknown.items() if not math.isinf(e)
+                            ]
+                            heapq.heapify(state.unknown_expiry)
+            else:
+                state.unknown.pop(address, None)
         if lease.state is not LeaseState.DECLINED:
             if lease.client_id is not None:
                 state.by_client_id[lease.client_id] = address
@@ -656,6 +751,8 @@ class LeaseTable:
         if old is None:
             return
         self._unindex(state, address, old)
+        state.offers.pop(address, None)
+        state.unknown.pop(address, None)
         self._push(state, now, address)
         self._changes.pop(address, None)
         self._changes[address] = removal(old.address, state.network, now)

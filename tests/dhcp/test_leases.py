@@ -131,14 +131,40 @@ class OfferTests(SynchronousTestCase):
         self.assertEqual(again.address, first.address)
         self.assertEqual(again.expires, NOW + 4 + HOLD)
 
-    def test_nobody_else_gets_a_held_offer(self) -> None:
-        table = make_table(10, 11)
+    def test_nobody_else_gets_a_held_offer_while_the_pool_has_others(self) -> None:
+        table = make_table(10, 12)
         first = table.offer(None, mac(1), NET, None, NOW, HOLD)
         second = table.offer(None, mac(2), NET, None, NOW, HOLD)
         assert first is not None and second is not None
         self.assertNotEqual(first.address, second.address)
-        self.assertIsNone(table.offer(None, mac(3), NET, first.address, NOW + HOLD - 1, HOLD))
-        self.assertIsNone(table.bind(None, mac(3), first.address, NET, NOW + 1, LEASE))
+        third = table.offer(None, mac(3), NET, first.address, NOW + HOLD - 1, HOLD)
+        assert third is not None
+        self.assertEqual(third.address, ip(12))
+        self.assertIsNone(table.bind(None, mac(4), first.address, NET, NOW + 1, LEASE))
+
+    def test_a_full_pool_takes_back_the_oldest_offer(self) -> None:
+        """Issue 18 defect 2: an offer is not a lease; held offers are reclaimed oldest first
+        before a DISCOVER is told "no free address", and a binding never is."""
+        table = make_table(10, 12)
+        bound = dora(table, mac(1))
+        older = table.offer(None, mac(2), NET, None, NOW + 1, HOLD)
+        newer = table.offer(None, mac(3), NET, None, NOW + 2, HOLD)
+        assert older is not None and newer is not None
+        taken = table.offer(None, mac(4), NET, None, NOW + 3, HOLD)
+        assert taken is not None
+        self.assertEqual(taken.address, older.address)
+        self.assertEqual(table.find_address(older.address, NOW + 3), taken)
+        # The client whose offer was taken back is NAKed if it REQUESTs it late...
+        self.assertIsNone(table.bind(None, mac(2), older.address, NET, NOW + 4, LEASE))
+        # ...and the next full-pool DISCOVER takes the next oldest offer, never the binding.
+        again = table.offer(None, mac(5), NET, None, NOW + 5, HOLD)
+        assert again is not None
+        self.assertEqual(again.address, newer.address)
+        self.assertEqual(table.find_address(bound.address, NOW + 5), bound)
+        self.assertIsNotNone(table.bind(None, mac(4), taken.address, NET, NOW + 6, LEASE))
+        # Only bindings left: nothing to give.
+        table.bind(None, mac(5), again.address, NET, NOW + 6, LEASE)
+        self.assertIsNone(table.offer(None, mac(6), NET, None, NOW + 7, HOLD))
 
     def test_an_offer_not_taken_returns_to_the_pool(self) -> None:
         table = make_table(10, 10)
@@ -424,9 +450,13 @@ class ReleaseDeclineTests(SynchronousTestCase):
         again = table.offer(None, mac(1), NET, bound.address, NOW + 2, HOLD)
         assert again is not None
         self.assertNotEqual(again.address, bound.address)
-        self.assertIsNone(table.offer(None, mac(2), NET, None, NOW + 2, HOLD))
+        # The only other address is mac(1)'s offer: taken back, the quarantine never is.
+        taken = table.offer(None, mac(2), NET, None, NOW + 2, HOLD)
+        assert taken is not None
+        self.assertEqual(taken.address, again.address)
         self.assertIsNone(table.bind(None, mac(2), bound.address, NET, NOW + 2, LEASE))
-        self.assertEqual(dora(table, mac(2), NOW + 601).address, bound.address)
+        self.assertEqual(dora(table, mac(2), NOW + 601).address, taken.address)  # its own
+        self.assertEqual(dora(table, mac(3), NOW + 601).address, bound.address)
 
     def test_forget_offer(self) -> None:
         """RFC 2131 §4.3.2: the client chose another server; its offer is free at once."""
@@ -471,7 +501,9 @@ class ChangesTests(SynchronousTestCase):
         # Serving goes on: the offer was lost, the remaining address and then the released
         # one are handed out, mac(2) still gets its previous address back.
         self.assertEqual(dora(restarted, mac(2), NOW + 3).address, released.address)
-        self.assertIsNotNone(restarted.offer(None, mac(5), NET, None, NOW + 3, HOLD))
+        last = restarted.offer(None, mac(5), NET, None, NOW + 3, HOLD)
+        assert last is not None
+        restarted.bind(None, mac(5), last.address, NET, NOW + 3, LEASE)
         self.assertIsNone(restarted.offer(None, mac(6), NET, None, NOW + 3, HOLD))
 
     def test_restore_rehomes_and_reports_leases_outside_every_pool(self) -> None:
