@@ -12,15 +12,17 @@ observers must be cheap and must not block (anything slow belongs behind a queue
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from ipaddress import IPv4Address
 from types import MappingProxyType
 from typing import Final
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 from zope.interface import Interface, implementer
 
+from pxetwist.logbudget import LogBudget
 from pxetwist.policy.values import MacAddress
 
 log = Logger()
@@ -61,6 +63,9 @@ class EventStage(enum.Enum):
     INFORM = "inform"
     # the PXE boot server on port 4011 (protocol-reference §3)
     BOOT_SERVER = "boot-server"
+    # a datagram that is no request this protocol serves: malformed, a BOOTP request, another
+    # message type; dropped or ignored, ``details["reason"]`` says why (mac is usually None)
+    INVALID = "invalid"
     # TFTP: a read request refused before a transfer started, or a transfer's end
     TFTP_REQUEST = "tftp-request"
     TFTP_TRANSFER = "tftp-transfer"
@@ -74,8 +79,41 @@ class EventStage(enum.Enum):
     OS_UP = "os-up"
 
 
+class LazyDetails(Mapping[str, object]):
+    """Event details worked out only when an observer first reads them, then kept.
+
+    A busy DHCP server emits an event per packet, and most of them are only counted (the log
+    budget is spent, nobody else looks at the details): formatting addresses and names for
+    each would cost more than answering the packet.  ``make`` must return the same facts
+    whenever it is called; the result is frozen like any other event's details.
+    """
+
+    __slots__ = ("_make", "_value")
+
+    def __init__(self, make: Callable[[], Mapping[str, object]]) -> None:
+        self._make: Callable[[], Mapping[str, object]] | None = make
+        self._value: Mapping[str, object] | None = None
+
+    def _details(self) -> Mapping[str, object]:
+        value = self._value
+        if value is None:
+            assert self._make is not None
+            value = self._value = MappingProxyType(dict(self._make()))
+            self._make = None
+        return value
+
+    def __getitem__(self, key: str) -> object:
+        return self._details()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._details())
+
+    def __len__(self) -> int:
+        return len(self._details())
+
+
 def _frozen_details(value: Mapping[str, object]) -> Mapping[str, object]:
-    if isinstance(value, MappingProxyType):
+    if isinstance(value, MappingProxyType | LazyDetails):
         return value
     return MappingProxyType(dict(value))
 
@@ -181,16 +219,35 @@ class LogObserver:
     """Writes each event as the readable log line its protocol used to write itself.
 
     Lines go to ``pxetwist.<protocol>`` namespaces so that log filters keep working.  Events with
-    no message (pure bookkeeping) are not logged.
+    no message (pure bookkeeping) are not logged.  Given a ``clock``, each protocol's lines are
+    held to a :class:`~pxetwist.logbudget.LogBudget` of ``lines`` per ``interval`` (the
+    config's ``log_budget``): a flood of requests is summed up, not written line by line.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, clock: IReactorTime | None = None, *, lines: int = 1000, interval: float = 1.0
+    ) -> None:
         self._loggers = {
             protocol: Logger(namespace=f"pxetwist.{protocol.value}") for protocol in EventProtocol
         }
+        self._budgets: dict[EventProtocol, LogBudget] = {}
+        if clock is not None and lines:
+            self._budgets = {
+                protocol: LogBudget(
+                    clock, lines=lines, interval=interval, logger=logger, what=protocol.name
+                )
+                for protocol, logger in self._loggers.items()
+            }
 
     def __call__(self, event: BootEvent) -> None:
         if not event.message:
+            return
+        budget = self._budgets.get(event.protocol)
+        if budget is not None and not budget.admit(
+            f"{event.stage.value} {event.outcome.value}",
+            event.time,
+            warn=event.level >= LogLevel.warn,
+        ):
             return
         self._loggers[event.protocol].emit(
             event.level,

@@ -1,9 +1,11 @@
 """``pxetwist explain``: what would pxetwist answer this machine, and why?
 
 It loads the same config and policy plugins as the server, builds the DHCP request a client of
-the given kind sends (or decodes a captured one), runs the policy chain and the DHCP engine, and
-prints the deciding policy, its reason, and every field of each reply, without any network I/O.
-In proxy mode a UEFI client's follow-up REQUEST to port 4011 is answered too.
+the given kind sends (or takes a captured one), and puts it through the very path a datagram
+takes in the server: :meth:`DhcpEngine.receive`, the policy chain, :meth:`DhcpEngine.answer`.
+It prints the deciding policy, its reason, and every field of each reply as encoded for the
+wire, without any network I/O.  In proxy mode a UEFI client's follow-up REQUEST to port 4011 is
+answered too.
 """
 
 from __future__ import annotations
@@ -18,20 +20,31 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from twisted.internet.task import Clock
 
 from pxetwist.config import ConfigError, load_config
 from pxetwist.config.model import Config, DhcpMode
-from pxetwist.dhcp.engine import PXE_PORT, DhcpEngine, Incoming, Interface, Outcome
+from pxetwist.dhcp.engine import (
+    PXE_PORT,
+    SERVER_PORT,
+    DhcpEngine,
+    Exchange,
+    Interface,
+    Outcome,
+    pools_for,
+)
 from pxetwist.dhcp.leases import LeaseTable
 from pxetwist.dhcp.options import MessageType, OptionCode, encode_arches
-from pxetwist.dhcp.packet import DhcpPacket, MalformedPacket, decode
-from pxetwist.dhcp.service import pools_for
+from pxetwist.dhcp.packet import DhcpPacket, MalformedPacket, decode, encode
 from pxetwist.nfs.exports import explain_exports
+from pxetwist.policy.chain import PolicyChain, decide_offline
 from pxetwist.policy.placeholders import expand_nfs, expand_placeholders
 from pxetwist.policy.plugins import PluginError, build_policies
 from pxetwist.policy.reach import client_fetches, serving_context
 from pxetwist.policy.values import InvalidMacAddress, MacAddress
-from pxetwist.testing import run_chain
+
+#: Budget for encoding a client packet given as a value: a request is never trimmed.
+_ANY_SIZE = 65507
 
 _NAMES = {int(code): code.name.lower().replace("_", "-") for code in OptionCode}
 
@@ -108,28 +121,27 @@ def _is_text(value: bytes) -> bool:
 
 def explain(
     config: Config,
-    packet: DhcpPacket,
+    packet: DhcpPacket | bytes,
     *,
     server: IPv4Address,
     network: IPv4Network,
     mode: DhcpMode | None = None,
 ) -> dict[str, Any]:
-    """Run one request through policy chain and engine; return what would be sent."""
+    """Run one request (a packet, or a captured datagram) through the server's DHCP path."""
     if mode is not None:
         config = attrs.evolve(config, dhcp=attrs.evolve(config.dhcp, mode=mode))
-    policies = build_policies(config)
+    clock = Clock()
+    chain = PolicyChain(tuple(build_policies(config)), clock, config.policy.timeout)
     engine = DhcpEngine(config, LeaseTable(pools_for(config)), [server])
     interface = Interface("explain", server, network)
-    steps: list[dict[str, Any]] = []
-    incoming = Incoming(packet, interface, ("0.0.0.0", 68), 67, True)
-    steps.append(_step(engine, policies, incoming))
+    data = packet if isinstance(packet, bytes) else encode(packet, max_size=_ANY_SIZE)
+    first = _step(engine, chain, clock, data, interface, SERVER_PORT, ("0.0.0.0", 68), True)
+    steps = [first]
     context = serving_context(config, str(server))
-    for step in steps[:1]:
-        request = step["request"]
-        step["fetches"] = (
-            client_fetches(step["decision"], request, context) if request is not None else []
-        )
-    first = steps[0]
+    request = first["request"]
+    first["fetches"] = (
+        client_fetches(first["decision"], request, context) if request is not None else []
+    )
     offer = first["outcome"].replies[0].packet if first["outcome"].replies else None
     if (
         config.dhcp.mode is DhcpMode.PROXY
@@ -137,18 +149,18 @@ def explain(
         and offer.get(OptionCode.VENDOR_CLASS) == b"PXEClient"
         and offer.get(OptionCode.VENDOR_SPECIFIC) is None
     ):
+        sent = first["exchange"].incoming.packet
         follow_up = attrs.evolve(
-            packet,
+            sent,
             ciaddr=IPv4Address(int(network.network_address) + 100),
             options=tuple(
                 (code, bytes((MessageType.REQUEST,)) if code == OptionCode.MESSAGE_TYPE else value)
-                for code, value in packet.options
+                for code, value in sent.options
             ),
         )
         client = (str(follow_up.ciaddr), PXE_PORT)
-        steps.append(
-            _step(engine, policies, Incoming(follow_up, interface, client, PXE_PORT, False))
-        )
+        data = encode(follow_up, max_size=_ANY_SIZE)
+        steps.append(_step(engine, chain, clock, data, interface, PXE_PORT, client, False))
     return {"steps": steps, "nfs": _nfs(config, steps, server)}
 
 
@@ -210,22 +222,53 @@ def _render_nfs(nfs: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _step(engine: DhcpEngine, policies: Any, incoming: Incoming) -> dict[str, Any]:
-    request = engine.boot_request(incoming)
-    decision = run_chain(policies, request) if request is not None else None
-    outcome: Outcome = engine.handle(incoming, request, decision, 0.0)
-    return {"incoming": incoming, "request": request, "decision": decision, "outcome": outcome}
+def _step(
+    engine: DhcpEngine,
+    chain: PolicyChain,
+    clock: Clock,
+    data: bytes,
+    interface: Interface,
+    port: int,
+    source: tuple[str, int],
+    to_broadcast: bool,
+) -> dict[str, Any]:
+    """What the server's DHCP endpoint does with one datagram, minus the sockets."""
+    received = engine.receive(
+        data, interface=interface, port=port, source=source, to_broadcast=to_broadcast, now=0.0
+    )
+    if isinstance(received, Outcome):
+        return {
+            "exchange": None,
+            "request": None,
+            "decision": None,
+            "port": port,
+            "outcome": received,
+        }
+    exchange = received
+    if received.request is not None:
+        exchange = received.decided(decide_offline(chain, received.request, clock))
+    return {
+        "exchange": exchange,
+        "request": exchange.request,
+        "decision": exchange.decision,
+        "port": port,
+        "outcome": engine.answer(exchange, 0.0),
+    }
 
 
 def render_text(result: dict[str, Any]) -> str:
     lines: list[str] = []
     for step in result["steps"]:
-        incoming: Incoming = step["incoming"]
-        request = step["request"]
-        decision = step["decision"]
+        exchange: Exchange | None = step["exchange"]
         outcome: Outcome = step["outcome"]
-        kind = incoming.packet.message_type
-        lines.append(f"request: {kind.name if kind else '?'} to port {incoming.local_port}")
+        if exchange is None:
+            lines.append(f"request: not a DHCP request to port {step['port']}")
+            lines.append(f"outcome: {outcome.verdict.value}: {outcome.reason}")
+            lines.append("")
+            continue
+        request, decision = exchange.request, exchange.decision
+        kind = exchange.incoming.packet.message_type
+        lines.append(f"request: {kind.name if kind else '?'} to port {step['port']}")
         if request is not None:
             arch = request.arch
             lines.append(
@@ -253,12 +296,12 @@ def render_text(result: dict[str, Any]) -> str:
                 else:
                     lines.append(f"  UNREACHABLE for {fetch.loader}: {fetch.what}: {fetch.problem}")
         lines.append(f"outcome: {outcome.verdict.value}: {outcome.reason}")
-        for reply in outcome.replies:
+        for datagram in outcome.datagrams:
             lines.append(
-                f"reply to {reply.address}:{reply.port}"
-                + (f" after {reply.delay}s" if reply.delay else "")
+                f"reply to {datagram.address}:{datagram.port}"
+                + (f" after {datagram.delay}s" if datagram.delay else "")
             )
-            lines.extend(describe_packet(reply.packet))
+            lines.extend(describe_packet(decode(datagram.data)))
         lines.append("")
     lines.extend(_render_nfs(result.get("nfs", {})))
     return "\n".join(lines).rstrip() + "\n"
@@ -268,10 +311,11 @@ def render_json(result: dict[str, Any]) -> str:
     steps = []
     for step in result["steps"]:
         outcome: Outcome = step["outcome"]
-        decision = step["decision"]
+        exchange: Exchange | None = step["exchange"]
+        decision = exchange.decision if exchange is not None else None
         steps.append(
             {
-                "port": step["incoming"].local_port,
+                "port": step["port"],
                 "policy": decision.policy if decision else None,
                 "action": decision.action.value if decision else None,
                 "reason": decision.reason if decision else None,
@@ -288,12 +332,13 @@ def render_json(result: dict[str, Any]) -> str:
                 ],
                 "replies": [
                     {
-                        "address": str(reply.address),
-                        "port": reply.port,
-                        "hex": reply.wire().hex(),
+                        "address": str(datagram.address),
+                        "port": datagram.port,
+                        "hex": datagram.data.hex(),
                     }
-                    for reply in outcome.replies
+                    for datagram in outcome.datagrams
                 ],
+                "event": outcome.event.as_json() if outcome.event is not None else None,
             }
         )
     nfs = result.get("nfs") or {}
@@ -335,8 +380,10 @@ def run(args: argparse.Namespace) -> int:
     path = args.config or default_config_path()
     try:
         config = load_config(path)
+        packet: DhcpPacket | bytes
         if args.packet:
-            packet = decode(bytes.fromhex("".join(args.packet.split())))
+            packet = bytes.fromhex("".join(args.packet.split()))
+            decode(packet)  # a clear error now, not an "invalid" step
         else:
             if not args.mac:
                 raise SystemExit("pxetwist explain: give --mac (or --packet)")

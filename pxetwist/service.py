@@ -76,7 +76,11 @@ class PxeService(MultiService):
             reactor,
             interfaces=setup.interfaces,
         )
-        self.context.events.subscribe(LogObserver())
+        # Per-request lines within the config's log budget (read at start; not reloaded).
+        budget = config.log_budget
+        self.context.events.subscribe(
+            LogObserver(reactor, lines=budget.lines, interval=budget.interval)
+        )
         # Sessions and boot once first: the boot-once gate goes on the chain before any
         # protocol asks it, and the store is open before the first packet.
         self.recorder = recorder_for(self.context)

@@ -14,13 +14,12 @@ from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
 from pxetwist.config import Config, parse_config
-from pxetwist.policy.chain import PolicyChain
+from pxetwist.policy.chain import PolicyChain, decide_offline
 from pxetwist.policy.decision import BootDecision
 from pxetwist.policy.interfaces import IBootPolicy, IBootPolicyFactory
 from pxetwist.policy.request import BootRequest
@@ -112,15 +111,7 @@ def run_chain(
         for item in policies  # type: ignore[union-attr]
     ]
     clock = clock or Clock()
-    chain = PolicyChain(named, clock, timeout)
-    results: list[BootDecision | None] = []
-    failures: list[object] = []
-    deferred: Deferred[BootDecision | None] = chain.decide(request)
-    deferred.addCallbacks(results.append, failures.append)
-    while not results and not failures and clock.getDelayedCalls():
-        clock.advance(min(call.getTime() for call in clock.getDelayedCalls()) - clock.seconds())
-    if failures:
-        raise AssertionError(f"the chain failed: {failures[0]}")
-    if not results:
-        raise AssertionError("the chain never answered (a Deferred that never fires?)")
-    return results[0]
+    try:
+        return decide_offline(PolicyChain(named, clock, timeout), request, clock)
+    except RuntimeError as error:
+        raise AssertionError(str(error)) from error

@@ -34,13 +34,17 @@ from twisted.internet import reactor as _reactor  # noqa: E402
 from twisted.logger import globalLogBeginner, textFileLogObserver  # noqa: E402
 
 from pxetwist.config.load import parse_config  # noqa: E402
-from pxetwist.dhcp.engine import DhcpEngine, Interface  # noqa: E402
+from pxetwist.dhcp.engine import (  # noqa: E402
+    DhcpEngine,
+    Interface,
+    pools_for,
+)
 from pxetwist.dhcp.leases import LeaseTable  # noqa: E402
 from pxetwist.dhcp.options import MessageType, OptionCode  # noqa: E402
 from pxetwist.dhcp.packet import DhcpPacket, decode, encode  # noqa: E402
 from pxetwist.dhcp.protocol import DhcpEndpoint  # noqa: E402
-from pxetwist.dhcp.service import pools_for  # noqa: E402
 from pxetwist.dhcp.store import ILeaseStore, MemoryLeaseStore, SQLiteLeaseStore  # noqa: E402
+from pxetwist.events import BootEventBus, LogObserver  # noqa: E402
 from pxetwist.policy.chain import PolicyChain  # noqa: E402
 from pxetwist.policy.plugins import build_policies  # noqa: E402
 from pxetwist.policy.sightings import SightingRegistry  # noqa: E402
@@ -110,6 +114,7 @@ dhcp:
       range: [10.77.1.0, 10.77.254.254]
       lease_time: 1h
   boot_server: false
+  discover_rate_limit: 0  # measure the server, not its per-relay limit (one relay here)
 tftp: {{enabled: false, root: {work}}}
 http: {{enabled: false, root: {work}}}
 """
@@ -138,6 +143,9 @@ def main() -> int:
         else SQLiteLeaseStore(work / "state" / "leases.sqlite", reactor)
     )
     sock = FakeSocket()
+    events = BootEventBus()
+    budget = config.log_budget
+    events.subscribe(LogObserver(reactor, lines=budget.lines, interval=budget.interval))
     endpoint = DhcpEndpoint(
         sock=sock,  # type: ignore[arg-type]
         interface=Interface("srv0", SERVER, NETWORK, 1500),
@@ -147,6 +155,7 @@ def main() -> int:
         store=store,
         sightings=SightingRegistry(reactor.seconds),
         clock=reactor,
+        events=events,
     )
     discovers = [discover(i, args.pxe) for i in range(args.clients)]
     source = (str(RELAY), 67)

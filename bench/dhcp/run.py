@@ -158,6 +158,7 @@ dhcp:
       range: [{POOL[0]}, {POOL[1]}]
       lease_time: 1h
   boot_server: false
+  discover_rate_limit: 0  # measure the server, not its per-relay limit (one relay here)
 tftp: {{enabled: false, root: {wd}/tftp}}
 http: {{enabled: false, root: {wd}/http}}
 """

@@ -23,6 +23,7 @@ from pxetwist.config.model import (
     DhcpMode,
     GaneshaConfig,
     HttpConfig,
+    LogBudgetConfig,
     Machine,
     NfsConfig,
     PolicyConfig,
@@ -344,6 +345,7 @@ def _subnet(reader: _Reader, path: KeyPath, value: Any) -> Subnet:
         domain=section.take("domain", as_str, None),
         lease_time=section.take("lease_time", as_duration, Subnet(network).lease_time),
         interface=section.take("interface", as_str, None),
+        unknown_limit=section.take("unknown_limit", as_int(0, 1 << 32), None),
     )
     section.done()
     return subnet
@@ -374,6 +376,9 @@ def _dhcp(reader: _Reader, path: KeyPath, value: Any) -> DhcpConfig:
             )
         ),
         quirks=section.take("quirks", _quirks, default.quirks),
+        discover_rate_limit=section.take(
+            "discover_rate_limit", as_int(0, 10_000_000), default.discover_rate_limit
+        ),
     )
     section.done()
     if dhcp.mode is DhcpMode.AUTHORITATIVE and not dhcp.subnets:
@@ -549,6 +554,17 @@ def _policy(reader: _Reader, path: KeyPath, value: Any) -> PolicyConfig:
     return policy
 
 
+def _log_budget(reader: _Reader, path: KeyPath, value: Any) -> LogBudgetConfig:
+    section = reader.section(path, value)
+    default = LogBudgetConfig()
+    budget = LogBudgetConfig(
+        lines=section.take("lines", as_int(0, 10_000_000), default.lines),
+        interval=section.take("interval", as_duration, default.interval),
+    )
+    section.done()
+    return budget
+
+
 def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> Config:
     """Validate YAML text; relative paths are taken from ``base_dir`` (the file's directory)."""
     value, lines = load_located(text, source)
@@ -577,6 +593,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
         machines=top.take("machines", as_strict_list(_machine), ()),
         policy=top.take("policy", _policy, PolicyConfig()),
         sessions=top.take("sessions", _sessions, SessionsConfig()),
+        log_budget=top.take("log_budget", _log_budget, LogBudgetConfig()),
         templates=top.take("templates", as_path, reader.base_dir / "templates"),
     )
     top.done()

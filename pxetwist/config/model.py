@@ -34,6 +34,9 @@ class Subnet:
     domain: str | None = None
     lease_time: int = 3600
     interface: str | None = None
+    # Addresses of the range that machines not in ``machines`` may hold at once (offered or
+    # bound).  None: all but 10 % of the range when the config lists machines, else all of it.
+    unknown_limit: int | None = None
 
 
 @attrs.frozen
@@ -47,6 +50,17 @@ class DhcpConfig:
     raspberry_pi: bool = True  # answer Raspberry Pi OUIs the way their boot ROM needs (§5)
     ipxe_user_classes: tuple[bytes, ...] = (b"iPXE",)
     quirks: Quirks = Quirks()
+    # DISCOVERs per second taken from one relay (giaddr) or one directly attached segment
+    # (interface) from machines not in ``machines``; a burst of twice that passes.  0: no limit.
+    discover_rate_limit: int = 1000
+
+
+@attrs.frozen
+class LogBudgetConfig:
+    """How many per-request log lines each protocol writes per interval before it sums up."""
+
+    lines: int = 1000  # 0: no budget, every line is written
+    interval: float = 1.0  # seconds
 
 
 @attrs.frozen
@@ -208,6 +222,7 @@ class Config:
     machines: tuple[Machine, ...] = ()
     policy: PolicyConfig = PolicyConfig()
     sessions: SessionsConfig = SessionsConfig()
+    log_budget: LogBudgetConfig = LogBudgetConfig()
     # Operator boot-config templates (ipxe.j2, pxelinux.j2, grub.j2), searched before the bundled
     # ones; the loader defaults it to <config file dir>/templates.  None: bundled templates only.
     templates: Path | None = None

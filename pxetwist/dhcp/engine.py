@@ -7,15 +7,30 @@ Rules: RFC 2131 and protocol-reference §1 (addresses, leases, reply addressing)
 
 from __future__ import annotations
 
-import enum
+import math
 from collections.abc import Sequence
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
 import attrs
 
 from pxetwist.config.model import Config, DhcpMode, Subnet
 from pxetwist.dhcp.boot import BootFields, boot_fields, boot_item_echo
-from pxetwist.dhcp.leases import Lease, LeaseTable
+from pxetwist.dhcp.exchange import (
+    BROADCAST,
+    CLIENT_PORT,
+    PXE_PORT,
+    SERVER_PORT,
+    ZERO,
+    Datagram,
+    Exchange,
+    Incoming,
+    Interface,
+    Outcome,
+    Reply,
+    Verdict,
+)
+from pxetwist.dhcp.leases import LeaseTable, Pool
+from pxetwist.dhcp.limits import DiscoverLimiter
 from pxetwist.dhcp.options import (
     MessageType,
     OptionCode,
@@ -23,76 +38,54 @@ from pxetwist.dhcp.options import (
     encode_string,
     encode_uint32,
 )
-from pxetwist.dhcp.packet import ESSENTIAL_OPTIONS, DhcpPacket, encode, make_reply
+from pxetwist.dhcp.packet import DhcpPacket, MalformedPacket, decode, make_reply
+from pxetwist.dhcp.report import invalid_event, packet_event
 from pxetwist.policy.decision import BootDecision
 from pxetwist.policy.request import BootRequest, unique_arches
 from pxetwist.policy.values import BootAction, Firmware, Stage
 
-BROADCAST = IPv4Address("255.255.255.255")
-ZERO = IPv4Address(0)
-CLIENT_PORT = 68
-SERVER_PORT = 67
-PXE_PORT = 4011
+__all__ = [
+    "BROADCAST",
+    "CLIENT_PORT",
+    "PXE_PORT",
+    "SERVER_PORT",
+    "ZERO",
+    "Datagram",
+    "DhcpEngine",
+    "Exchange",
+    "Incoming",
+    "Interface",
+    "Outcome",
+    "Reply",
+    "Verdict",
+    "pools_for",
+]
 
 
-@attrs.frozen
-class Interface:
-    """Where a request arrived: the served interface and our address on it."""
+def pools_for(config: Config) -> list[Pool]:
+    """One pool per subnet: its range, the reservations in it, and who counts as unknown.
 
-    name: str
-    address: IPv4Address
-    network: IPv4Network
-    mtu: int = 1500
-
-
-@attrs.frozen
-class Incoming:
-    """A decoded request and how it reached us."""
-
-    packet: DhcpPacket
-    interface: Interface
-    source: tuple[str, int]
-    local_port: int = SERVER_PORT
-    to_broadcast: bool = True  # sent to a broadcast address (False: unicast to us)
-
-
-@attrs.frozen
-class Reply:
-    packet: DhcpPacket
-    address: IPv4Address
-    port: int
-    max_size: int
-    delay: float = 0.0
-    keep: frozenset[int] = frozenset()  # options that must not be dropped to fit
-
-    @property
-    def broadcast(self) -> bool:
-        return self.address == BROADCAST
-
-    def wire(self) -> bytes:
-        """The datagram to send: within the client's budget, boot options never trimmed.
-
-        The one place a reply is encoded, so ``pxetwist explain`` shows the very bytes the
-        server sends.  Raises ``PacketTooLarge`` or ``ValueError`` like :func:`encode`.
-        """
-        return encode(self.packet, max_size=self.max_size, keep=ESSENTIAL_OPTIONS | self.keep)
-
-
-class Verdict(enum.Enum):
-    ANSWERED = "answered"
-    IGNORED = "ignored"  # deliberately silent (RFC or policy)
-    DROPPED = "dropped"  # could not be served (exhausted pool, unknown subnet, ...)
-
-
-@attrs.frozen
-class Outcome:
-    """Replies to send once ``durable`` leases are stored, and why, for the log."""
-
-    verdict: Verdict
-    reason: str
-    replies: tuple[Reply, ...] = ()
-    durable: tuple[Lease, ...] = ()
-    seen: tuple[tuple[BootRequest, IPv4Address | None], ...] = ()
+    Machines the config lists are "known"; the others may hold at most the subnet's
+    ``unknown_limit`` addresses of the range, by default all but 10 % of it when the config
+    lists machines (so that listed machines without a reservation always find one), else all.
+    """
+    known = frozenset(machine.mac for machine in config.machines)
+    pools = []
+    for subnet in config.dhcp.subnets:
+        reservations = {
+            machine.mac: machine.address
+            for machine in config.machines
+            if machine.address is not None and machine.address in subnet.network
+        }
+        first, last = subnet.range if subnet.range else (None, None)
+        limit = subnet.unknown_limit
+        if limit is None and known and first is not None and last is not None:
+            size = int(last) - int(first) + 1
+            limit = size - math.ceil(size / 10)
+        pools.append(
+            Pool(subnet.network, first, last, reservations, known=known, unknown_limit=limit)
+        )
+    return pools
 
 
 # Options the server always sends unrequested in address replies (§1.9): mask, router, DNS,
@@ -197,6 +190,75 @@ class DhcpEngine:
             for s in config.dhcp.subnets
         )
         self._subnet_info = {id(s): _SubnetInfo(s) for s in config.dhcp.subnets}
+        self._known = frozenset(machine.mac for machine in config.machines)
+        self._limiter = DiscoverLimiter(
+            config.dhcp.discover_rate_limit, report_interval=config.log_budget.interval
+        )
+
+    # -- the entry: a datagram in, the question for the policy chain out ------------------------
+
+    def receive(
+        self,
+        data: bytes,
+        *,
+        interface: Interface,
+        port: int,
+        source: tuple[str, int],
+        to_broadcast: bool,
+        now: float,
+    ) -> Exchange | Outcome:
+        """Decode a datagram and work out what to ask the policy chain about it.
+
+        Returns the :class:`Exchange` to complete with the chain's decision and hand to
+        :meth:`answer`, or, for a datagram that needs no decision (malformed, another server's
+        reply, a DISCOVER over its source's rate limit), the final :class:`Outcome` at once.
+        """
+        try:
+            packet = decode(data)
+        except MalformedPacket as error:
+            return Outcome(
+                Verdict.DROPPED,
+                f"malformed: {error}",
+                event=invalid_event(now, interface.name, port, source, f"malformed: {error}"),
+            )
+        if packet.op != 1:
+            # A reply from another server, seen on the broadcast domain: not for us, no event.
+            return Outcome(Verdict.IGNORED, "a BOOTREPLY")
+        incoming = Incoming(packet, interface, source, port, to_broadcast)
+        limiting = port == SERVER_PORT and self._limiter.rate
+        if limiting and packet.message_type is MessageType.DISCOVER:
+            limited = self._rate_limited(incoming, now)
+            if limited is not None:
+                return limited
+        return Exchange(incoming, self.boot_request(incoming))
+
+    def _rate_limited(self, incoming: Incoming, now: float) -> Outcome | None:
+        """Over its relay's or segment's DISCOVER rate (``dhcp.discover_rate_limit``)?"""
+        packet = incoming.packet
+        mac = packet.mac
+        if mac is not None and mac in self._known:
+            return None  # a listed machine is never held back by strangers on its segment
+        relayed = packet.giaddr != ZERO
+        source = f"relay {packet.giaddr}" if relayed else f"interface {incoming.interface.name}"
+        allowed, report = self._limiter.take(source, now)
+        if allowed:
+            return None
+        reason = f"over the limit of {self._limiter.rate:g} DISCOVERs/s from {source}"
+        outcome = Outcome(Verdict.DROPPED, reason)
+        event = packet_event(Exchange(incoming), outcome, now, ())
+        if report:
+            return Outcome(
+                Verdict.DROPPED,
+                reason,
+                event=attrs.evolve(
+                    event,
+                    message="{message_type} from {mac} on {interface}: {reason}; "
+                    "{limited} DISCOVERs from this source dropped since the last report",
+                    details={**event.details, "limited": report},
+                ),
+            )
+        # Reported once per interval: the event is still there for sessions and metrics.
+        return Outcome(Verdict.DROPPED, reason, event=attrs.evolve(event, message=""))
 
     # -- the policy question -------------------------------------------------------------------
 
@@ -248,34 +310,59 @@ class DhcpEngine:
     def server_address(self, incoming: Incoming) -> IPv4Address:
         return self.config.reachable_address(incoming.interface.address)
 
-    # -- the answer ----------------------------------------------------------------------------
+    # -- the answer: the exchange in, what to send and what to store out ------------------------
 
-    def handle(
-        self,
-        incoming: Incoming,
-        request: BootRequest | None,
-        decision: BootDecision | None,
-        now: float,
-    ) -> Outcome:
-        packet = incoming.packet
+    def answer(self, exchange: Exchange, now: float) -> Outcome:
+        """What to send (``datagrams``, once ``durable`` is stored), and the event reporting it.
+
+        The one place a reply is encoded, so ``pxetwist explain`` shows the very bytes the
+        server sends.  A reply that cannot be encoded at all is reported and not sent.
+        """
+        outcome = self._decide(exchange, now)
+        datagrams: list[Datagram] = []
+        dropped: tuple[int, ...] = ()
+        for reply in outcome.replies:
+            try:
+                data, dropped = reply.encoded()
+            except ValueError as error:  # PacketTooLarge, or a file name too long for its field
+                outcome = Outcome(
+                    Verdict.DROPPED,
+                    f"{outcome.reason}; reply not sent: {error}",
+                    durable=outcome.durable,
+                )
+                datagrams.clear()
+                break
+            datagrams.append(Datagram(data, reply.address, reply.port, reply.delay))
+        return Outcome(
+            outcome.verdict,
+            outcome.reason,
+            outcome.replies,
+            outcome.durable,
+            outcome.seen,
+            tuple(datagrams),
+            packet_event(exchange, outcome, now, dropped),
+        )
+
+    def _decide(self, exchange: Exchange, now: float) -> Outcome:
+        packet = exchange.incoming.packet
+        decision = exchange.decision
         if packet.mac is None:
             return Outcome(Verdict.DROPPED, "no Ethernet hardware address (htype/hlen)")
         if decision is not None and decision.action is BootAction.IGNORE:
             return Outcome(Verdict.IGNORED, f"policy: {decision.reason or 'ignore'}")
-        if incoming.local_port == PXE_PORT:
-            return self._boot_server(incoming, request, decision)
+        if exchange.incoming.local_port == PXE_PORT:
+            return self._boot_server(exchange)
         mode = self._mode
         if mode is DhcpMode.PROXY:
-            return self._proxy(incoming, request, decision)
+            return self._proxy(exchange)
         if mode is DhcpMode.AUTHORITATIVE:
-            return self._authoritative(incoming, request, decision, now)
+            return self._authoritative(exchange, now)
         return Outcome(Verdict.IGNORED, "dhcp is off")
 
     # -- proxyDHCP (§2.3) ----------------------------------------------------------------------
 
-    def _proxy(
-        self, incoming: Incoming, request: BootRequest | None, decision: BootDecision | None
-    ) -> Outcome:
+    def _proxy(self, exchange: Exchange) -> Outcome:
+        incoming, request, decision = exchange.incoming, exchange.request, exchange.decision
         packet = incoming.packet
         if packet.message_type is not MessageType.DISCOVER:
             return Outcome(Verdict.IGNORED, "proxy mode answers DISCOVERs only")
@@ -322,14 +409,13 @@ class DhcpEngine:
         return Outcome(
             Verdict.ANSWERED,
             f"{how}: {decision.reason}",
-            replies=(self._send(incoming, reply, decision, force_broadcast=True),),
+            replies=(self._route(incoming, reply, decision, force_broadcast=True),),
             seen=((request, None),),
         )
 
-    def _boot_server(
-        self, incoming: Incoming, request: BootRequest | None, decision: BootDecision | None
-    ) -> Outcome:
+    def _boot_server(self, exchange: Exchange) -> Outcome:
         """The PXE boot server on port 4011: ACK from 4011 to the source address and port."""
+        incoming, request, decision = exchange.incoming, exchange.request, exchange.decision
         packet = incoming.packet
         if packet.message_type not in (MessageType.REQUEST, MessageType.INFORM):
             return Outcome(Verdict.IGNORED, "port 4011 answers REQUEST and INFORM only")
@@ -357,7 +443,7 @@ class DhcpEngine:
         client = packet.ciaddr if packet.ciaddr != ZERO else IPv4Address(host)
         return Outcome(
             Verdict.ANSWERED,
-            f"boot server ACK: {decision.reason}",
+            f"boot server ACK to {client}: {decision.reason}",
             replies=(
                 Reply(
                     reply,
@@ -373,28 +459,22 @@ class DhcpEngine:
 
     # -- authoritative DHCP (§1.4) -------------------------------------------------------------
 
-    def _authoritative(
-        self,
-        incoming: Incoming,
-        request: BootRequest | None,
-        decision: BootDecision | None,
-        now: float,
-    ) -> Outcome:
-        packet = incoming.packet
-        kind = packet.message_type
+    def _authoritative(self, exchange: Exchange, now: float) -> Outcome:
+        incoming = exchange.incoming
+        kind = incoming.packet.message_type
         subnet = self.select_subnet(incoming)
         if subnet is None:
             return Outcome(Verdict.DROPPED, "no configured subnet for this request")
         if kind is MessageType.DISCOVER:
-            return self._discover(incoming, subnet, request, decision, now)
+            return self._discover(exchange, subnet, now)
         if kind is MessageType.REQUEST:
-            return self._request(incoming, subnet, request, decision, now)
+            return self._request(exchange, subnet, now)
         if kind is MessageType.DECLINE:
             return self._decline(incoming, subnet, now)
         if kind is MessageType.RELEASE:
             return self._release(incoming, now)
         if kind is MessageType.INFORM:
-            return self._inform(incoming, subnet, request, decision)
+            return self._inform(exchange, subnet)
         return Outcome(Verdict.IGNORED, f"{kind.name if kind else 'no message type'} is not served")
 
     def select_subnet(self, incoming: Incoming) -> Subnet | None:
@@ -416,14 +496,8 @@ class DhcpEngine:
                 return subnet
         return None
 
-    def _discover(
-        self,
-        incoming: Incoming,
-        subnet: Subnet,
-        request: BootRequest | None,
-        decision: BootDecision | None,
-        now: float,
-    ) -> Outcome:
+    def _discover(self, exchange: Exchange, subnet: Subnet, now: float) -> Outcome:
+        incoming, decision = exchange.incoming, exchange.decision
         packet = incoming.packet
         lease = self.leases.offer(
             packet.client_id,
@@ -435,24 +509,22 @@ class DhcpEngine:
         )
         if lease is None:
             # RFC 2131 §4.3.1: no address to offer -> no OFFER (the client tries again later).
-            return Outcome(Verdict.DROPPED, f"no free address in {subnet.network}")
-        reply = self._address_reply(
-            incoming, MessageType.OFFER, lease.address, subnet, request, decision
-        )
+            mac = packet.mac
+            unknown = self.leases.unknown_held(subnet.network, now) if mac not in self._known else 0
+            return Outcome(
+                Verdict.REFUSED,
+                f"no free address in {subnet.network}"
+                + (f" for machines not in the config ({unknown} held)" if unknown else ""),
+            )
+        reply = self._address_reply(exchange, MessageType.OFFER, lease.address, subnet)
         return Outcome(
             Verdict.ANSWERED,
             f"offer {lease.address}" + (f": {decision.reason}" if decision else ""),
-            replies=(self._send(incoming, reply, decision),),
+            replies=(self._route(incoming, reply, decision),),
         )
 
-    def _request(
-        self,
-        incoming: Incoming,
-        subnet: Subnet,
-        request: BootRequest | None,
-        decision: BootDecision | None,
-        now: float,
-    ) -> Outcome:
+    def _request(self, exchange: Exchange, subnet: Subnet, now: float) -> Outcome:
+        incoming, request, decision = exchange.incoming, exchange.request, exchange.decision
         packet = incoming.packet
         server_id = packet.server_id
         requested = packet.requested_ip
@@ -491,16 +563,14 @@ class DhcpEngine:
         )
         if lease is None:
             return self._nak(incoming, f"{state} {address}: not available to this client")
-        reply = self._address_reply(
-            incoming, MessageType.ACK, lease.address, subnet, request, decision
-        )
+        reply = self._address_reply(exchange, MessageType.ACK, lease.address, subnet)
         seen: tuple[tuple[BootRequest, IPv4Address | None], ...] = (
             ((request, lease.address),) if request is not None else ()
         )
         return Outcome(
             Verdict.ANSWERED,
             f"ack {lease.address} ({state})" + (f": {decision.reason}" if decision else ""),
-            replies=(self._send(incoming, reply, decision),),
+            replies=(self._route(incoming, reply, decision),),
             durable=tuple(self.leases.take_changes()),
             seen=seen,
         )
@@ -554,23 +624,16 @@ class DhcpEngine:
             durable=tuple(self.leases.take_changes()),
         )
 
-    def _inform(
-        self,
-        incoming: Incoming,
-        subnet: Subnet,
-        request: BootRequest | None,
-        decision: BootDecision | None,
-    ) -> Outcome:
+    def _inform(self, exchange: Exchange, subnet: Subnet) -> Outcome:
+        incoming = exchange.incoming
         packet = incoming.packet
         if packet.ciaddr == ZERO:
             return Outcome(Verdict.DROPPED, "INFORM without ciaddr")
-        reply = self._address_reply(
-            incoming, MessageType.ACK, None, subnet, request, decision, lease_times=False
-        )
+        reply = self._address_reply(exchange, MessageType.ACK, None, subnet, lease_times=False)
         return Outcome(
             Verdict.ANSWERED,
             f"inform ack to {packet.ciaddr}",
-            replies=(self._send(incoming, reply, decision),),
+            replies=(self._route(incoming, reply, exchange.decision),),
         )
 
     # -- building replies ----------------------------------------------------------------------
@@ -615,15 +678,14 @@ class DhcpEngine:
 
     def _address_reply(
         self,
-        incoming: Incoming,
+        exchange: Exchange,
         kind: MessageType,
         address: IPv4Address | None,
         subnet: Subnet,
-        request: BootRequest | None,
-        decision: BootDecision | None,
         *,
         lease_times: bool = True,
     ) -> DhcpPacket:
+        incoming, request, decision = exchange.incoming, exchange.request, exchange.decision
         packet = incoming.packet
         server = self.server_address(incoming)
         info = self._info(subnet)
@@ -656,7 +718,7 @@ class DhcpEngine:
             info = _SubnetInfo(subnet)
         return info
 
-    def _send(
+    def _route(
         self,
         incoming: Incoming,
         reply: DhcpPacket,

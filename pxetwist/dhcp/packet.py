@@ -48,6 +48,7 @@ __all__ = [
     "encode",
     "fit",
     "make_reply",
+    "peek_discover",
 ]
 
 Options: TypeAlias = tuple[tuple[int, bytes], ...]
@@ -559,6 +560,17 @@ def decode(data: bytes | bytearray | memoryview) -> DhcpPacket:
         raise
     except ValueError as error:  # pragma: no cover - every header value fits by construction
         raise MalformedPacket(str(error)) from error
+
+
+def peek_discover(data: bytes) -> bool:
+    """Whether a datagram looks like a DHCPDISCOVER, read without decoding it.
+
+    A BOOTREQUEST whose first option is 53 = DISCOVER: what a backlogged socket reader needs to
+    tell the DISCOVERs it may shed from the REQUESTs it must not, at a few bytes per datagram.
+    Most clients (perfdhcp, dhclient, udhcpc, PXE ROMs) put option 53 first; a DISCOVER that
+    does not is simply read as something else, which is the safe side.
+    """
+    return data[0:1] == b"\x01" and data[_OPTIONS_START : _OPTIONS_START + 3] == b"\x35\x01\x01"
 
 
 # -- encoding ------------------------------------------------------------------------------------

@@ -10,27 +10,13 @@ from twisted.logger import Logger
 
 from pxetwist.config.model import Config, DhcpMode
 from pxetwist.context import IServerReactor, ServerContext, Settings
-from pxetwist.dhcp.engine import PXE_PORT, SERVER_PORT, DhcpEngine, Interface
-from pxetwist.dhcp.leases import LeaseTable, Pool
+from pxetwist.dhcp.engine import PXE_PORT, SERVER_PORT, DhcpEngine, Interface, pools_for
+from pxetwist.dhcp.leases import LeaseTable
 from pxetwist.dhcp.protocol import DhcpEndpoint
 from pxetwist.dhcp.sockets import DatagramReader, open_udp_socket
 from pxetwist.dhcp.store import ILeaseStore, IStoreReactor, open_lease_store
 
 log = Logger()
-
-
-def pools_for(config: Config) -> list[Pool]:
-    """One pool per subnet, with the reservations of the machines whose address falls in it."""
-    pools = []
-    for subnet in config.dhcp.subnets:
-        reservations = {
-            machine.mac: machine.address
-            for machine in config.machines
-            if machine.address is not None and machine.address in subnet.network
-        }
-        first, last = subnet.range if subnet.range else (None, None)
-        pools.append(Pool(subnet.network, first, last, reservations))
-    return pools
 
 
 class DhcpService(Service):
@@ -89,6 +75,7 @@ class DhcpService(Service):
                 store=self.store,
                 sightings=self.context.sightings,
                 clock=self.reactor,
+                events=self.context.events,
             )
             self.endpoints.append(endpoint)
             self.readers.append(DatagramReader(sock, endpoint.datagram_received))

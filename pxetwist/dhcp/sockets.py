@@ -20,6 +20,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pxetwist.dhcp.packet import peek_discover
+
 log = Logger()
 
 _IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
@@ -75,15 +77,6 @@ def _set_receive_buffer(sock: socket.socket, size: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
     except OSError as error:  # pragma: no cover - Linux accepts any size and caps it
         log.warn("cannot enlarge the DHCP receive buffer: {error}", error=error)
-
-
-def _is_discover(data: bytes) -> bool:
-    """A BOOTREQUEST whose first option is 53 = DHCPDISCOVER, read without decoding it.
-
-    Most clients (perfdhcp, dhclient, udhcpc, PXE ROMs) put option 53 first; a DISCOVER that
-    does not is simply never shed.
-    """
-    return data[0:1] == b"\x01" and data[240:243] == b"\x35\x01\x01"
 
 
 @implementer(IReadDescriptor)
@@ -183,7 +176,7 @@ class DatagramReader:
         others: list[_Datagram] = []
         discovers: list[_Datagram] = []
         for item in received:
-            (discovers if _is_discover(item[0]) else others).append(item)
+            (discovers if peek_discover(item[0]) else others).append(item)
         if len(discovers) > quota:
             self.shed += len(discovers) - quota
             discovers = discovers[len(discovers) - quota :] if quota else []

@@ -8,6 +8,7 @@ from time import perf_counter
 import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -188,3 +189,21 @@ class PolicyChain:
                 program=decision.program,
             )
         return decision
+
+
+def decide_offline(chain: PolicyChain, request: BootRequest, clock: Clock) -> BootDecision | None:
+    """The chain's decision without a running reactor (``pxetwist explain``, plugin tests).
+
+    ``clock`` must be the chain's: asynchronous policies get their ``timeout`` on it, advanced
+    here until the answer is in.  Raises ``RuntimeError`` if the chain fails or never answers.
+    """
+    results: list[BootDecision | None] = []
+    failures: list[Failure] = []
+    chain.decide(request).addCallbacks(results.append, failures.append)
+    while not results and not failures and clock.getDelayedCalls():
+        clock.advance(min(call.getTime() for call in clock.getDelayedCalls()) - clock.seconds())
+    if failures:
+        raise RuntimeError(f"the policy chain failed: {failures[0].getErrorMessage()}")
+    if not results:
+        raise RuntimeError("the policy chain never answered (a Deferred that never fires?)")
+    return results[0]

@@ -26,8 +26,8 @@ from pxetwist.api.service import ApiService
 from pxetwist.api.sources import IBootOnce, IReloader
 from pxetwist.api.v1 import ApiContext
 from pxetwist.config import Config, ConfigError, load_config
+from pxetwist.dhcp.engine import pools_for
 from pxetwist.dhcp.leases import LeaseTable
-from pxetwist.dhcp.service import pools_for
 from pxetwist.dhcp.store import MemoryLeaseStore
 from pxetwist.policy.overlay import MachineOverlay
 from pxetwist.policy.values import MacAddress

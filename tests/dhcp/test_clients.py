@@ -23,9 +23,9 @@ stopped by PID (the lab does it for whatever a test leaves), every client run an
 perfdhcp run is bounded, and all traffic stays inside the namespaces these tests create.
 ``PXETWIST_KEEP_LAB_LOGS=1`` keeps each test's server log, lease file and captures in /tmp.
 
-At the end, a few checks without a lab of what the busy-server hot path added: the per-second
-log budget of :class:`~pxetwist.dhcp.protocol.DhcpEndpoint`, ``PolicyChain.decide_now`` and
-the shedding of DISCOVERs by a backlogged :class:`~pxetwist.dhcp.sockets.DatagramReader`.
+At the end, a few checks without a lab of what the busy-server hot path added:
+``PolicyChain.decide_now`` and the shedding of DISCOVERs by a backlogged
+:class:`~pxetwist.dhcp.sockets.DatagramReader` (the log budget is in test_endpoint.py).
 """
 
 from __future__ import annotations
@@ -40,32 +40,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from pxetwist.config.load import parse_config
-from pxetwist.dhcp.engine import DhcpEngine, Interface
-from pxetwist.dhcp.leases import LeaseTable
 from pxetwist.dhcp.options import MessageType, OptionCode
 from pxetwist.dhcp.packet import DhcpPacket, MalformedPacket, decode, encode
-from pxetwist.dhcp.protocol import DhcpEndpoint
-from pxetwist.dhcp.service import pools_for
 from pxetwist.dhcp.sockets import DatagramReader
-from pxetwist.dhcp.store import MemoryLeaseStore
 from pxetwist.lab import CLIENT_IF, SRV_IF, NetLab, require_binary, require_lab
 from pxetwist.policy.chain import PolicyChain
 from pxetwist.policy.decision import BootDecision
 from pxetwist.policy.interfaces import IBootPolicy
-from pxetwist.policy.plugins import build_policies
 from pxetwist.policy.request import BootRequest
-from pxetwist.policy.sightings import SightingRegistry
 from pxetwist.testing import make_request
 from tests.util import temp_dir
 
@@ -603,83 +593,6 @@ class KillDuringLoadTests(ClientLabCase):
 
 
 # -- the hot path's bookkeeping, without a lab ---------------------------------------------
-
-
-class _Socket:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, tuple[str, int]]] = []
-
-    def sendto(self, data: bytes, address: tuple[str, int]) -> int:
-        self.sent.append((data, address))
-        return len(data)
-
-
-class LogBudgetTests(SynchronousTestCase):
-    """Past ``log_lines_per_second`` packets are counted and summed up, never lost."""
-
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.events: list[dict[str, Any]] = []
-        observer = cast(ILogObserver, self.events.append)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
-        work = temp_dir(self)
-        config = parse_config(
-            f"interfaces: [eth0]\ndata_dir: {work}\n"
-            "dhcp:\n  mode: authoritative\n  subnets:\n"
-            "    - network: 10.9.0.0/16\n      range: [10.9.1.0, 10.9.1.255]\n"
-            f"tftp: {{enabled: false, root: {work}}}\nhttp: {{enabled: false, root: {work}}}\n",
-            "<test>",
-            work,
-        )
-        self.socket = _Socket()
-        interface = Interface("eth0", IPv4Address("10.9.0.1"), IPv4Network("10.9.0.0/16"))
-        self.endpoint = DhcpEndpoint(
-            sock=self.socket,  # type: ignore[arg-type]
-            interface=interface,
-            port=67,
-            engine=DhcpEngine(config, LeaseTable(pools_for(config)), [interface.address]),
-            chain=PolicyChain(tuple(build_policies(config)), self.clock),
-            store=MemoryLeaseStore(),
-            sightings=SightingRegistry(self.clock.seconds),
-            clock=self.clock,
-            log_lines_per_second=3,
-        )
-
-    def discover(self, n: int) -> None:
-        packet = DhcpPacket(
-            xid=n,
-            chaddr=bytes.fromhex("5254000000") + bytes((n,)),
-            options=[(OptionCode.MESSAGE_TYPE, bytes((MessageType.DISCOVER,)))],
-        )
-        self.endpoint.datagram_received(encode(packet), ("0.0.0.0", 68), None)
-
-    def lines(self) -> list[str]:
-        return [
-            formatEvent(event)
-            for event in self.events
-            if event.get("log_namespace") == "pxetwist.dhcp.protocol"
-        ]
-
-    def test_over_budget_packets_are_answered_and_summed_up(self) -> None:
-        for n in range(7):
-            self.discover(n)
-        self.assertEqual(len(self.socket.sent), 7)  # every one answered
-        lines = self.lines()
-        self.assertEqual(len(lines), 3, lines)
-        self.assertTrue(all("DISCOVER from 52:54:00:00:00:0" in line for line in lines), lines)
-        self.clock.advance(1.0)
-        summary = self.lines()[3:]
-        self.assertEqual(
-            summary,
-            ["eth0:67: 4 more DHCP packets in one second, over the 3 lines/s logged one by one: "
-             "4 DISCOVER answered"],
-        )  # fmt: skip
-        # A new second starts a new budget.
-        self.discover(8)
-        self.assertEqual(len(self.lines()), 5)
-        self.clock.advance(5.0)
-        self.assertEqual(len(self.lines()), 5)  # nothing more to sum up
 
 
 class DecideNowTests(SynchronousTestCase):

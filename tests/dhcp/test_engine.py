@@ -8,15 +8,16 @@ from pxetwist.config.model import Config
 from pxetwist.dhcp.engine import (
     BROADCAST,
     DhcpEngine,
+    Exchange,
     Incoming,
     Interface,
     Outcome,
     Verdict,
+    pools_for,
 )
 from pxetwist.dhcp.leases import LeaseTable
 from pxetwist.dhcp.options import MessageType, OptionCode
 from pxetwist.dhcp.packet import DhcpPacket, decode, encode
-from pxetwist.dhcp.service import pools_for
 from pxetwist.policy.builtin import ArchPolicy, StaticPolicy
 from pxetwist.policy.decision import BootDecision
 from pxetwist.testing import config_from_yaml, run_chain
@@ -35,6 +36,7 @@ dhcp:
   subnets:
     - network: 192.0.2.0/24
       range: [192.0.2.50, 192.0.2.52]
+      unknown_limit: 3  # the default would keep one of the three for listed machines
       router: 192.0.2.1
       dns: [192.0.2.1]
       lease_time: 3600
@@ -96,16 +98,25 @@ class EngineTestCase(SynchronousTestCase):
         decision: BootDecision | None = None,
     ) -> Outcome:
         # Every packet goes over the wire once, so the engine sees what a socket would deliver.
-        incoming = Incoming(decode(encode(packet, max_size=1400)), ETH0, source, port, to_broadcast)
-        request = self.engine.boot_request(incoming)
-        if decision is None and request is not None:
-            decision = run_chain(self.policies, request)
-        return self.engine.handle(incoming, request, decision, self.now)
+        received = self.engine.receive(
+            encode(packet, max_size=1400),
+            interface=ETH0,
+            port=port,
+            source=source,
+            to_broadcast=to_broadcast,
+            now=self.now,
+        )
+        if isinstance(received, Outcome):
+            return received
+        if decision is None and received.request is not None:
+            decision = run_chain(self.policies, received.request)
+        return self.engine.answer(received.decided(decision), self.now)
 
     def reply(self, outcome: Outcome) -> DhcpPacket:
         self.assertEqual(len(outcome.replies), 1, outcome.reason)
         reply = outcome.replies[0]
-        wire = encode(reply.packet, max_size=reply.max_size)
+        [datagram] = outcome.datagrams
+        wire = datagram.data
         self.assertGreaterEqual(len(wire), 300)  # §1.1
         self.assertLessEqual(len(wire), reply.max_size)
         return decode(wire)
@@ -160,7 +171,7 @@ class DiscoverTests(EngineTestCase):
         given = {self.dora(bytes.fromhex(f"5254000001{n:02x}")) for n in range(3)}
         self.assertEqual(len(given), 3)
         outcome = self.handle(message(MessageType.DISCOVER, bytes.fromhex("5254000001ff")))
-        self.assertIs(outcome.verdict, Verdict.DROPPED)
+        self.assertIs(outcome.verdict, Verdict.REFUSED)
         self.assertEqual(outcome.replies, ())
 
     def test_reservation(self) -> None:
@@ -488,5 +499,5 @@ class QuirkTests(EngineTestCase):
         request = engine.boot_request(incoming)
         assert request is not None
         decision = run_chain([("arch", ArchPolicy(config))], request)
-        outcome = engine.handle(incoming, request, decision, self.now)
+        outcome = engine.answer(Exchange(incoming, request, decision), self.now)
         self.assertEqual(outcome.replies[0].delay, 0.25)

@@ -32,11 +32,17 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pxetwist import cli
 from pxetwist.config.model import Config
-from pxetwist.dhcp.engine import DhcpEngine, Incoming, Interface, Outcome, Verdict
+from pxetwist.dhcp.engine import (
+    DhcpEngine,
+    Exchange,
+    Interface,
+    Outcome,
+    Verdict,
+    pools_for,
+)
 from pxetwist.dhcp.leases import LeaseTable
 from pxetwist.dhcp.options import MessageType, OptionCode
-from pxetwist.dhcp.packet import ESSENTIAL_OPTIONS, DhcpPacket, decode, encode
-from pxetwist.dhcp.service import pools_for
+from pxetwist.dhcp.packet import DhcpPacket, decode, encode
 from pxetwist.policy.decision import BootDecision
 from pxetwist.policy.plugins import build_policies
 from pxetwist.testing import config_from_yaml, run_chain
@@ -102,16 +108,19 @@ class RuleCase(SynchronousTestCase):
     ) -> Outcome:
         if isinstance(packet, DhcpPacket):
             packet = encode(packet, max_size=1400)
-        incoming = Incoming(decode(packet), ETH0, source, port, port == 67)
-        request = self.engine.boot_request(incoming)
-        if decision is None and request is not None:
-            decision = run_chain(self.policies, request)
-        return self.engine.handle(incoming, request, decision, 1_000_000.0)
+        received = self.engine.receive(
+            packet, interface=ETH0, port=port, source=source, to_broadcast=port == 67, now=1e6
+        )
+        if isinstance(received, Outcome):
+            return received
+        if decision is None and received.request is not None:
+            decision = run_chain(self.policies, received.request)
+        return self.engine.answer(received.decided(decision), 1e6)
 
     def reply(self, outcome: Outcome) -> DhcpPacket:
         self.assertEqual(len(outcome.replies), 1, outcome.reason)
-        reply = outcome.replies[0]
-        return decode(encode(reply.packet, max_size=reply.max_size))
+        [datagram] = outcome.datagrams
+        return decode(datagram.data)
 
     def assert_no_pxeclient_without_43_and_file(self, reply: DhcpPacket, why: str) -> None:
         """§2.2 "Never" / §5 quirk 8 / §7.9, for a server that does not answer on 4011."""
@@ -351,13 +360,8 @@ class ExplainConsistencyTests(SynchronousTestCase):
         self.assertEqual(decode(bytes.fromhex(offer)).siaddr, IPv4Address("198.51.100.7"))
 
     def test_json_bytes_are_the_bytes_the_server_sends(self) -> None:
-        """FAILS today: a reply that must be trimmed to the client's size budget.
-
-        The server encodes with ``keep=ESSENTIAL_OPTIONS | reply.keep`` (protocol.py
-        ``_send``), which keeps 60/43/67/97; explain.py ``render_json`` encodes with the
-        default ``keep`` and drops option 67 instead of 66, so explain shows a reply without
-        its boot file while the server sends one with it.
-        """
+        """A reply that must be trimmed to the client's size budget: explain shows the bytes
+        the server's path (``DhcpEngine.receive`` then ``answer``) produces, trimmed alike."""
         # 244 characters once expanded: over the budget with option 66, under it without.
         url = "http://{server}:{http_port}/boot.ipxe?pad=" + "x" * 207
         config = proxy(boot=f', ipxe: "{url}"')
@@ -369,15 +373,21 @@ class ExplainConsistencyTests(SynchronousTestCase):
             "--server-address",
             str(SERVER),
         )
-        # What protocol.py DhcpEndpoint._send puts on the wire for the same outcome.
+        # What DhcpEndpoint sends for the same datagram.
         parsed = config_from_yaml(config)
         engine = DhcpEngine(parsed, LeaseTable(pools_for(parsed)), [SERVER])
-        incoming = Incoming(discover, ETH0, ("0.0.0.0", 68), 67, True)
-        request = engine.boot_request(incoming)
-        assert request is not None
-        outcome = engine.handle(incoming, request, run_chain(build_policies(parsed), request), 0.0)
-        [reply] = outcome.replies
-        sent = encode(reply.packet, max_size=reply.max_size, keep=ESSENTIAL_OPTIONS | reply.keep)
+        received = engine.receive(
+            encode(discover, max_size=1400),
+            interface=ETH0,
+            port=67,
+            source=("0.0.0.0", 68),
+            to_broadcast=True,
+            now=0.0,
+        )
+        assert isinstance(received, Exchange) and received.request is not None
+        decision = run_chain(build_policies(parsed), received.request)
+        [datagram] = engine.answer(received.decided(decision), 0.0).datagrams
+        sent = datagram.data
         self.assertIsNotNone(decode(sent).get(OptionCode.BOOTFILE))
         self.assertEqual(
             decode(bytes.fromhex(predicted)).get(OptionCode.BOOTFILE),

@@ -13,11 +13,10 @@ from ipaddress import IPv4Address, IPv4Network
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from pxetwist.dhcp.engine import DhcpEngine, Incoming, Interface, Outcome, Verdict
+from pxetwist.dhcp.engine import DhcpEngine, Exchange, Interface, Outcome, Verdict, pools_for
 from pxetwist.dhcp.leases import LeaseTable
 from pxetwist.dhcp.options import MessageType, OptionCode, encode_arches
-from pxetwist.dhcp.packet import DhcpPacket, decode, encode
-from pxetwist.dhcp.service import pools_for
+from pxetwist.dhcp.packet import DhcpPacket, encode
 from pxetwist.policy.builtin import ArchPolicy, StaticPolicy
 from pxetwist.policy.chain import PolicyChain
 from pxetwist.policy.decision import BootDecision
@@ -184,11 +183,17 @@ class DhcpTests(SynchronousTestCase):
     ) -> Outcome:
         config = config_from_yaml(AUTHORITATIVE.format(mode=mode) + text)
         engine = DhcpEngine(config, LeaseTable(pools_for(config)), [SERVER])
-        incoming = Incoming(decode(discover(arch, vendor)), ETH0, ("0.0.0.0", 68), 67, True)
-        request = engine.boot_request(incoming)
-        assert request is not None
-        decision = run_chain(build_policies(config), request)
-        return engine.handle(incoming, request, decision, 1_000_000.0)
+        received = engine.receive(
+            discover(arch, vendor),
+            interface=ETH0,
+            port=67,
+            source=("0.0.0.0", 68),
+            to_broadcast=True,
+            now=1_000_000.0,
+        )
+        assert isinstance(received, Exchange) and received.request is not None
+        decision = run_chain(build_policies(config), received.request)
+        return engine.answer(received.decided(decision), 1_000_000.0)
 
     def test_no_program_for_uboot_with_only_x86_configured(self) -> None:
         outcome = self.offer(X86_ONLY, "authoritative")

@@ -1,0 +1,200 @@
+"""What a handled DHCP packet becomes as a :class:`~pxetwist.events.BootEvent`.
+
+One event per datagram handled on port 67 or 4011, built where the engine answers it.  Its
+``stage`` is the client's message type (``boot-server`` on 4011, ``invalid`` for what is no
+request we serve), and its details use these stable keys:
+
+``message_type``  the client's message (``DISCOVER``... or ``BOOTP``)
+``reply``         what was sent: ``offer``, ``ack``, ``nak``, ``proxy`` (a proxyDHCP offer or
+                  port-4011 ACK: boot information, no address) or ``none``
+``address``       the address offered or acknowledged, else None
+``file``          the boot file (option 67) sent, else None
+``policy``, ``policy_reason``, ``action``   which policy decided, why, and what (None: none asked)
+``reason``        the engine's own account of the outcome (as in the log line)
+``arch``, ``firmware``   option 93 (first known value) and the client kind (``pxe``, ``ipxe``,
+                  ``http-boot``, ``plain``), None when the message asks nothing
+``pxe``           whether the client is network-booting firmware (PXE, iPXE, HTTP Boot) rather
+                  than an installed system's plain DHCP client
+``xid``, ``interface``, ``port``, ``relay``, ``reply_to``, ``boot_stage``  the packet's routing
+``echo_dropped``  echoed options (61, 97) left out so that the reply fit (issue 18 defect 7)
+
+The ``message`` is the line the log observer writes (``DISCOVER from <mac> on <interface>:
+<reason> [<policy>: <action>]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from ipaddress import IPv4Address
+from types import MappingProxyType
+
+from twisted.logger import LogLevel
+
+from pxetwist.dhcp.exchange import Exchange, Outcome, Verdict
+from pxetwist.dhcp.options import MessageType, OptionCode
+from pxetwist.dhcp.packet import DhcpPacket
+from pxetwist.events import BootEvent, EventProtocol, EventStage, LazyDetails
+from pxetwist.events import Outcome as EventOutcome
+from pxetwist.policy.values import Firmware
+
+_ZERO = IPv4Address(0)
+_PXE_PORT = 4011
+_STAGES = {
+    MessageType.DISCOVER: EventStage.DISCOVER,
+    MessageType.REQUEST: EventStage.REQUEST,
+    MessageType.DECLINE: EventStage.DECLINE,
+    MessageType.RELEASE: EventStage.RELEASE,
+    MessageType.INFORM: EventStage.INFORM,
+}
+_REPLY_KINDS = {
+    MessageType.OFFER: "offer",
+    MessageType.ACK: "ack",
+    MessageType.NAK: "nak",
+}
+_OUTCOMES = {
+    Verdict.ANSWERED: EventOutcome.OK,
+    Verdict.IGNORED: EventOutcome.IGNORED,
+    Verdict.DROPPED: EventOutcome.DROPPED,
+    Verdict.REFUSED: EventOutcome.REFUSED,
+}
+_MESSAGE_TYPES = {int(kind): kind for kind in MessageType}
+_BASE = "{message_type} from {mac} on {interface}: {reason}"
+_MESSAGES = {
+    (False, False): _BASE,
+    (True, False): _BASE + " (relay {relay})",
+    (False, True): _BASE + " [{policy}: {action}]",
+    (True, True): _BASE + " (relay {relay}) [{policy}: {action}]",
+}
+_MALFORMED = "dropped a malformed DHCP packet from {peer} on {interface}: {reason}"
+
+
+def packet_event(
+    exchange: Exchange, outcome: Outcome, now: float, echo_dropped: tuple[int, ...]
+) -> BootEvent:
+    """The event for a decoded request and what the engine made of it.
+
+    Only what every observer needs is worked out here; the details wait until one reads them.
+    """
+    incoming = exchange.incoming
+    packet = incoming.packet
+    request = exchange.request
+    port = incoming.local_port
+    kind = _kind(packet)
+    if port == _PXE_PORT:
+        stage = EventStage.BOOT_SERVER
+    else:
+        stage = _STAGES.get(kind, EventStage.INVALID) if kind is not None else EventStage.INVALID
+    result = _OUTCOMES[outcome.verdict]
+    client = packet.ciaddr if packet.ciaddr != _ZERO else None
+    if outcome.replies:
+        sent = outcome.replies[0].packet
+        if sent.options[0][1][0] == MessageType.NAK:  # make_reply puts option 53 first
+            result = EventOutcome.REFUSED
+        elif client is None:
+            if sent.yiaddr != _ZERO and sent.options[0][1][0] == MessageType.ACK:
+                client = sent.yiaddr  # the address the client has from now on
+            elif port == _PXE_PORT and incoming.source[0] != "0.0.0.0":
+                client = IPv4Address(incoming.source[0])
+    return BootEvent(
+        time=now,
+        protocol=EventProtocol.DHCP,
+        stage=stage,
+        outcome=result,
+        mac=request.mac if request is not None else packet.mac,
+        client=client,
+        details=LazyDetails(partial(_details, exchange, outcome, kind, echo_dropped)),
+        message=_MESSAGES[packet.giaddr != _ZERO, exchange.decision is not None],
+        level=LogLevel.warn if result is EventOutcome.DROPPED else LogLevel.info,
+    )
+
+
+def _kind(packet: DhcpPacket) -> MessageType | None:
+    """Option 53, read where clients put it (first) before looking further."""
+    options = packet.options
+    if options and options[0][0] == OptionCode.MESSAGE_TYPE:
+        return _MESSAGE_TYPES[options[0][1][0]]
+    return packet.message_type
+
+
+def _details(
+    exchange: Exchange,
+    outcome: Outcome,
+    kind: MessageType | None,
+    echo_dropped: tuple[int, ...],
+) -> dict[str, object]:
+    incoming = exchange.incoming
+    packet = incoming.packet
+    request = exchange.request
+    decision = exchange.decision
+    port = incoming.local_port
+    reply_kind = "none"
+    address: IPv4Address | None = None
+    boot_file: str | None = None
+    reply_to: str | None = None
+    if outcome.replies:
+        reply = outcome.replies[0]
+        sent = reply.packet
+        kind_sent = sent.message_type
+        reply_to = f"{reply.address}:{reply.port}"
+        if sent.yiaddr != _ZERO:
+            address = sent.yiaddr
+            reply_kind = _REPLY_KINDS.get(kind_sent, "none") if kind_sent else "none"
+        elif kind_sent is MessageType.NAK:
+            reply_kind = "nak"
+        elif kind_sent is MessageType.ACK and port != _PXE_PORT:
+            reply_kind = "ack"  # an INFORM's ACK
+        else:
+            reply_kind = "proxy"
+        raw_file = sent.get(OptionCode.BOOTFILE)
+        if raw_file is not None:
+            boot_file = raw_file.rstrip(b"\0").decode("utf-8", "replace")
+        elif sent.file:
+            boot_file = sent.file.decode("utf-8", "replace")
+    arch = request.arch if request is not None else None
+    firmware = request.firmware if request is not None else None
+    details: dict[str, object] = {
+        "message_type": kind.name if kind is not None else "BOOTP",
+        "reply": reply_kind,
+        "address": str(address) if address is not None else None,
+        "file": boot_file,
+        "policy": decision.policy if decision is not None else None,
+        "policy_reason": decision.reason if decision is not None else None,
+        "action": decision.action.value if decision is not None else None,
+        "reason": outcome.reason,
+        "arch": int(arch) if arch is not None else None,
+        "firmware": firmware.value if firmware is not None else None,
+        "pxe": firmware is not None and firmware is not Firmware.PLAIN,
+        "xid": f"{packet.xid:08x}",
+        "interface": incoming.interface.name,
+        "port": port,
+        "relay": str(packet.giaddr) if packet.giaddr != _ZERO else None,
+        "reply_to": reply_to,
+        "boot_stage": request.stage.value if request is not None else None,
+    }
+    if echo_dropped:
+        details["echo_dropped"] = list(echo_dropped)
+    return details
+
+
+def invalid_event(
+    now: float, interface: str, port: int, source: tuple[str, int], reason: str
+) -> BootEvent:
+    """The event for a datagram that is not a DHCP message at all."""
+    host = source[0]
+    return BootEvent(
+        time=now,
+        protocol=EventProtocol.DHCP,
+        stage=EventStage.INVALID,
+        outcome=EventOutcome.DROPPED,
+        client=IPv4Address(host) if host != "0.0.0.0" else None,
+        details=_frozen(
+            {"reason": reason, "interface": interface, "port": port, "peer": f"{host}:{source[1]}"}
+        ),
+        message=_MALFORMED,
+        level=LogLevel.warn,
+    )
+
+
+def _frozen(details: dict[str, object]) -> Mapping[str, object]:
+    return MappingProxyType(details)
