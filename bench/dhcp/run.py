@@ -62,7 +62,15 @@ sys.path.insert(0, str(ROOT))
 from pxetwist.lab import SRV_IF, NetLab  # noqa: E402
 
 POOL = ("10.77.1.0", "10.77.254.254")
-SERVERS = ("pxetwist", "pxetwist-mem", "pxetwist-metrics", "dnsmasq-ro", "dnsmasq-file", "kea-mem", "kea-file")
+SERVERS = (
+    "pxetwist",
+    "pxetwist-mem",
+    "pxetwist-metrics",
+    "dnsmasq-ro",
+    "dnsmasq-file",
+    "kea-mem",
+    "kea-file",
+)
 DEFAULT_SERVERS = "pxetwist,dnsmasq-ro,dnsmasq-file,kea-mem"
 DEFAULT_RATES = "250,500,1000,2000,3000,4000,6000,8000"
 BASELINE = "dnsmasq-ro"
