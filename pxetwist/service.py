@@ -99,8 +99,17 @@ class PxeService(MultiService):
         return self.context.chain
 
     def privilegedStartService(self) -> None:
+        # SIGHUP reloads from before the first socket is bound: its default action would
+        # kill the server (issue 18), and a signal can come while the services start.
+        self._install_sighup()
         self.context.config.data_dir.mkdir(parents=True, exist_ok=True)
         super().privilegedStartService()
+
+    def _install_sighup(self) -> None:
+        if self._previous_sighup is None:
+            self._previous_sighup = install_sighup(
+                self.reloader, self.context.reactor.callFromThread
+            )
 
     def startService(self) -> None:
         log.info(
@@ -108,7 +117,7 @@ class PxeService(MultiService):
             chain=" -> ".join(self.context.chain.names),
         )
         super().startService()
-        self._previous_sighup = install_sighup(self.reloader, self.context.reactor.callFromThread)
+        self._install_sighup()
 
     def stopService(self) -> Any:
         restore_sighup(self._previous_sighup)

@@ -8,7 +8,9 @@ sees the problem on the terminal, not in a log file after the fact.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,9 @@ def makeService(options: Options) -> IService:
     from pxetwist.service import PxeService
 
     assert options.setup is not None, "postOptions prepares the setup"
+    # Until the service installs its reload handler, a SIGHUP is ignored rather than fatal.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return PxeService(options.setup, server_reactor(reactor))
 
 
