@@ -99,7 +99,7 @@ BOOT = [
         bytes=70312,
         seconds=0.31,
         retransmits=0,
-        ended="complete",
+        ended="completed",
         blksize=1468,
         windowsize=8,
     ),

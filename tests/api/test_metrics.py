@@ -73,7 +73,7 @@ def tftp_event(mac: str, size: int, retransmits: int, outcome: Outcome = Outcome
             "size": size,
             "seconds": 0.2,
             "retransmits": retransmits,
-            "ended": "complete" if outcome is Outcome.OK else "timeout",
+            "ended": "completed" if outcome is Outcome.OK else "timeout",
             "blksize": 1468,
             "windowsize": 8,
         },
@@ -207,7 +207,7 @@ class MetricsEndpointTests(ApiTestCase):
         self.assertEqual(value(found, "pxetwist_dhcp_replies_total", reply="offer"), 1)
         self.assertEqual(value(found, "pxetwist_dhcp_replies_total", reply="ack"), 1)
         self.assertEqual(
-            value(found, "pxetwist_tftp_transfers_total", outcome="ok", ended="complete"), 1
+            value(found, "pxetwist_tftp_transfers_total", outcome="ok", ended="completed"), 1
         )
         self.assertEqual(
             value(found, "pxetwist_tftp_transfers_total", outcome="failed", ended="timeout"), 1

@@ -74,7 +74,7 @@ class RecorderApiTests(ApiTestCase):
                 file="undionly.kpxe",
                 bytes=70000,
                 size=70000,
-                ended="complete",
+                ended="completed",
             ),
         ]
         if os_up:

@@ -1,0 +1,183 @@
+"""The operator API in the lab: a machine added through it boots without a restart, deleting it
+stops it booting, and ``/metrics`` and ``/api/v1/sessions`` show what happened.
+
+``twistd -n pxe`` runs in the server namespace of a :class:`~pxetwist.lab.NetLab`, DHCP
+authoritative with the policy chain ``[static]`` (an unlisted machine gets no answer), TFTP on,
+the API on the server namespace's loopback.  The operator's side is ``pxetwist machines`` and
+``curl`` run inside that namespace; the machine is the scripted PXE client of the DHCP lab tests
+(a BIOS PXE ROM) plus curl's TFTP client for the NBP, in a bare client namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.trial.unittest import SynchronousTestCase
+
+from pxetwist.lab import NetLab, require_binary, require_lab
+
+VENV_BIN = Path(sys.executable).parent
+TWISTD = VENV_BIN / "twistd"
+PXECLIENT = Path(__file__).resolve().parents[1] / "dhcp" / "pxeclient.py"
+MAC = "52:54:00:77:0a:01"
+TOKEN = "lab-write-token-0123456789"
+API = "http://127.0.0.1:8090"
+NBP = bytes(range(256)) * 300  # 76,800 bytes: several TFTP blocks
+
+
+class ApiLabTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        require_lab(self)
+        self.curl = require_binary("curl", self)
+        self.base = Path(tempfile.mkdtemp(prefix="pxetwist-apilab-"))
+        os.chmod(self.base, 0o755)
+        self.addCleanup(shutil.rmtree, self.base, ignore_errors=True)
+        (self.base / "tftp").mkdir()
+        (self.base / "tftp" / "undionly.kpxe").write_bytes(NBP)
+        (self.base / "tokens.yaml").write_text(
+            yaml.safe_dump({"ops": {"token": TOKEN, "access": "write"}})
+        )
+        self.lab = NetLab(clients=1).up()
+        self.addCleanup(self.lab.down)
+        self.client_ns = self.lab.clients[0]
+        self.lab.run(self.client_ns, ["ip", "link", "set", "eth0", "address", MAC], check=True)
+        config = {
+            "interfaces": ["srv0"],
+            "data_dir": str(self.base / "data"),
+            "dhcp": {
+                "mode": "authoritative",
+                "subnets": [{"network": "10.77.0.0/16", "range": ["10.77.1.10", "10.77.1.200"]}],
+                "boot_server": False,
+            },
+            "tftp": {"enabled": True, "root": str(self.base / "tftp"), "workers": 0},
+            "http": {"enabled": False},
+            "policy": {"chain": ["static"], "plugin_dirs": []},
+            "api": {"listen": "127.0.0.1:8090", "tokens_file": str(self.base / "tokens.yaml")},
+        }
+        self.config = self.base / "pxe.yaml"
+        self.config.write_text(yaml.safe_dump(config))
+        self.log = self.base / "twistd.log"
+        argv = [str(TWISTD), "-n", "--pidfile", str(self.base / "twistd.pid")]
+        argv += ["--logfile", str(self.log), "pxe", "--config", str(self.config)]
+        self.server = self.lab.spawn(self.lab.srv, argv)
+        try:
+            self.lab.wait_port(self.lab.srv, "udp", 67, timeout=30, proc=self.server)
+            self.lab.wait_port(self.lab.srv, "tcp", 8090, timeout=30, proc=self.server)
+        except Exception:
+            NetLab.stop(self.server)
+            raise AssertionError(f"twistd pxe did not start:\n{self.log_text()}") from None
+        self.addCleanup(NetLab.stop, self.server)
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else "(no log)"
+
+    def pxetwist(self, *args: str) -> Any:
+        """``pxetwist ...`` as the operator runs it on the server, token from the environment."""
+        argv = ["env", f"PXETWIST_API_TOKEN={TOKEN}", str(VENV_BIN / "pxetwist"), *args]
+        done = self.lab.run(self.lab.srv, [*argv, "--api", API, "--json"], timeout=60)
+        self.assertEqual(done.returncode, 0, f"{args}: {done.stderr}\n{self.log_text()}")
+        return json.loads(done.stdout)
+
+    def get(self, path: str, token: bool = True) -> str:
+        argv = [self.curl, "-sS", "--fail", "--max-time", "20"]
+        if token:
+            argv += ["-H", f"Authorization: Bearer {TOKEN}"]
+        done = self.lab.run(self.lab.srv, [*argv, API + path], timeout=30)
+        self.assertEqual(done.returncode, 0, f"{path}: {done.stderr}")
+        return str(done.stdout)
+
+    def discover(self) -> dict[str, Any]:
+        """One DORA of the BIOS PXE ROM; the offers it got (file name per offer)."""
+        argv = [str(VENV_BIN / "python"), str(PXECLIENT), "--kind", "bios", "--dora"]
+        argv += ["--window", "2", "--expect", "1"]
+        done = self.lab.run(self.client_ns, argv, timeout=30)
+        self.assertEqual(done.returncode, 0, f"{done.stderr}\n{self.log_text()}")
+        return dict(json.loads(done.stdout))
+
+    def fetch_nbp(self, address: str) -> bytes:
+        """The NBP over TFTP from the address the ACK gave (configured for the download)."""
+        self.lab.run(
+            self.client_ns, ["ip", "addr", "add", f"{address}/16", "dev", "eth0"], check=True
+        )
+        try:
+            out = self.base / "nbp"
+            argv = [self.curl, "-sS", "--max-time", "30", "-o", str(out)]
+            argv += [f"tftp://{self.lab.srv_ip}/undionly.kpxe"]
+            done = self.lab.run(self.client_ns, argv, timeout=60)
+            self.assertEqual(done.returncode, 0, f"{done.stderr}\n{self.log_text()}")
+            return out.read_bytes()
+        finally:
+            self.lab.run(self.client_ns, ["ip", "addr", "flush", "dev", "eth0"])
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        found = {}
+        for family in text_string_to_metric_families(self.get("/metrics", token=False)):
+            for sample in family.samples:
+                found[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+        return found
+
+    def boot_files(self, run: dict[str, Any]) -> list[bytes]:
+        """The boot file (the BOOTP ``file`` field, §2.2) of each offer the client got."""
+        offers = [bytes.fromhex(r["hex"]) for r in run["replies"] if r["step"] == "discover"]
+        self.assertTrue(offers, self.log_text())
+        return [offer[108:236].rstrip(b"\0") for offer in offers]
+
+    def test_machine_added_boots_and_deleted_stops(self) -> None:
+        # Unlisted: an address (the server is authoritative) but nothing to boot: the
+        # static-only chain has no answer for it.
+        first = self.discover()
+        self.assertEqual(self.boot_files(first), [b""])
+
+        added = self.pxetwist("machines", "add", MAC, "--name", "lab1")
+        self.assertEqual((added["mac"], added["source"]), (MAC, "api"))
+        booted = self.discover()
+        self.assertEqual(self.boot_files(booted), [b"undionly.kpxe"])
+        self.assertIsNotNone(booted["address"], self.log_text())
+        self.assertEqual(self.fetch_nbp(booted["address"]), NBP)
+
+        # The server saw it: metrics, the machine list, its session.
+        deadline = time.monotonic() + 20
+        while True:
+            found = self.metrics()
+            transfers = found.get(
+                ("pxetwist_tftp_transfers_total", (("ended", "completed"), ("outcome", "ok"))), 0
+            )
+            if transfers >= 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        self.assertEqual(transfers, 1, sorted(k for k in found if k[0].startswith("pxetwist_tftp")))
+        self.assertEqual(found[("pxetwist_tftp_sent_bytes_total", ())], len(NBP))
+        self.assertGreaterEqual(
+            found[("pxetwist_policy_decisions_total", (("outcome", "boot"), ("policy", "static")))],
+            1,
+        )
+        self.assertGreaterEqual(
+            found[("pxetwist_policy_decisions_total", (("outcome", "none"), ("policy", "static")))],
+            1,
+        )
+        self.assertEqual(
+            found[("pxetwist_dhcp_pool_used_addresses", (("subnet", "10.77.0.0/16"),))], 1
+        )
+        leases = json.loads(self.get(f"/api/v1/leases?mac={MAC}"))
+        self.assertEqual(
+            [(lease["address"], lease["state"]) for lease in leases], [(booted["address"], "bound")]
+        )
+        sessions = json.loads(self.get(f"/api/v1/sessions/{MAC}"))
+        self.assertTrue(sessions, self.log_text())
+        protocols = [event["protocol"] for event in sessions[0]["events"]]
+        self.assertIn("tftp", protocols)
+
+        # Deleted: no answer again, no restart.
+        self.pxetwist("machines", "delete", MAC)
+        again = self.discover()
+        self.assertEqual(self.boot_files(again), [b""])
+        self.assertEqual(self.server.poll(), None)
