@@ -97,45 +97,62 @@ class ChannelSite(Protocol):
 
 
 class IdleConnections:
-    """The idle connections of each client address, oldest first; closes the oldest over a cap.
+    """The idle connections, per client address and in all, oldest first; closes the oldest
+    over a cap.
 
-    Only connections idle for :data:`_EVICT_AFTER` seconds or more are closed for a newcomer, so a
-    burst of fresh connections from one address (parallel downloads, many machines behind one
-    NAT) is never cut off before its requests arrive; the header deadline bounds those.
+    Per address (``http.max_idle_per_client``), only connections idle for :data:`_EVICT_AFTER`
+    seconds or more are closed for a newcomer, so a burst of fresh connections from one address
+    (parallel downloads, many machines behind one NAT) is never cut off before its requests
+    arrive; the header deadline bounds those.
+
+    In all (``total_cap``, set by the service from the open-file limit): the oldest idle
+    connection of any address is closed, however fresh, so that idle connections can never
+    take every descriptor.  Without this, a flood of slow clients from many addresses would
+    make ``accept`` fail with EMFILE and lock real machines out until the header deadline.
     """
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], total_cap: int | None = None) -> None:
         self._clock = clock
+        self.total_cap = total_cap
         self._by_host: dict[str, collections.OrderedDict[BootChannel, float]] = {}
+        self._all: collections.OrderedDict[BootChannel, None] = collections.OrderedDict()
 
     def count(self, host: str) -> int:
         return len(self._by_host.get(host, ()))
 
     def __len__(self) -> int:
-        return sum(len(channels) for channels in self._by_host.values())
+        return len(self._all)
 
     def mark_idle(self, channel: BootChannel, cap: int) -> None:
-        """``channel`` waits for (or receives) a request; close the oldest idle over ``cap``."""
+        """``channel`` waits for (or receives) a request; close the oldest idle over the caps."""
         host = channel.peer_host
         now = self._clock()
         channels = self._by_host.setdefault(host, collections.OrderedDict())
         channels.pop(channel, None)
         channels[channel] = now
+        self._all.pop(channel, None)
+        self._all[channel] = None
         while len(channels) > cap:
             oldest, since = next(iter(channels.items()))
             if now - since < _EVICT_AFTER:
                 break
-            del channels[oldest]
-            oldest.evict()
+            self._evict(oldest)
+        while self.total_cap is not None and len(self._all) > self.total_cap:
+            self._evict(next(iter(self._all)))
 
     def mark_busy(self, channel: BootChannel) -> None:
         """``channel`` is being answered, or is gone: it is not idle."""
+        self._all.pop(channel, None)
         host = channel.peer_host
         channels = self._by_host.get(host)
         if channels is not None:
             channels.pop(channel, None)
             if not channels:
                 del self._by_host[host]
+
+    def _evict(self, channel: BootChannel) -> None:
+        self.mark_busy(channel)
+        channel.evict()
 
 
 class BootChannel(HTTPChannel):

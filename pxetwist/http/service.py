@@ -27,6 +27,7 @@ body deadlines, size limits with their 4xx statuses, a cap on idle connections p
 from __future__ import annotations
 
 import itertools
+import resource
 from typing import Any, Final, cast
 
 from twisted.application.service import Service
@@ -82,7 +83,7 @@ class HttpService(Service):
     def _bind(self) -> None:
         if self.ports:
             return
-        _raise_fd_limit()
+        self.site.idle.total_cap = idle_cap(_raise_fd_limit())
         addresses = list(dict.fromkeys(str(info.ip) for info in self.context.served))
         if not addresses:
             log.error("http: no interface with an IPv4 address to serve; HTTP is not served")
@@ -178,9 +179,20 @@ class HttpService(Service):
         return [listening_address(port) for port in self.ports]
 
 
-def _raise_fd_limit() -> None:
-    """Make room for a boot storm: each download holds three descriptors."""
+def _raise_fd_limit() -> int:
+    """Make room for a boot storm: each download holds three descriptors; returns the limit."""
     wanted = 2000 * _FD_PER_DOWNLOAD + HEADROOM
     limit = raise_fd_limit(wanted)
     if limit < wanted:
         log.warn("http: cannot raise the open-file limit above {soft}", soft=limit)
+    return limit
+
+
+def idle_cap(fd_limit: int) -> int | None:
+    """Idle connections allowed in all with ``fd_limit`` descriptors: half of what is left
+    after the process's own (listeners, logs, the lease database), so that slow clients can
+    never take the descriptors that new connections and downloads need.  None: no limit."""
+    if fd_limit == resource.RLIM_INFINITY or fd_limit < 0:
+        return None
+    reserve = min(HEADROOM, fd_limit // 4)
+    return max(16, (fd_limit - reserve) // 2)

@@ -8,6 +8,7 @@ large or malformed, and the cap on idle connections per client address.
 
 from __future__ import annotations
 
+import resource
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,6 +23,7 @@ from pxetwist.config import parse_config
 from pxetwist.config.model import HttpConfig
 from pxetwist.events import BootEvent, BootEventBus, Outcome
 from pxetwist.http.channel import BootChannel
+from pxetwist.http.service import idle_cap
 from pxetwist.http.site import BootSite
 from pxetwist.http.static import BootFiles
 from tests.config.test_load import error_for
@@ -379,6 +381,18 @@ class IdleCapTests(ChannelTestCase):
         self.settle()
         self.assertEqual(self.site.idle.count("10.77.1.5"), 1 + 4)  # answered: idle again
 
+    def test_total_cap_closes_the_oldest_of_any_address_at_once(self) -> None:
+        """Over the total cap (set from the open-file limit) the oldest idle connection of any
+        address is closed, however fresh: idle connections never take every descriptor."""
+        self.site.idle.total_cap = 4
+        first = self.connect(_peer("10.77.1.1"))
+        others = [self.connect(_peer(f"10.77.1.{n}")) for n in range(2, 5)]
+        self.assertFalse(first.closed)
+        newest = self.connect(_peer("10.77.1.9"))
+        self.assertTrue(first.closed)
+        self.assertFalse(any(c.closed for c in [*others, newest]))
+        self.assertEqual(len(self.site.idle), 4)
+
     def test_idle_keepalive_connection_is_displaced_quietly(self) -> None:
         first = self.connect(_peer(port=1))
         first.send(_GET)
@@ -389,6 +403,15 @@ class IdleCapTests(ChannelTestCase):
             self.connect(_peer(port=port))
         self.assertTrue(first.closed)
         self.assertEqual(first.read(), answered)
+
+
+class IdleCapFromLimitTests(SynchronousTestCase):
+    def test_half_of_what_is_left(self) -> None:
+        self.assertEqual(idle_cap(6512), 3000)  # the limit the service asks for
+        self.assertEqual(idle_cap(1024), 384)
+        self.assertEqual(idle_cap(300), 112)
+        self.assertEqual(idle_cap(40), 16)
+        self.assertIsNone(idle_cap(resource.RLIM_INFINITY))
 
 
 class ConfigTests(SynchronousTestCase):

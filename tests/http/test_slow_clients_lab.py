@@ -152,20 +152,20 @@ class SlowClientsLabTests(SynchronousTestCase):
                 ignored=IGNORED,
             )
         )
+        self.config = config
         self.log = self.base / "twistd.log"
-        argv = [str(TWISTD), "-n", "--pidfile", str(self.base / "twistd.pid")]
-        argv += ["--logfile", str(self.log), "pxe", "--config", str(config)]
+        self.url = f"http://{self.lab.srv_ip}:{PORT}/"
+
+    def start(self, *prefix: str) -> None:
+        """``twistd -n pxe`` in the server namespace, its argv after ``prefix`` (prlimit)."""
+        argv = [*prefix, str(TWISTD), "-n", "--pidfile", str(self.base / "twistd.pid")]
+        argv += ["--logfile", str(self.log), "pxe", "--config", str(self.config)]
         self.server = self.lab.spawn(self.lab.srv, argv, stderr=subprocess.DEVNULL)
         self.addCleanup(NetLab.stop, self.server)
         self.lab.wait_port(self.lab.srv, "tcp", PORT, timeout=30, proc=self.server)
-        self.url = f"http://{self.lab.srv_ip}:{PORT}/"
 
-    def descriptors(self) -> int:
-        return len(os.listdir(f"/proc/{self.server.pid}/fd"))
-
-    def test_slow_clients_are_closed_at_the_header_deadline(self) -> None:
-        before = self.descriptors()
-        limit = HEADER_TIMEOUT + 4 * SLACK + 30  # the script's own bound, far above the deadline
+    def slow_clients(self, limit: float) -> subprocess.Popen[str]:
+        """Start the slow clients; returns once all of them are connected."""
         slow = self.lab.spawn(
             self.lab.cli,
             [
@@ -186,6 +186,16 @@ class SlowClientsLabTests(SynchronousTestCase):
         assert slow.stdout is not None
         connected = slow.stdout.readline()
         self.assertEqual(connected.split(), ["connected", str(SLOW_CLIENTS)], slow.stderr)
+        return slow
+
+    def descriptors(self) -> int:
+        return len(os.listdir(f"/proc/{self.server.pid}/fd"))
+
+    def test_slow_clients_are_closed_at_the_header_deadline(self) -> None:
+        self.start()
+        before = self.descriptors()
+        limit = HEADER_TIMEOUT + 4 * SLACK + 30  # the script's own bound, far above the deadline
+        slow = self.slow_clients(limit)
         # A real machine's download while all of them hold their connections.
         body = self.base / "download"
         started = time.monotonic()
@@ -221,6 +231,7 @@ class SlowClientsLabTests(SynchronousTestCase):
     def test_a_client_that_stops_reading_is_aborted(self) -> None:
         """A download whose client reads nothing is aborted after the send timeout, and its
         socket and file are released (a slow-read client cannot hold them for ever)."""
+        self.start()
         before = self.descriptors()
         pause = SEND_TIMEOUT + SLACK
         done = self.lab.run(
@@ -247,3 +258,28 @@ class SlowClientsLabTests(SynchronousTestCase):
         self.assertLessEqual(self.descriptors(), before + 2)
         self.assertIn("GET /big.iso 200", self.log.read_text())
         self.assertIn("(client went away)", self.log.read_text())
+
+    def test_few_descriptors_slow_clients_do_not_lock_real_clients_out(self) -> None:
+        """With an open-file limit of 300 (``ulimit -n``), 1,000 slow clients from many ports
+        would take every descriptor and ``accept`` would fail until the header deadline; idle
+        connections are capped below the limit (the oldest closed first), so a real download
+        gets through while they are still connected."""
+        prlimit = require_binary("prlimit", self)
+        self.start(prlimit, "--nofile=300:300", "--")
+        slow = self.slow_clients(HEADER_TIMEOUT + 4 * SLACK + 30)
+        connected_at = time.monotonic()
+        body = self.base / "download"
+        curl = [self.curl, "-sS", "-m", "10", "-o", str(body), "-w", "%{http_code}"]
+        attempts = []
+        while time.monotonic() - connected_at < HEADER_TIMEOUT - 1:
+            done = self.lab.run(self.lab.cli, [*curl, self.url + "node/linux"], timeout=20)
+            attempts.append((round(time.monotonic() - connected_at, 2), done.stdout))
+            if done.stdout == "200":
+                break
+            time.sleep(0.25)
+        self.assertEqual(attempts[-1][1], "200", attempts)
+        self.assertEqual(body.read_bytes(), self.files["node/linux"])
+        self.assertIsNone(slow.poll())  # the slow clients are still there
+        out, _ = slow.communicate(timeout=HEADER_TIMEOUT + 4 * SLACK + 60)
+        report = json.loads(out.strip().splitlines()[-1])
+        self.assertEqual((len(report["closed"]), report["still_open"]), (SLOW_CLIENTS, 0))
