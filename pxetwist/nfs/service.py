@@ -14,7 +14,7 @@ an ``nfs-grant`` / ``nfs-withdraw`` :class:`~pxetwist.events.BootEvent`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,8 +56,13 @@ class NfsService(Service):
 
     name = "nfs"
 
-    def __init__(self, context: ServerContext) -> None:
+    def __init__(
+        self,
+        context: ServerContext,
+        bus_factory: Callable[[Any, str], GaneshaBus] = GaneshaBus,
+    ) -> None:
         self.context = context
+        self.bus_factory = bus_factory
         self.reactor: Any = context.reactor
         config = context.config
         self.state = state_dir(config)
@@ -142,7 +147,7 @@ class NfsService(Service):
             self.bus = self.managed.bus
             return self.managed.start()
         address = config.nfs.ganesha.dbus or "system"
-        self.bus = GaneshaBus(self.reactor, address)
+        self.bus = self.bus_factory(self.reactor, address)
         return self._adopt_external()
 
     def _write_config(self, path: Path) -> None:

@@ -1,0 +1,187 @@
+"""The export wrapper's life cycle, deterministic: a fake Ganesha bus and a Clock.
+
+What a machine's sighting, lease, address change, reload and a TFTP event do to Ganesha's
+exports, which DBus calls go out, and which boot events come out.  The same service drives a
+real Ganesha in :mod:`tests.nfs.test_ganesha_lab`.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import attrs
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from pxetwist.context import ServerContext, Settings
+from pxetwist.events import BootEvent, EventProtocol, EventStage, Outcome
+from pxetwist.nfs.service import CHECK_INTERVAL, NfsService
+from pxetwist.policy.builtin import ArchPolicy, StaticPolicy
+from pxetwist.policy.chain import PolicyChain
+from pxetwist.policy.values import MacAddress, Stage
+from pxetwist.testing import config_from_yaml, make_request
+
+A = "52:54:00:77:00:10"
+B = "52:54:00:77:00:11"
+
+
+class FakeBus:
+    """Records export calls; remembers each added block's client address."""
+
+    def __init__(self, reactor: Any, address: str) -> None:
+        self.address = address
+        self.calls: list[tuple[str, int]] = []
+        self.exports: dict[int, str] = {1500: "/stale"}  # left over from a previous run
+
+    def show_exports(self) -> Deferred[dict[int, str]]:
+        return succeed(dict(self.exports))
+
+    def add_export(self, block_file: str, export_id: int) -> Deferred[None]:
+        text = Path(block_file).read_text()
+        client = re.search(r"Clients = ([\d.]+);", text)
+        assert client is not None and f"Export_Id = {export_id};" in text
+        self.calls.append(("add", export_id))
+        self.exports[export_id] = client.group(1)
+        return succeed(None)
+
+    def remove_export(self, export_id: int) -> Deferred[None]:
+        self.calls.append(("remove", export_id))
+        del self.exports[export_id]
+        return succeed(None)
+
+    def close(self) -> None:
+        pass
+
+
+class ServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="pxt-nfs-svc-"))
+        self.addCleanup(shutil.rmtree, self.base, True)
+        (self.base / "nfs" / "images" / "base").mkdir(parents=True)
+        self.clock = Clock()
+        self.events: list[BootEvent] = []
+
+    def config_text(self, mode: str = "proxy", nfs: str = "[{path: images/base}]") -> str:
+        subnets = (
+            "  subnets: [{network: 10.77.0.0/16, range: [10.77.1.1, 10.77.1.9]}]\n"
+            if mode == "authoritative"
+            else ""
+        )
+        return (
+            f"data_dir: {self.base / 'data'}\n"
+            f"dhcp:\n  mode: {mode}\n{subnets}"
+            f"nfs: {{enabled: true, root: {self.base / 'nfs'}, ganesha: {{dbus: system}}}}\n"
+            "defaults:\n"
+            f"  nfs: {nfs}\n"
+        )
+
+    def start(self, mode: str = "proxy") -> tuple[NfsService, FakeBus]:
+        config = config_from_yaml(self.config_text(mode))
+        self.context = ServerContext.build(
+            config,
+            self.chain(config),
+            self.clock,  # type: ignore[arg-type]
+        )
+        self.context.events.subscribe(self.events.append)
+        buses: list[FakeBus] = []
+
+        def factory(reactor: Any, address: str) -> Any:
+            buses.append(FakeBus(reactor, address))
+            return buses[0]
+
+        service = NfsService(self.context, bus_factory=factory)
+        parent = MultiService()
+        service.setServiceParent(parent)
+        parent.startService()
+        self.addCleanup(parent.stopService)
+        self.clock.advance(0)
+        return service, buses[0]
+
+    def chain(self, config: Any) -> PolicyChain:
+        return PolicyChain(
+            [("static", StaticPolicy(config)), ("arch", ArchPolicy(config))], self.clock
+        )
+
+    def nfs_events(self) -> list[tuple[EventStage, str, str, str]]:
+        return [
+            (e.stage, str(e.mac), str(e.client), str(e.details["path"]))
+            for e in self.events
+            if e.protocol is EventProtocol.NFS
+        ]
+
+    def test_operator_ganesha_stale_exports_removed_at_start(self) -> None:
+        _service, bus = self.start()
+        self.assertEqual(bus.address, "system")
+        self.assertEqual(bus.calls, [("remove", 1500)])
+
+    def test_sighting_grants_and_another_machine_takes_the_address(self) -> None:
+        service, bus = self.start()
+        ip = IPv4Address("10.77.0.10")
+        request = attrs.evolve(make_request(A, arch=7), stage=Stage.PROXY_4011)
+        self.context.sightings.record(request, ip)
+        self.clock.advance(0)
+        [granted] = service.exports_of(MacAddress.parse(A))
+        self.assertEqual(bus.exports[granted.export_id], "10.77.0.10")
+        self.assertEqual(
+            self.nfs_events(), [(EventStage.NFS_GRANT, A, "10.77.0.10", "images/base")]
+        )
+        # B shows up at A's address (over TFTP): A's export goes, B gets its own
+        self.context.events.emit(
+            BootEvent(
+                time=0, protocol=EventProtocol.TFTP, stage=EventStage.TFTP_TRANSFER,
+                outcome=Outcome.OK, mac=MacAddress.parse(B), client=ip,
+            )
+        )  # fmt: skip
+        self.clock.advance(0)
+        self.assertEqual(service.exports_of(MacAddress.parse(A)), [])
+        [other] = service.exports_of(MacAddress.parse(B))
+        self.assertNotEqual(other.pseudo, granted.pseudo)
+        self.assertEqual(
+            self.nfs_events()[1:],
+            [
+                (EventStage.NFS_WITHDRAW, A, "10.77.0.10", "images/base"),
+                (EventStage.NFS_GRANT, B, "10.77.0.10", "images/base"),
+            ],
+        )
+
+    def test_address_change_moves_the_export(self) -> None:
+        service, bus = self.start()
+        request = attrs.evolve(make_request(A, arch=7), stage=Stage.PROXY_4011)
+        self.context.sightings.record(request, IPv4Address("10.77.0.10"))
+        self.clock.advance(0)
+        self.context.sightings.record(request, IPv4Address("10.77.0.11"))
+        self.clock.advance(0)
+        [grant] = service.exports_of(MacAddress.parse(A))
+        self.assertEqual(str(grant.client), "10.77.0.11")
+        self.assertEqual(list(bus.exports.values()), ["10.77.0.11"])
+
+    def test_lease_end_withdraws(self) -> None:
+        service, bus = self.start("authoritative")
+        leases = {MacAddress.parse(A): IPv4Address("10.77.1.3")}
+        service.book.leases = lambda mac, now: leases.get(mac)
+        self.context.sightings.record(make_request(A, arch=0), IPv4Address("10.77.1.3"))
+        self.clock.advance(0)
+        self.assertEqual(len(service.exports_of(MacAddress.parse(A))), 1)
+        del leases[MacAddress.parse(A)]  # expired or released: no packet says so
+        self.clock.advance(CHECK_INTERVAL)
+        self.clock.advance(0)
+        self.assertEqual(service.exports_of(MacAddress.parse(A)), [])
+        self.assertEqual([c for c, _ in bus.calls], ["remove", "add", "remove"])
+
+    def test_reload_removes_exports_no_longer_configured(self) -> None:
+        service, bus = self.start()
+        request = attrs.evolve(make_request(A, arch=7), stage=Stage.PROXY_4011)
+        self.context.sightings.record(request, IPv4Address("10.77.0.10"))
+        self.clock.advance(0)
+        new = config_from_yaml(self.config_text(nfs="[]"))
+        self.context.live.replace(Settings(new, self.chain(new)))
+        self.clock.advance(0)
+        self.assertEqual(service.exports_of(MacAddress.parse(A)), [])
+        self.assertEqual(bus.exports, {})
