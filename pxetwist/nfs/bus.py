@@ -6,7 +6,10 @@ Ganesha takes exports at run time through ``org.ganesha.nfsd.exportmgr`` on
 * ``AddExport(s path, s expression)``: read the file at ``path`` and add the export block the
   expression selects, ``EXPORT(Export_Id=N)``;
 * ``RemoveExport(q id)``;
-* ``ShowExports() -> (t, t), a(qs...)``: the time and every export's id and pseudo path.
+* ``ShowExports() -> (t, t), a(qs...)``: the time and every export's id and pseudo path;
+* ``ShowClients() -> (t, t), a(s((sb)...)(tt))`` on ``/org/ganesha/nfsd/ClientMgr``
+  (``org.ganesha.nfsd.clientmgr``): every client address Ganesha has served, with the protocols
+  it used (``NFSv3``, ``MNT``, ``NFSv40``, ``NFSv41``...).
 
 Each call is a few milliseconds and takes effect at once, so exports change without restarting
 Ganesha (which would cut every diskless machine's root for seconds).
@@ -26,6 +29,8 @@ log = Logger()
 DESTINATION = "org.ganesha.nfsd"
 OBJECT_PATH = "/org/ganesha/nfsd/ExportMgr"
 INTERFACE = "org.ganesha.nfsd.exportmgr"
+CLIENTS_PATH = "/org/ganesha/nfsd/ClientMgr"
+CLIENTS_INTERFACE = "org.ganesha.nfsd.clientmgr"
 CALL_TIMEOUT = 10.0  # seconds; an answer normally takes 3-11 ms
 
 
@@ -56,13 +61,20 @@ class GaneshaBus:
         self._connection = None
 
     @inlineCallbacks
-    def _call(self, method: str, signature: str | None, body: list[Any]) -> Any:
+    def _call(
+        self,
+        method: str,
+        signature: str | None,
+        body: list[Any],
+        path: str = OBJECT_PATH,
+        interface: str = INTERFACE,
+    ) -> Any:
         connection = yield self._connect()
         try:
             result = yield connection.callRemote(
-                OBJECT_PATH,
+                path,
                 method,
-                interface=INTERFACE,
+                interface=interface,
                 destination=DESTINATION,
                 signature=signature,
                 body=body,
@@ -93,6 +105,17 @@ class GaneshaBus:
         for entry in entries:
             exports[int(entry[0])] = str(entry[1])
         return exports
+
+    @inlineCallbacks
+    def show_clients(self) -> Any:
+        """``{client address: [protocols it used]}`` (IPv4-mapped addresses made plain)."""
+        result = yield self._call("ShowClients", None, [], CLIENTS_PATH, CLIENTS_INTERFACE)
+        clients: dict[str, list[str]] = {}
+        entries = result[1] if isinstance(result, list | tuple) and len(result) > 1 else []
+        for entry in entries:
+            address = str(entry[0]).removeprefix("::ffff:")
+            clients[address] = [str(name) for name, used in entry[1] if used]
+        return clients
 
     def close(self) -> None:
         connection, self._connection = self._connection, None

@@ -79,6 +79,7 @@ class NfsService(Service):
         self._sync_again = False
         self._pending: set[MacAddress] = set()
         self._unreported: list[ExportGrant] = []
+        self._mounted: set[tuple[MacAddress, IPv4Address]] = set()
         self._pending_call: Any = None
 
     # -- setup ----------------------------------------------------------------------------------
@@ -241,7 +242,9 @@ class NfsService(Service):
         self._soon(self.book.macs() | self._granted_macs())
 
     def _check(self) -> None:
-        """Leases expire without a packet: look at every machine that holds exports."""
+        """Leases expire without a packet: look at every machine that holds exports.  And ask
+        Ganesha which clients it has served, for the ``nfs-mount`` events."""
+        self._poll_clients()
         now = self.reactor.seconds()
         stale = {
             grant.mac
@@ -250,6 +253,36 @@ class NfsService(Service):
         }
         if stale:
             self._soon(stale)
+
+    def _poll_clients(self) -> None:
+        bus = self.bus
+        if bus is None or not self.applied or (self.managed is not None and not self.managed.up):
+            return
+        d = bus.show_clients()
+        d.addCallbacks(self._clients_seen, lambda _: None)
+
+    def _clients_seen(self, clients: dict[str, list[str]]) -> None:
+        """A granted machine's address among Ganesha's clients: it mounted (once per grant)."""
+        holders = {(grant.mac, grant.client) for grant in self.applied.values()}
+        self._mounted &= holders
+        for mac, client in sorted(holders - self._mounted):
+            protocols = clients.get(str(client))
+            if protocols is None:
+                continue
+            self._mounted.add((mac, client))
+            paths = [g.relative for g in self.applied.values() if g.mac == mac]
+            self.context.events.emit(
+                BootEvent(
+                    time=self.reactor.seconds(),
+                    protocol=EventProtocol.NFS,
+                    stage=EventStage.NFS_MOUNT,
+                    outcome=Outcome.OK,
+                    mac=mac,
+                    client=client,
+                    details={"paths": sorted(paths), "protocols": ", ".join(protocols)},
+                    message="nfs: {mac} at {client} is using its exports ({protocols})",
+                )
+            )
 
     def _soon(self, macs: set[MacAddress]) -> None:
         """Look at these machines again on the next reactor turn (never on a protocol's path)."""

@@ -167,8 +167,11 @@ class DisklessBootTests(SynchronousTestCase):
             self.assertIn(f"NFSPROBE-REFUSED {server_ip}:{pseudo}", probe)
             self.assertNotIn(f"NFSPROBE-MOUNTED {server_ip}:{pseudo}", probe)
 
+        server.wait_log(f"nfs: {mac1} at ", timeout=30)  # the nfs-mount event
         log = server.log_text()
         self.assertRegex(log, rf"nfs: granted hosts/{dashed} \(rw\) to {mac1} at 10\.77\.")
         self.assertRegex(log, rf"nfs: granted images/base \(ro\) to {mac1} at 10\.77\.")
         self.assertNotRegex(log, rf"nfs: granted \S+ \(r[ow]\) to {mac2}")
+        self.assertRegex(log, rf"nfs: {mac1} at 10\.77\.\S+ is using its exports \(.*NFSv41")
+        self.assertNotIn(f"nfs: {mac2} at", log)
         print(f"\ndiskless boot: VM start -> PID 1 from NFS done in {seconds:.1f} s")

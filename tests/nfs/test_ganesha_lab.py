@@ -117,6 +117,9 @@ class ReservedMachineTests(SynchronousTestCase):
             )
             self.assertEqual(rw.returncode, 0, rw.stderr)
 
+        # Ganesha now lists the machine's address among its clients: an nfs-mount event
+        self.server.wait_log(f"nfs: {MAC} at {MACHINE_IP} is using its exports", timeout=30)
+
     def test_other_address_refused(self) -> None:
         for relative in ("images/base", f"hosts/{DASHED}"):
             for version in ("3", "4"):

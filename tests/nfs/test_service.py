@@ -39,6 +39,10 @@ class FakeBus:
         self.address = address
         self.calls: list[tuple[str, int]] = []
         self.exports: dict[int, str] = {1500: "/stale"}  # left over from a previous run
+        self.clients: dict[str, list[str]] = {}
+
+    def show_clients(self) -> Deferred[dict[str, list[str]]]:
+        return succeed(dict(self.clients))
 
     def show_exports(self) -> Deferred[dict[int, str]]:
         return succeed(dict(self.exports))
@@ -185,3 +189,19 @@ class ServiceTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(service.exports_of(MacAddress.parse(A)), [])
         self.assertEqual(bus.exports, {})
+
+    def test_mount_event_once_per_grant(self) -> None:
+        _service, bus = self.start()
+        request = attrs.evolve(make_request(A, arch=7), stage=Stage.PROXY_4011)
+        self.context.sightings.record(request, IPv4Address("10.77.0.10"))
+        self.clock.advance(0)
+        bus.clients = {"10.77.0.99": ["NFSv41"]}  # someone else: no event
+        self.clock.advance(CHECK_INTERVAL)
+        self.assertEqual([e for e in self.events if e.stage is EventStage.NFS_MOUNT], [])
+        bus.clients["10.77.0.10"] = ["NFSv41"]
+        for _ in range(3):
+            self.clock.advance(CHECK_INTERVAL)
+        [mount] = [e for e in self.events if e.stage is EventStage.NFS_MOUNT]
+        self.assertEqual((str(mount.mac), str(mount.client)), (A, "10.77.0.10"))
+        self.assertEqual(mount.details["paths"], ["images/base"])
+        self.assertEqual(mount.details["protocols"], "NFSv41")
