@@ -88,11 +88,18 @@ class LazyDetails(Mapping[str, object]):
     whenever it is called; the result is frozen like any other event's details.
     """
 
-    __slots__ = ("_make", "_value")
+    __slots__ = ("_known", "_make", "_value")
 
-    def __init__(self, make: Callable[[], Mapping[str, object]]) -> None:
+    def __init__(
+        self,
+        make: Callable[[], Mapping[str, object]],
+        known: Mapping[str, object] | None = None,
+    ) -> None:
         self._make: Callable[[], Mapping[str, object]] | None = make
         self._value: Mapping[str, object] | None = None
+        # Facts the emitter had at hand anyway (``make`` returns them too): an observer that
+        # reads only these, such as sessions asking "is this a PXE client?", costs nothing.
+        self._known = known
 
     def _details(self) -> Mapping[str, object]:
         value = self._value
@@ -103,6 +110,9 @@ class LazyDetails(Mapping[str, object]):
         return value
 
     def __getitem__(self, key: str) -> object:
+        known = self._known
+        if known is not None and self._value is None and key in known:
+            return known[key]
         return self._details()[key]
 
     def __iter__(self) -> Iterator[str]:

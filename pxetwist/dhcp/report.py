@@ -36,6 +36,7 @@ from pxetwist.dhcp.options import MessageType, OptionCode
 from pxetwist.dhcp.packet import DhcpPacket
 from pxetwist.events import BootEvent, EventProtocol, EventStage, LazyDetails
 from pxetwist.events import Outcome as EventOutcome
+from pxetwist.policy.request import BootRequest
 from pxetwist.policy.values import Firmware
 
 _ZERO = IPv4Address(0)
@@ -103,10 +104,25 @@ def packet_event(
         outcome=result,
         mac=request.mac if request is not None else packet.mac,
         client=client,
-        details=LazyDetails(partial(_details, exchange, outcome, kind, echo_dropped)),
+        details=LazyDetails(
+            partial(_details, exchange, outcome, kind, echo_dropped),
+            known=_known(request),
+        ),
         message=_MESSAGES[packet.giaddr != _ZERO, exchange.decision is not None],
         level=LogLevel.warn if result is EventOutcome.DROPPED else LogLevel.info,
     )
+
+
+_NOTHING_KNOWN: Mapping[str, object] = MappingProxyType({"firmware": None, "pxe": False})
+
+
+def _known(request: BootRequest | None) -> Mapping[str, object]:
+    """The details observers read for every packet (sessions: is it a PXE client?), at the
+    cost of one property; the rest waits for :func:`_details`."""
+    if request is None:
+        return _NOTHING_KNOWN
+    firmware = request.firmware
+    return {"firmware": firmware.value, "pxe": firmware is not Firmware.PLAIN}
 
 
 def _kind(packet: DhcpPacket) -> MessageType | None:

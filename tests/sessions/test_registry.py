@@ -245,6 +245,30 @@ class StuckTests(SynchronousTestCase):
         self.assertEqual((session.state, session.hint), (SessionState.IN_PROGRESS, None))
 
 
+class CostTests(SynchronousTestCase):
+    def test_plain_dhcp_costs_no_details(self) -> None:
+        """A busy DHCP server's plain clients: sessions read only what the event had at hand."""
+        from pxetwist.events import BootEvent, EventProtocol, LazyDetails
+
+        def expensive() -> dict[str, object]:
+            raise AssertionError("the details were worked out")
+
+        h = Harness()
+        for stage in (EventStage.DISCOVER, EventStage.REQUEST):
+            h.feed(
+                BootEvent(
+                    time=1.0,
+                    protocol=EventProtocol.DHCP,
+                    stage=stage,
+                    outcome=Outcome.OK,
+                    mac=MAC,
+                    client=CLIENT,
+                    details=LazyDetails(expensive, known={"firmware": "plain", "pxe": False}),
+                )
+            )
+        self.assertEqual(h.registry.sessions(), [])
+
+
 class BoundsTests(SynchronousTestCase):
     def test_events_per_session_are_bounded(self) -> None:
         h = Harness(max_events=20)

@@ -205,6 +205,27 @@ class SessionsLabTests(SynchronousTestCase):
         machine.http("/debian/linux")
         machine.http("/debian/initrd.gz")
 
+    def test_a_boot_is_one_timeline_with_every_stage_in_order(self) -> None:
+        booted = self.machines[0]
+        self.full_boot(booted)
+        # the OS calls home with the URL its kernel command line got
+        booted.http(f"/boot/done?mac={booted.mac}")
+        session = self.wait_for(booted.mac, "booted", lambda s: s["state"] == "booted")
+        stages = [item["stage"] for item in session["stages"]]
+        self.assertEqual(
+            stages,
+            ["dhcp-offer", "dhcp-ack", "nbp", "ipxe-dhcp", "script", "kernel", "initrd", "os-up"],
+        )
+        times = [item["time"] for item in session["stages"]]
+        self.assertEqual(times, sorted(times))
+        self.assertTrue(all(item["seconds"] >= 0 for item in session["stages"]))
+        self.assertEqual(session["stage"], "os-up")
+        self.assertEqual(session["mac"], booted.mac)
+        protocols = {event["protocol"] for event in session["events"]}
+        self.assertEqual(protocols, {"dhcp", "tftp", "http", "os"})
+        event_times = [event["time"] for event in session["events"]]
+        self.assertEqual(event_times, sorted(event_times))
+
     def test_a_machine_that_stops_after_its_nbp_is_stuck_there_with_the_hint(self) -> None:
         booted, stalled = self.machines[0], self.machines[1]
         booted.dhcp("bios")
