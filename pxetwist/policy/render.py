@@ -32,26 +32,26 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit
 
 import attrs
 import jinja2
 
+from pxetwist.config.model import Config, HttpConfig, TftpConfig
 from pxetwist.paths import PathRefused, normalize_request_path, resolve_path
 from pxetwist.policy.decision import BootDecision
 from pxetwist.policy.placeholders import expand_nfs, expand_placeholders
 from pxetwist.policy.request import BootRequest
 from pxetwist.policy.values import BootAction, Firmware
 
-if TYPE_CHECKING:
-    from pxetwist.config.model import Config
-
 #: The templates shipped with pxetwist; an operator's ``templates:`` directory is searched first.
 BUNDLED_TEMPLATES: Final = Path(__file__).resolve().parents[1] / "templates"
 
 _UNSAFE = re.compile(r"[\x00-\x20\x7f]")
-_TFTP_DEFAULT_PORT: Final = 69
+_TFTP_WELL_KNOWN_PORT: Final = 69  # what a tftp:// URL without a port means (RFC 3617)
+_HTTP_DEFAULTS: Final = HttpConfig()
+_TFTP_DEFAULTS: Final = TftpConfig()
 
 #: The booted OS's call-back route (:mod:`pxetwist.http.callback`).
 DONE_PATH: Final = "/boot/done"
@@ -104,8 +104,8 @@ class ServingContext:
     """
 
     server: str
-    http_port: int = 8080
-    tftp_port: int = _TFTP_DEFAULT_PORT
+    http_port: int = _HTTP_DEFAULTS.port
+    tftp_port: int = _TFTP_DEFAULTS.port
     http_root: Path | None = None
     tftp_root: Path | None = None
 
@@ -200,7 +200,7 @@ def ipxe_location(value: str, context: ServingContext) -> str:
     relative = _relative(value)
     if _under(context.http_root, relative):
         return _http_url(context, relative)
-    port = "" if context.tftp_port == _TFTP_DEFAULT_PORT else f":{context.tftp_port}"
+    port = "" if context.tftp_port == _TFTP_WELL_KNOWN_PORT else f":{context.tftp_port}"
     return f"tftp://{context.server}{port}/{_url_path(relative)}"
 
 
@@ -261,7 +261,7 @@ def _our_tftp_path(value: str, context: ServingContext, client: str) -> str:
     except ValueError:  # not a number: not a port of ours
         port = -1
     ours = parts.hostname == context.server
-    if scheme == "tftp" and ours and (port or _TFTP_DEFAULT_PORT) == context.tftp_port:
+    if scheme == "tftp" and ours and (port or _TFTP_WELL_KNOWN_PORT) == context.tftp_port:
         return _relative(unquote(parts.path))
     if scheme == "http" and ours and (port or 80) == context.http_port:
         relative = _relative(unquote(parts.path))
