@@ -9,7 +9,7 @@ Which names are scripts (:func:`script_name`):
 * GRUB's network search, for a GRUB loaded over HTTP: ``grub.cfg``, ``grub.cfg-01-<mac>``,
   ``grub.cfg-<mac>`` (any notation), ``grub.cfg-<UUID>`` and the client's address in hex and its
   prefixes, in any directory (``/grub/grub.cfg``). The naming is the TFTP front end's
-  (:func:`pxetwist.tftp.generated.match_generated`), so both protocols answer the same names.
+  (:func:`pxetwist.bootnames.match_generated`), so both protocols answer the same names.
 * PXELINUX configs are not generated over HTTP: ``pxelinux.cfg/...`` is an ordinary file here.
 
 Who is asking, what the policy decides and the rendering are worked out by
@@ -57,6 +57,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from pxetwist.bootconfig import BootConfig, BootConfigResolver, ConfigAsk, ConfigStatus
+from pxetwist.bootnames import match_generated
 from pxetwist.context import ServerContext
 from pxetwist.http.static import PathRefused, resolve_path, serve_file
 from pxetwist.netinfo import ipv4_host
@@ -74,7 +75,6 @@ from pxetwist.policy.values import (
     MacAddress,
     Stage,
 )
-from pxetwist.tftp.generated import match_generated
 
 __all__ = [
     "GENERATED_ATTRIBUTE",

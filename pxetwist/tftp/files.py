@@ -2,7 +2,7 @@
 """What a TFTP name is served from: a file under the root, or a boot config rendered per machine.
 
 Which file answers a name (:class:`FileResolver`): boot-loader config names
-(:mod:`pxetwist.tftp.generated`: ``pxelinux.cfg/01-<mac>``, ``grub.cfg-<mac>``, ``*.ipxe``, ...)
+(:mod:`pxetwist.bootnames`: ``pxelinux.cfg/01-<mac>``, ``grub.cfg-<mac>``, ``*.ipxe``, ...)
 are rendered for the asking machine *when its policy decision has something to say there* (a
 kernel, "boot locally", an iPXE script); otherwise the name is looked up on disk like any other.
 So generated configs win over files of the same name, and a site's hand-written
@@ -30,11 +30,11 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
 from pxetwist.bootconfig import BootConfig, BootConfigResolver, ConfigAsk, ConfigStatus
+from pxetwist.bootnames import match_generated
 from pxetwist.paths import PathRefused, normalize_request_path, resolve_path
 from pxetwist.policy.render import LoaderKind, ServingContext
 from pxetwist.policy.sightings import SightingRegistry
 from pxetwist.policy.values import MacAddress, Stage
-from pxetwist.tftp.generated import match_generated
 from pxetwist.tftp.packet import ErrorCode
 from pxetwist.tftp.session import BlockSource, BytesSource
 

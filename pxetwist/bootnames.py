@@ -1,4 +1,8 @@
-"""Which TFTP file names are per-machine boot configs pxetwist writes itself.
+"""Which file names are per-machine boot configs pxetwist writes itself, over TFTP or HTTP.
+
+Both front ends of :mod:`pxetwist.bootconfig` (TFTP's :mod:`pxetwist.tftp.files` and HTTP's
+:mod:`pxetwist.http.scripts`) read names with :func:`match_generated`, so a loader gets the same
+answer for the same name whichever protocol it fetched it with.
 
 Boot loaders look for their config under names derived from the machine (protocol-reference
 §6.6: "dynamic files are fine"):

@@ -6,9 +6,9 @@ from ipaddress import IPv4Address
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from pxetwist.bootnames import GeneratedName, match_generated
 from pxetwist.policy.render import LoaderKind
 from pxetwist.policy.values import MacAddress
-from pxetwist.tftp.generated import GeneratedName, match_generated
 
 CLIENT = IPv4Address("192.168.0.1")  # C0A80001
 MAC = MacAddress.parse("52:54:00:12:34:56")
