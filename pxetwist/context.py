@@ -98,7 +98,7 @@ class Settings:
     chain: PolicyChain
     #: The served interfaces (command line, else config, else every IPv4 one): a reload may
     #: add or remove some, and each service binds or closes its sockets to match.
-    interfaces: tuple[InterfaceInfo, ...] = ()
+    interfaces: tuple[InterfaceInfo, ...]
 
 
 SettingsListener = Callable[[Settings, Settings], None]

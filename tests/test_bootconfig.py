@@ -148,7 +148,11 @@ class ResolverTests(SynchronousTestCase):
         context = resolver.context
         static = StaticPolicy(config_from_yaml(f"machines: [{{mac: '{MAC}', kernel: new}}]"))
         context.live.replace(
-            Settings(context.config, PolicyChain([("static", static)], self.clock))
+            Settings(
+                context.config,
+                PolicyChain([("static", static)], self.clock),
+                context.interfaces,
+            )
         )
         config = self.resolve(resolver, ask)
         assert config.text is not None
@@ -159,7 +163,9 @@ class ResolverTests(SynchronousTestCase):
         first = resolver.renderer
         self.assertIs(resolver.renderer, first)
         other = config_from_yaml(f"templates: {self.base}/other")
-        resolver.context.live.replace(Settings(other, resolver.context.chain))
+        resolver.context.live.replace(
+            Settings(other, resolver.context.chain, resolver.context.interfaces)
+        )
         self.assertIsNot(resolver.renderer, first)
         self.assertEqual(resolver.renderer.override_dir, self.base / "other")
 

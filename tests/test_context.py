@@ -59,7 +59,7 @@ class ServerContextTests(SynchronousTestCase):
         context.live.subscribe(lambda old, new: seen.append((old, new)))
         old = context.live.current
         clock = Clock()
-        new = Settings(config_from_yaml("tftp: {port: 1069}"), PolicyChain([], clock))
+        new = Settings(config_from_yaml("tftp: {port: 1069}"), PolicyChain([], clock), ())
         context.live.replace(new)
         self.assertEqual(context.config.tftp.port, 1069)
         self.assertIs(context.chain, new.chain)
@@ -146,5 +146,5 @@ class ReloadTests(SynchronousTestCase):
         reloaded = config_from_yaml(
             f"server_address: 192.0.2.7\ntftp: {{root: {base}, port: 69}}\nhttp: {{port: 80}}"
         )
-        context.live.replace(Settings(reloaded, context.chain))
+        context.live.replace(Settings(reloaded, context.chain, context.interfaces))
         self.assertEqual((listener.context.server, listener.context.http_port), ("192.0.2.7", 80))
