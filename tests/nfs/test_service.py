@@ -185,7 +185,7 @@ class ServiceTests(SynchronousTestCase):
         self.context.sightings.record(request, IPv4Address("10.77.0.10"))
         self.clock.advance(0)
         new = config_from_yaml(self.config_text(nfs="[]"))
-        self.context.live.replace(Settings(new, self.chain(new)))
+        self.context.live.replace(Settings(new, self.chain(new), self.context.interfaces))
         self.clock.advance(0)
         self.assertEqual(service.exports_of(MacAddress.parse(A)), [])
         self.assertEqual(bus.exports, {})
