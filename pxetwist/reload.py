@@ -89,7 +89,11 @@ class Reloader:
         context = self.context
         old = context.live.current
         chain = PolicyChain(
-            setup.policies, context.reactor, config.policy.timeout, gate=old.chain.gate
+            setup.policies,
+            context.reactor,
+            config.policy.timeout,
+            gate=old.chain.gate,
+            monitor=old.chain.monitor,
         )
         restart = [label for label, read in _AT_START if read(old.config) != read(config)]
         before = {info.name for info in old.interfaces}

@@ -19,7 +19,7 @@ from pxetwist.api.leaseview import TableLeaseView
 from pxetwist.api.metricsweb import MetricsResource
 from pxetwist.api.recent import RecentSessions
 from pxetwist.api.router import Router
-from pxetwist.api.sessionview import RecorderBootOnce, RecorderSessions
+from pxetwist.api.sessionview import NfsExports, RecorderBootOnce, RecorderSessions
 from pxetwist.api.tokens import TokenSet
 from pxetwist.api.v1 import V1, ApiContext
 from pxetwist.config import Config, ConfigError
@@ -183,6 +183,9 @@ def api_service(context: ServerContext) -> ApiService:
         reloader = getattr(holder[0].parent, "reloader", None)  # PxeService's Reloader
         if reloader is not None and api_context.reloader is None:
             api_context.reloader = reloader
+        nfs = sibling("nfs")
+        if nfs is not None and api_context.nfs is None:
+            api_context.nfs = NfsExports(lambda: sibling("nfs"))
         recorder = sibling("sessions")
         if isinstance(recorder, SessionRecorder):
             context.events.unsubscribe(recent)

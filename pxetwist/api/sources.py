@@ -70,3 +70,11 @@ class IReloader(Interface):
 
     def reload() -> Deferred[dict[str, Any]]:
         """Fires with a summary, or fails with ConfigError/PluginError (old config kept)."""
+
+
+class INfsView(Interface):
+    """The NFS export wrapper's grants: what Ganesha exports to which machine."""
+
+    def exports() -> Sequence[dict[str, Any]]:
+        """Each export: ``export_id``, ``mac``, ``client``, ``path``, ``pseudo``, ``access``,
+        ``state`` (``active``, ``granting``: decided but not yet in Ganesha, ``withdrawing``)."""

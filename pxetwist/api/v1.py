@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from pxetwist import __version__
 from pxetwist.api.machines import MachinesApi, parse_mac
 from pxetwist.api.router import ApiError, ApiRequest, Reply, Route
-from pxetwist.api.sources import IBootOnce, ILeaseView, IReloader, ISessionView
+from pxetwist.api.sources import IBootOnce, ILeaseView, INfsView, IReloader, ISessionView
 from pxetwist.api.tokens import Access
 from pxetwist.config import Config, ConfigError
 from pxetwist.config.model import DhcpMode
@@ -42,6 +42,7 @@ class ApiContext:
     boot_once: IBootOnce | None = None
     reloader: IReloader | None = None
     policy_chain: Callable[[], Sequence[str]] = tuple
+    nfs: INfsView | None = None
 
 
 def lease_json(lease: Lease, now: float) -> dict[str, object]:
@@ -209,6 +210,14 @@ class V1:
     def stuck(self, request: ApiRequest) -> Reply:
         return Reply(200, list(self.context.sessions.stuck()))
 
+    def nfs_exports(self, request: ApiRequest) -> Reply:
+        mac = parse_mac(request.query["mac"]) if request.query.get("mac") else None
+        nfs = self.context.nfs
+        if nfs is None:
+            return Reply(200, [])  # no NFS wrapper running: nothing is exported
+        found = [e for e in nfs.exports() if mac is None or e["mac"] == str(mac)]
+        return Reply(200, found)
+
     # -- boot once, reload, health -------------------------------------------------------------
 
     def boot_once_state(self, request: ApiRequest) -> Reply:
@@ -304,6 +313,7 @@ class V1:
             Route("GET", f"{p}/sessions", self.sessions, summary="recent boot sessions"),
             Route("GET", f"{p}/sessions/stuck", self.stuck, summary="stuck sessions"),
             Route("GET", f"{p}/sessions/{{mac}}", self.machine_sessions),
+            Route("GET", f"{p}/nfs/exports", self.nfs_exports, summary="NFS exports per machine"),
             Route("POST", f"{p}/reload", self.reload, w, "reload config and plugins"),
         ]
 

@@ -400,3 +400,48 @@ class OpenApiTests(ApiTestCase):
             documented = document["paths"][route.template][route.method.lower()]["responses"]
             self.assertIn(str(status), documented, (route.method, route.template))
             self.assertLess(status, 300, (route.method, route.template))
+
+
+class NfsExportTests(ApiTestCase):
+    @defer.inlineCallbacks
+    def test_exports_by_state(self) -> Gen:
+        from ipaddress import IPv4Address
+        from pathlib import Path
+        from types import SimpleNamespace
+
+        from pxetwist.api.sessionview import NfsExports
+        from pxetwist.nfs.render import ExportGrant
+        from pxetwist.policy.decision import NfsAccess
+
+        def grant(export_id: int, mac: str) -> ExportGrant:
+            return ExportGrant(
+                export_id,
+                MacAddress.parse(mac),
+                IPv4Address("10.77.1.5"),
+                Path(f"/srv/nfs/{export_id}"),
+                f"/x{export_id}",
+                NfsAccess.RW,
+                f"{export_id}",
+            )
+
+        a, b, c = (
+            grant(3, "52:54:00:aa:00:01"),
+            grant(4, "52:54:00:aa:00:01"),
+            grant(5, "52:54:00:aa:00:02"),
+        )
+        status, body, _ = yield self.call("GET", "/api/v1/nfs/exports")
+        self.assertEqual((status, body), (200, []))
+        service = SimpleNamespace(desired={3: a, 5: c}, applied={3: a, 4: b})
+        self.context.nfs = NfsExports(lambda: service)
+        status, body, _ = yield self.call("GET", "/api/v1/nfs/exports")
+        self.assertEqual(
+            [(e["export_id"], e["state"]) for e in body],
+            [(3, "active"), (4, "withdrawing"), (5, "granting")],
+        )
+        self.assertEqual(body[0]["access"], "rw")
+        status, body, _ = yield self.call(
+            "GET", "/api/v1/nfs/exports", params={"mac": "52-54-00-aa-00-02"}
+        )
+        self.assertEqual([e["export_id"] for e in body], [5])
+        status, body, _ = yield self.call("GET", "/api/v1/nfs/exports", params={"mac": "zz"})
+        self.assertEqual((status, body["field"]), (400, "mac"))
