@@ -6,16 +6,17 @@ registry that ties later stages to what DHCP saw, the :class:`~pxetwist.events.B
 protocols report into, and the reactor.  A service's constructor takes the context and nothing
 else, so adding a protocol is a new package plus one line in :mod:`pxetwist.service`.
 
-**Hot reload.**  The context is frozen, but the config and the policy chain are not fields of
-it: they sit together in one :class:`LiveSettings`, a small holder whose :class:`Settings` value
-(config and chain as one frozen pair) a reload replaces in a single assignment.  So the rule
-for services is: read ``context.config`` and ``context.chain`` when you need them, per request,
-and never keep them in an attribute of your own.  A request that started under the old config
-finishes with the values it already read; the next one sees the new pair, never a new config
-with an old chain.  What a service *derives* from the config at start (bound sockets, TFTP
-limits, lease pools) it rebuilds in a callback given to :meth:`LiveSettings.subscribe`, which
-a reload calls with the old and new settings after the swap.  Sockets, the sighting registry,
-the event bus and the reactor are not reloaded: they live as long as the process.
+**Hot reload.**  The context is frozen, but the config, the policy chain and the served
+interfaces are not fields of it: they sit together in one :class:`LiveSettings`, a small holder
+whose :class:`Settings` value (one frozen triple) a reload (:mod:`pxetwist.reload`) replaces in a
+single assignment.  So the rule for services is: read ``context.config``, ``context.chain`` and
+``context.interfaces`` when you need them, per request, and never keep them in an attribute of
+your own.  A request that started under the old config finishes with the values it already read;
+the next one sees the new triple, never a new config with an old chain.  What a service *derives*
+from them (bound sockets, TFTP limits, lease pools) it rebuilds in a callback given to
+:meth:`LiveSettings.subscribe`, which a reload calls with the old and new settings after the
+swap.  The sighting registry, the event bus and the reactor are not reloaded: they live as long
+as the process.
 
 **Where clients reach us.**  :meth:`Config.reachable_address
 <pxetwist.config.model.Config.reachable_address>` is the one rule (``server_address`` when the
