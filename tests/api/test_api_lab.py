@@ -156,6 +156,15 @@ class ApiLabTests(SynchronousTestCase):
             time.sleep(0.5)
         self.assertEqual(transfers, 1, sorted(k for k in found if k[0].startswith("pxetwist_tftp")))
         self.assertEqual(found[("pxetwist_tftp_sent_bytes_total", ())], len(NBP))
+        # Two DORAs so far (unlisted, then listed): each one DISCOVER offered, one REQUEST acked.
+        packets = {
+            (dict(labels)["message_type"], dict(labels)["answer"]): value
+            for (name, labels), value in found.items()
+            if name == "pxetwist_dhcp_packets_total" and dict(labels)["arch"] == "bios"
+        }
+        self.assertEqual(packets, {("discover", "replied"): 2, ("request", "replied"): 2})
+        self.assertEqual(found[("pxetwist_dhcp_replies_total", (("reply", "offer"),))], 2)
+        self.assertEqual(found[("pxetwist_dhcp_replies_total", (("reply", "ack"),))], 2)
         self.assertGreaterEqual(
             found[("pxetwist_policy_decisions_total", (("outcome", "boot"), ("policy", "static")))],
             1,
@@ -173,8 +182,11 @@ class ApiLabTests(SynchronousTestCase):
         )
         sessions = json.loads(self.get(f"/api/v1/sessions/{MAC}"))
         self.assertTrue(sessions, self.log_text())
-        protocols = [event["protocol"] for event in sessions[0]["events"]]
-        self.assertIn("tftp", protocols)
+        # (the unlisted DORA counts as the same attempt: it never got past DHCP)
+        events = sessions[0]["events"]
+        self.assertEqual([e["stage"] for e in events[-3:]], ["dhcp-offer", "dhcp-ack", "nbp"])
+        self.assertEqual(events[-3]["details"]["policy"], "static")
+        self.assertEqual(events[-1]["details"]["file"], "undionly.kpxe")
 
         # Deleted: no answer again, no restart.
         self.pxetwist("machines", "delete", MAC)
