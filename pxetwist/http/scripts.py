@@ -79,6 +79,7 @@ from pxetwist.policy.values import (
 __all__ = [
     "GENERATED_ATTRIBUTE",
     "MAC_ATTRIBUTE",
+    "NOTE_ATTRIBUTE",
     "BootScripts",
     "ScriptName",
     "arch_from_query",
@@ -92,6 +93,10 @@ MAC_ATTRIBUTE: Final = "boot_mac"
 
 GENERATED_ATTRIBUTE: Final = "boot_generated"
 """The request attribute set when the body is a script or config written for the machine."""
+
+NOTE_ATTRIBUTE: Final = "boot_note"
+"""The request attribute with what the response event should say besides the HTTP facts: the
+decision (``loader``, ``policy``, ``action``, ``reason``) or why there is no script (``why``)."""
 
 _TEXT: Final = b"text/plain; charset=utf-8"
 
@@ -282,12 +287,7 @@ class BootScripts(Resource):
         try:
             query = _parse_query(typed.args or {})
         except _BadQuery as error:
-            _log.info(
-                "http: bad request for {path} from {client}: {why}",
-                path=name.path,
-                client=str(client),
-                why=str(error),
-            )
+            _note(request, why=str(error))
             return _respond(typed, 400, f"Bad Request: {error}")
         context = self._context(typed, name.kind)
         ask = ConfigAsk(
@@ -308,9 +308,7 @@ class BootScripts(Resource):
                 f"cannot tell which machine {client} is: DHCP has not seen it and the URL "
                 "has no mac= (iPXE: ?mac=${mac})"
             )
-            _log.info(
-                "http: no {path} for {client}: {why}", path=name.path, client=str(client), why=why
-            )
+            _note(request, why=why)
             return _respond(typed, 404, f"Not Found: {why}")
         setattr(request, MAC_ATTRIBUTE, boot_request.mac)
         gone: list[bool] = []
@@ -355,12 +353,12 @@ class BootScripts(Resource):
         decision = config.decision
         if config.status is ConfigStatus.UNDECIDED or decision is None:
             why = f"no boot policy decided for {mac}"
-            _log.info("http: no {path} for {mac}: {why}", path=name.path, mac=mac, why=why)
+            _note(request, why=why)
             _respond(typed, 404, f"Not Found: {why}")
             return
         if config.status is ConfigStatus.IGNORED:
             why = f"{mac} is ignored by policy {decision.policy}: {decision.reason}"
-            _log.info("http: no {path} for {mac}: {why}", path=name.path, mac=mac, why=why)
+            _note(request, why=why, policy=decision.policy, action=decision.action.value)
             _respond(typed, 404, f"Not Found: {why}")
             return
         if config.status is ConfigStatus.NOTHING:
@@ -387,17 +385,15 @@ class BootScripts(Resource):
         headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
         headers.setRawHeaders(b"Cache-Control", [b"no-store"])
         setattr(request, GENERATED_ATTRIBUTE, True)
-        typed.write(body)  # twisted.web drops the body itself for HEAD
-        typed.finish()
-        _log.info(
-            "http: sent {path} ({kind}) to {mac}: {action} by {policy}",
-            path=name.path,
-            kind=name.kind.value,
-            mac=mac,
-            action=decision.action.value,
+        _note(
+            request,
+            loader=name.kind.value,
             policy=decision.policy,
+            action=decision.action.value,
             reason=decision.reason,
         )
+        typed.write(body)  # twisted.web drops the body itself for HEAD
+        typed.finish()
 
     def _may_chain(self, program: str, context: ServingContext) -> bool:
         """iPXE may chain to *program* unless that is one of our own iPXE scripts (a loop)."""
@@ -440,16 +436,17 @@ class BootScripts(Resource):
                 f"the decision for {mac} ({decision.policy}: {decision.reason}) names no "
                 f"{what} for {name.kind.value}, and there is no file {name.path}"
             )
-            _log.info("http: no {path} for {mac}: {why}", path=name.path, mac=mac, why=why)
+            _note(request, why=why, policy=decision.policy, action=decision.action.value)
             _respond(typed, 404, f"Not Found: {why}")
             return
-        _log.info(
-            "http: sending the file {path} to {mac}: the decision names nothing for {kind}",
-            path=name.path,
-            mac=mac,
-            kind=name.kind.value,
-        )
+        why = f"the file: the decision names nothing for {name.kind.value}"
+        _note(request, why=why, policy=decision.policy, action=decision.action.value)
         serve_file(request, path, self._server.reactor)
+
+
+def _note(request: object, **details: str | None) -> None:
+    """What the response's boot event says besides the HTTP facts (:data:`NOTE_ATTRIBUTE`)."""
+    setattr(request, NOTE_ATTRIBUTE, {k: v for k, v in details.items() if v is not None})
 
 
 def _respond(

@@ -14,7 +14,8 @@ request too slow, too large or malformed: :mod:`pxetwist.http.channel`).  The de
 ``method``, ``path``, ``status``, ``bytes`` (body bytes sent), ``seconds`` (from the request
 line to the last byte handed to the kernel), ``range`` (the request's Range field, if any),
 ``generated`` (a script or config written for this machine, not a file), ``complete`` (False
-when the client went away), ``user_agent`` and, for refusals, ``reason``.  The event's MAC is the
+when the client went away), ``user_agent``; for a script, the decision (``loader``, ``policy``,
+``action``, ``reason``) or ``why`` there is none; for refusals, ``reason``.  The event's MAC is the
 script's ``mac=`` if there was one, else what DHCP (or the neighbour table) knows about the
 client's address.  The log observer writes each as the access-log line in ``pxetwist.http``.
 """
@@ -37,7 +38,12 @@ from pxetwist.config.model import HttpConfig
 from pxetwist.events import BootEvent, BootEventBus, EventProtocol, EventStage, Outcome
 from pxetwist.http.callback import BootDone
 from pxetwist.http.channel import BootChannel, IdleConnections
-from pxetwist.http.scripts import GENERATED_ATTRIBUTE, MAC_ATTRIBUTE, BootScripts
+from pxetwist.http.scripts import (
+    GENERATED_ATTRIBUTE,
+    MAC_ATTRIBUTE,
+    NOTE_ATTRIBUTE,
+    BootScripts,
+)
 from pxetwist.http.static import BootFiles
 from pxetwist.netinfo import ipv4_host
 from pxetwist.policy.sightings import SightingRegistry
@@ -46,17 +52,19 @@ from pxetwist.policy.values import MacAddress
 __all__ = ["BootRequestLog", "BootRoot", "BootSite"]
 
 _LINE: Final = "{client} {method} {path} {status} {bytes} bytes {seconds}s"
-"""The access-log line; the variants below add the MAC, the range and an abandoned download."""
+"""The access-log line; :func:`_message` adds the MAC, the range, the decision and why."""
 
-_MESSAGES: Final = {
-    (mac, ranged, complete): _LINE
-    + (" mac {mac}" if mac else "")
-    + (" range {range}" if ranged else "")
-    + ("" if complete else " (client went away)")
-    for mac in (False, True)
-    for ranged in (False, True)
-    for complete in (False, True)
-}
+
+def _message(*, mac: bool, ranged: bool, decided: bool, why: bool, complete: bool) -> str:
+    return (
+        _LINE
+        + (" mac {mac}" if mac else "")
+        + (" range {range}" if ranged else "")
+        + (" {loader} config: {action} by {policy}" if decided else "")
+        + (": {why}" if why else "")
+        + ("" if complete else " (client went away)")
+    )
+
 
 _REFUSED: Final = "{client} {status} refused: {reason}; request {path}"
 _PATH_LIMIT: Final = 200  # characters of a refused request line that reach the event
@@ -158,6 +166,7 @@ class BootSite(Site):
         seconds = round(now - started, 6) if started is not None else None
         status: int = typed.code
         ranged = _header(typed, b"range")
+        note: dict[str, str] = getattr(request, NOTE_ATTRIBUTE, None) or {}
         if not complete or status >= 500:
             outcome = Outcome.FAILED
         elif status >= 400:
@@ -173,6 +182,7 @@ class BootSite(Site):
                 mac=mac,
                 client=client,
                 details={
+                    **note,
                     "method": typed.method.decode("ascii", "replace"),
                     "path": typed.uri.decode("ascii", "backslashreplace"),
                     "status": status,
@@ -183,7 +193,13 @@ class BootSite(Site):
                     "complete": complete,
                     "user_agent": _header(typed, b"user-agent"),
                 },
-                message=_MESSAGES[(mac is not None, ranged is not None, complete)],
+                message=_message(
+                    mac=mac is not None,
+                    ranged=ranged is not None,
+                    decided="loader" in note,
+                    why="why" in note,
+                    complete=complete,
+                ),
             )
         )
 

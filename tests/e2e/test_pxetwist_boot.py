@@ -34,8 +34,7 @@ from tests.e2e import BootScenarioTests
 # What pxetwist must have logged serving each scenario, per stage (regexes; {mac} filled in).
 _DHCP_AUTH = [r"DISCOVER from {mac} on srv0: offer ", r"REQUEST from {mac} on srv0: ack "]
 _HTTP_SCRIPT = [
-    r"GET /boot\.ipxe\S* 200 .* mac {mac}",
-    r"http: sent boot\.ipxe \(ipxe\) to {mac}",
+    r"GET /boot\.ipxe\S* 200 .* mac {mac} ipxe config: boot by static",
     r"GET /boot/linux 200 8\d{{6}} bytes .* mac {mac}",
     r"GET /boot/initrd\.img 200 \d+ bytes .* mac {mac}",
 ]

@@ -267,13 +267,12 @@ class IpxeScriptTests(_Case):
         self.assertIn("priority=critical", body)
 
     def test_unknown_machine_without_arch_policy(self) -> None:
-        """No policy decides: 404 with the reason in the body, and a log line."""
+        """No policy decides: 404 with the reason in the body (and in the response's event)."""
         self.use(("static", StaticPolicy(self.config)))
         code, body, _ = self.get(f"boot.ipxe?mac={UNKNOWN}&arch=x86_64")
         self.assertEqual(code, 404)
         self.assertIn(f"no boot policy decided for {UNKNOWN}", body)
         self.assertNotIn("#!ipxe", body)
-        self.assertTrue(self.logged("http: no {path}"))
 
     def test_request_from_the_query(self) -> None:
         """A machine DHCP never saw: stage HTTP, path, addresses, arch and UUID from the URL,
@@ -353,7 +352,6 @@ class IpxeScriptTests(_Case):
         code, body, _ = self.get(f"boot.ipxe?mac={IGNORED}")
         self.assertEqual(code, 404)
         self.assertIn(f"{IGNORED} is ignored by policy static", body)
-        self.assertTrue(self.logged("http: no {path}"))
 
     def test_efi_kernel_gets_initrd_argument(self) -> None:
         """The EFI stub finds its initrd only through ``initrd=<name>`` on the command line."""
@@ -583,6 +581,32 @@ class SiteTests(_Case):
         self.assertIsNone(details["range"])
         self.assertGreater(cast(int, details["bytes"]), 50)
         self.assertGreaterEqual(cast(float, details["seconds"]), 0)
+
+    def test_script_event_says_what_was_decided(self) -> None:
+        """A generated script's event carries the decision; the log line says it."""
+        self.bus.subscribe(LogObserver())
+        self.raw(f"GET /boot.ipxe?mac={KNOWN} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        [event] = self.access()
+        self.assertEqual(
+            (event.details["loader"], event.details["policy"], event.details["action"]),
+            ("ipxe", "static", "boot"),
+        )
+        [logged] = [e for e in self.events if e.get("log_namespace") == "pxetwist.http"]
+        self.assertTrue(
+            formatEvent(logged).endswith(f"mac {KNOWN} ipxe config: boot by static"),
+            formatEvent(logged),
+        )
+
+    def test_script_refusal_event_says_why(self) -> None:
+        """A script not sent: the event (and its log line) says why, as the body does."""
+        self.bus.subscribe(LogObserver())
+        self.raw(f"GET /boot.ipxe?mac={IGNORED} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        [event] = self.access()
+        self.assertEqual((event.details["status"], event.outcome), (404, Outcome.REFUSED))
+        self.assertIn(f"{IGNORED} is ignored by policy static", str(event.details["why"]))
+        self.assertEqual(event.details["policy"], "static")
+        [logged] = [e for e in self.events if e.get("log_namespace") == "pxetwist.http"]
+        self.assertIn(f": {IGNORED} is ignored by policy static", formatEvent(logged))
 
     def test_access_log_mac_from_sightings(self) -> None:
         """A file download is reported with the MAC DHCP saw at the client's address."""
