@@ -47,6 +47,7 @@ from pxetwist.events import BootEventBus
 from pxetwist.netinfo import InterfaceInfo
 from pxetwist.policy.chain import PolicyChain
 from pxetwist.policy.sightings import SightingRegistry
+from pxetwist.privileges import RunAs
 
 __all__ = [
     "IServerReactor",
@@ -144,6 +145,9 @@ class ServerContext:
     sightings: SightingRegistry
     events: BootEventBus
     reactor: IServerReactor
+    run_as: RunAs | None = None
+    """The user ``twistd --uid/--gid`` switches to after ``privilegedStartService`` (None: no
+    switch): what state and helper processes made before the switch must belong to."""
 
     @classmethod
     def build(
@@ -155,6 +159,7 @@ class ServerContext:
         interfaces: Sequence[InterfaceInfo] = (),
         sightings: SightingRegistry | None = None,
         events: BootEventBus | None = None,
+        run_as: RunAs | None = None,
     ) -> ServerContext:
         """A context from its parts; a new sighting registry on the reactor's clock and an
         event bus with no observers unless given."""
@@ -163,6 +168,7 @@ class ServerContext:
             sightings=sightings if sightings is not None else SightingRegistry(reactor.seconds),
             events=events if events is not None else BootEventBus(),
             reactor=reactor,
+            run_as=run_as,
         )
 
     @property

@@ -22,6 +22,7 @@ from pxetwist.context import IServerReactor, ServerContext
 from pxetwist.control import ControlService
 from pxetwist.events import LogObserver
 from pxetwist.policy.chain import PolicyChain
+from pxetwist.privileges import RunAs, give_to
 from pxetwist.reload import Reloader, SignalHandler, install_sighup, restore_sighup
 from pxetwist.sessions.recorder import recorder_for
 from pxetwist.startup import ServerSetup
@@ -66,7 +67,9 @@ class PxeService(MultiService):
     subscribe to ``context.events`` too.
     """
 
-    def __init__(self, setup: ServerSetup, reactor: IServerReactor) -> None:
+    def __init__(
+        self, setup: ServerSetup, reactor: IServerReactor, run_as: RunAs | None = None
+    ) -> None:
         super().__init__()
         self.setup = setup
         config = setup.config
@@ -75,6 +78,7 @@ class PxeService(MultiService):
             PolicyChain(setup.policies, reactor, config.policy.timeout),
             reactor,
             interfaces=setup.interfaces,
+            run_as=run_as,
         )
         # Per-request lines within the config's log budget (read at start; not reloaded).
         budget = config.log_budget
@@ -103,7 +107,9 @@ class PxeService(MultiService):
         # kill the server (issue 18), and a signal can come while the services start.
         self._install_sighup()
         self.context.config.data_dir.mkdir(parents=True, exist_ok=True)
+        give_to(self.context.config.data_dir, self.context.run_as)  # before --uid/--gid switch
         super().privilegedStartService()
+        give_to(self.context.config.data_dir, self.context.run_as)  # what children made there
 
     def _install_sighup(self) -> None:
         if self._previous_sighup is None:

@@ -83,13 +83,14 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from pxetwist.context import server_reactor
+    from pxetwist.privileges import from_twistd
     from pxetwist.service import PxeService
 
     assert options.setup is not None, "postOptions prepares the setup"
     # Until the service installs its reload handler, a SIGHUP is ignored rather than fatal.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    return PxeService(options.setup, server_reactor(reactor))
+    return PxeService(options.setup, server_reactor(reactor), from_twistd(options))
 
 
 __all__ = ["Config", "Options", "makeService"]

@@ -177,26 +177,31 @@ class TftpService(Service):
 
     def privilegedStartService(self) -> None:
         self._bind()
+        self._start_workers()  # still root: the spawner becomes the service user itself
         super().privilegedStartService()
 
     def startService(self) -> None:
         self._bind()
+        self._start_workers()
         super().startService()
-        # After twistd dropped privileges: workers run as the service user.  They need a real
-        # process reactor, and single-port mode keeps every transfer on the listener's socket.
+
+    def _start_workers(self) -> None:
+        """The transfer workers (once).  They need a real process reactor, and single-port
+        mode keeps every transfer on the listener's socket."""
+        if self.server.pool is not None or not self.ports:
+            return
         workers = self.settings.workers
         if (
             workers > 0
-            and self.ports
             and not self.settings.single_port
             and IReactorProcess.providedBy(self.reactor)
             and IReactorFDSet.providedBy(self.reactor)
         ):
-            pool = WorkerPool(self.reactor, workers, self.server.table)
+            pool = WorkerPool(self.reactor, workers, self.server.table, self.context.run_as)
             self.server.pool = pool
             pool.start()
             log.info("tftp: {count} transfer worker processes", count=workers)
-        elif self.ports:
+        else:
             log.info("tftp: 0 transfer worker processes (transfers run in this process)")
 
     def stopService(self) -> Deferred[Any]:

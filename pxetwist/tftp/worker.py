@@ -1,8 +1,12 @@
 # -*- test-case-name: tests.tftp.test_workers -*-
 """A TFTP transfer worker process: runs the transfers the main process hands it.
 
-Started by :class:`pxetwist.tftp.workers.WorkerPool` as ``python -m pxetwist.tftp.worker
---control-fd 3``, with one end of a ``SOCK_SEQPACKET`` pair as descriptor 3.  It runs its own
+Forked by the *spawner* (``python -m pxetwist.tftp.worker --spawner --control-fd 3 [--uid N
+--gid N]``, which :class:`pxetwist.tftp.workers.WorkerPool` starts as root before ``twistd``
+switches users): the spawner imports everything a worker runs, becomes the service user, and
+forks one worker for each ``spawn`` request, whose descriptor is the worker's end of a
+``SOCK_SEQPACKET`` control socket.  A worker started long after the switch thus never reads the
+interpreter or the code as the service user (who may not be allowed to).  Each runs its own
 epoll reactor with the same transfer machinery as the main process (:class:`Transfer` over a
 :class:`TransferSocket` in a :class:`TransferMux`), fed by :class:`Handoff` messages that carry
 the transfer's bound socket and its file.  It reports every transfer's end, and it exits when
@@ -10,7 +14,8 @@ the main process closes the control socket (or dies): its transfers get ERROR 0 
 
 It decides nothing about files or machines: confinement and the policy were applied by the main
 process, which also writes every transfer's log line.  What it logs itself (send errors, stray
-datagrams) goes to stderr as ``LEVEL text`` lines, which the main process relays into its log.
+datagrams) goes to stderr as ``LEVEL PID text`` lines, which the main process relays into its
+log.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent, globalLo
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pxetwist.privileges import RunAs, become
 from pxetwist.tftp.files import FileSource
 from pxetwist.tftp.handoff import (
     MAX_MESSAGE,
@@ -46,6 +52,7 @@ from pxetwist.tftp.packet import ErrorCode, error_datagram
 from pxetwist.tftp.session import Outcome, ReadSession, TransferSummary
 from pxetwist.tftp.sockets import TransferMux, TransferSocket
 from pxetwist.tftp.transfer import Transfer
+from pxetwist.tftp.workers import SPAWN_REQUEST
 
 log = Logger()
 
@@ -253,27 +260,88 @@ class LineObserver:
         if failure is not None:
             text += " | " + failure.getTraceback().replace("\n", " | ")
         try:
-            self.stream.write(f"{level.name} {text}\n")
+            self.stream.write(f"{level.name} {os.getpid()} {text}\n")
             self.stream.flush()
         except (OSError, ValueError):
             pass
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--control-fd", type=int, required=True)
-    args = parser.parse_args(argv)
-    # The main process stops us by closing the control socket; a Ctrl-C meant for it must not.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def run_worker(control_fd: int) -> None:
+    """Be a worker on ``control_fd`` until the main process closes it."""
     from twisted.internet import epollreactor
 
     epollreactor.install()
     from twisted.internet import reactor
 
     globalLogBeginner.beginLoggingTo([LineObserver(sys.stderr)], redirectStandardIO=False)
-    host = WorkerHost(reactor, socket.socket(fileno=args.control_fd))
+    host = WorkerHost(reactor, socket.socket(fileno=control_fd))
     reactor.callWhenRunning(host.start)
     reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
+
+
+def run_spawner(control_fd: int, run_as: RunAs | None) -> None:
+    """Fork a worker for each ``spawn`` request on ``control_fd``, as ``run_as``; exit at EOF.
+
+    Single-threaded and without a reactor, so forking is safe; everything a worker runs is
+    imported first, while the interpreter's files are readable (we may be root still)."""
+    import twisted.internet.epollreactor  # loaded now, installed in the worker
+    import twisted.internet.main  # noqa: F401
+
+    if run_as is not None:
+        become(run_as)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the workers
+    control = socket.socket(fileno=control_fd)
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(control, 64, 1)
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+        if not data:
+            return  # the main process closed its end (or is gone): the workers carry on
+        if data != SPAWN_REQUEST or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            continue
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            status = 0
+            try:
+                control.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                run_worker(fds[0])
+            except BaseException:
+                status = 1
+                with contextlib.suppress(Exception):
+                    import traceback
+
+                    sys.stderr.write(
+                        f"error {os.getpid()} " + traceback.format_exc().replace("\n", " | ") + "\n"
+                    )
+                    sys.stderr.flush()
+            finally:
+                os._exit(status)
+        os.close(fds[0])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--spawner", action="store_true", help="fork workers on request")
+    parser.add_argument("--uid", type=int, help="the user workers run as (spawner only)")
+    parser.add_argument("--gid", type=int, help="the group workers run as (spawner only)")
+    args = parser.parse_args(argv)
+    # The main process stops us by closing the control socket; a Ctrl-C meant for it must not.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if args.spawner:
+        run_as = (
+            RunAs(args.uid, args.gid) if args.uid is not None and args.gid is not None else None
+        )
+        run_spawner(args.control_fd, run_as)
+    else:
+        run_worker(args.control_fd)
 
 
 if __name__ == "__main__":
