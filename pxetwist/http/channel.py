@@ -219,11 +219,11 @@ class BootChannel(HTTPChannel):
         super().resumeProducing()  # type: ignore[no-untyped-call]
 
     def evict(self) -> None:
-        """Closed to make room for a newer idle connection from the same address."""
+        """Closed to make room for a newer idle connection (:class:`IdleConnections`)."""
         if self._refused:
             return
         if self._request_started():
-            self._refuse(408, "too many idle connections from this address")
+            self._refuse(408, "too many idle connections")
         else:
             self._refused = True
             self._disarm()
@@ -314,9 +314,14 @@ class BootChannel(HTTPChannel):
 
     def requestDone(self, request: Any) -> None:
         super().requestDone(request)  # type: ignore[no-untyped-call]
-        if self.persistent and not self._refused and self.transport is not None:
+        # Twisted may already be answering the next pipelined request: that one is not idle.
+        if self.persistent and not self._refused and not self._handlingRequest:
             connected = getattr(self.transport, "connected", True)
-            if connected and not getattr(self.transport, "disconnecting", False):
+            if (
+                self.transport is not None
+                and connected
+                and not getattr(self.transport, "disconnecting", False)
+            ):
                 self.site.idle.mark_idle(self, self.limits.max_idle_per_client)
 
     def _respondToBadRequestAndDisconnect(self) -> None:

@@ -393,6 +393,25 @@ class IdleCapTests(ChannelTestCase):
         self.assertFalse(any(c.closed for c in [*others, newest]))
         self.assertEqual(len(self.site.idle), 4)
 
+    def test_pipelined_request_being_answered_is_not_idle(self) -> None:
+        """A request that arrived during a long answer is started as soon as that one ends: the
+        connection stays busy, it is never marked idle while answering."""
+        busy_when_marked: list[bool] = []
+        mark_idle = self.site.idle.mark_idle
+
+        def recording(channel: BootChannel, cap: int) -> None:
+            busy_when_marked.append(channel._handlingRequest)
+            mark_idle(channel, cap)
+
+        self.patch(self.site.idle, "mark_idle", recording)
+        connection = self.connect()
+        connection.send(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        connection.send(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")  # buffered meanwhile
+        self.settle()
+        self.assertEqual(len(connection.read()) // (4 << 20), 2)
+        self.assertEqual(busy_when_marked, [False, False])  # on connect, after the second
+        self.assertEqual(self.site.idle.count("10.77.1.5"), 1)
+
     def test_idle_keepalive_connection_is_displaced_quietly(self) -> None:
         first = self.connect(_peer(port=1))
         first.send(_GET)
