@@ -8,6 +8,7 @@ and no perfdhcp sharing the CPU, and optionally profiles it with cProfile::
     .venv/bin/python bench/dhcp/hotpath.py                  # 20,000 plain clients, SQLite
     .venv/bin/python bench/dhcp/hotpath.py --pxe            # PXE ROM clients (option 93/60)
     .venv/bin/python bench/dhcp/hotpath.py --profile 30     # top 30 functions by own time
+    .venv/bin/python bench/dhcp/hotpath.py --pxe --metrics  # with the metrics observing
 
 Requests look like perfdhcp's in relay mode (giaddr set, hops 1, unicast). They are fed 64 per
 reactor turn, as the socket reader drains them; logging goes to a file through the same
@@ -26,6 +27,8 @@ import time
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -127,6 +130,9 @@ def main() -> int:
     parser.add_argument("--memory", action="store_true", help="memory: store, not SQLite")
     parser.add_argument("--profile", type=int, metavar="N", help="cProfile: print top N")
     parser.add_argument("--sort", default="tottime", help="cProfile sort key")
+    parser.add_argument(
+        "--metrics", action="store_true", help="with the Prometheus metrics observing (issue 14)"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="dhcp-hotpath-"))
@@ -146,6 +152,12 @@ def main() -> int:
     events = BootEventBus()
     budget = config.log_budget
     events.subscribe(LogObserver(reactor, lines=budget.lines, interval=budget.interval))
+    if args.metrics:
+        from pxetwist.metrics import BootMetrics
+
+        metrics = BootMetrics()  # as the API service wires it: a bus observer, a chain monitor
+        events.subscribe(metrics)
+        chain = attrs.evolve(chain, monitor=metrics.policy_answered)
     endpoint = DhcpEndpoint(
         sock=sock,  # type: ignore[arg-type]
         interface=Interface("srv0", SERVER, NETWORK, 1500),

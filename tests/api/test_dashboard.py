@@ -29,6 +29,9 @@ CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
 OUTPUT = Path(os.environ.get("PXETWIST_TEST_OUTPUT", Path(__file__).parents[2] / "test-output"))
 MAC = "52:54:00:77:00:10"  # node1 in the test config
+#: The stages the timeline shows, read in one script (the page replaces the list at each poll).
+STAGES = "return [...document.querySelectorAll('#timeline li')].map((li) => li.dataset.stage)"
+STATES = "return [...document.querySelectorAll('#machines tbody tr')].map((tr) => tr.dataset.state)"
 Gen = Generator[defer.Deferred[Any], Any, None]
 
 
@@ -158,11 +161,7 @@ class DashboardBrowserTests(ApiTestCase):
             driver.find_element(By.CSS_SELECTOR, f'#machines tr[data-mac="{MAC}"]').click()
 
         yield self.in_browser(sign_in)
-        state = yield self.in_browser(
-            lambda: driver.find_element(
-                By.CSS_SELECTOR, f'#machines tr[data-mac="{MAC}"]'
-            ).get_attribute("data-state")
-        )
+        state = yield self.in_browser(lambda: driver.execute_script(STATES)[0])
         self.assertEqual(state, "idle")
         # The token survives a reload of the page (session storage), not asked again.
         yield self.in_browser(driver.refresh)
@@ -188,31 +187,20 @@ class DashboardBrowserTests(ApiTestCase):
             self.sessions(event)
 
             def shows_step(d: Any, count: int = number, stage: str = event.stage.value) -> bool:
-                items = d.find_elements(By.CSS_SELECTOR, "#timeline li")
-                return len(items) >= count and items[count - 1].get_attribute("data-stage") == stage
+                stages = d.execute_script(STAGES)
+                return len(stages) >= count and stages[count - 1] == stage
 
             yield self.in_browser(partial(self.wait_for, driver, shows_step, event.stage.value))
             seen.append(event.stage.value)
         row_state = yield self.in_browser(
             lambda: self.wait_for(
                 driver,
-                lambda d: (
-                    d.find_element(
-                        By.CSS_SELECTOR, f'#machines tr[data-mac="{MAC}"]'
-                    ).get_attribute("data-state")
-                    == "booted"
-                    and "booted"
-                ),
+                lambda d: "booted" if d.execute_script(STATES) == ["booted"] else False,
                 "booted",
             )
         )
         self.assertEqual(row_state, "booted")
-        shown = yield self.in_browser(
-            lambda: [
-                li.get_attribute("data-stage")
-                for li in driver.find_elements(By.CSS_SELECTOR, "#timeline li")
-            ]
-        )
+        shown = yield self.in_browser(lambda: driver.execute_script(STAGES))
         self.assertEqual(shown, seen)
         text = yield self.in_browser(lambda: driver.find_element(By.ID, "timeline").text)
         self.assertIn("undionly.kpxe", text)
@@ -248,8 +236,7 @@ class DashboardBrowserTests(ApiTestCase):
             self.sessions(attrs.evolve(make(self.now - ago), mac=MacAddress.parse(mac)))
 
         def stuck_first(d: Any) -> Any:
-            rows = d.find_elements(By.CSS_SELECTOR, "#machines tbody tr")
-            states = [row.get_attribute("data-state") for row in rows]
+            states = d.execute_script(STATES)
             return states if len(states) == 3 else False
 
         states = yield self.in_browser(lambda: self.wait_for(driver, stuck_first, "three rows"))
