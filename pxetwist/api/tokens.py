@@ -14,8 +14,11 @@ from pathlib import Path
 
 import attrs
 import yaml
+from twisted.logger import Logger
 
 from pxetwist.config import ConfigError
+
+log = Logger()
 
 
 class Access(enum.Enum):
@@ -92,10 +95,18 @@ class TokenSet:
             return cls()
         try:
             text = path.read_text(encoding="utf-8")
+            mode = path.stat().st_mode
         except OSError as error:
             raise ConfigError(
                 f"cannot read the API tokens file: {error.strerror}", source=str(path)
             ) from None
+        if mode & 0o077:
+            log.warn(
+                "api: the tokens file {path} can be read by other users (mode {mode:o}); "
+                "chmod 600 it",
+                path=str(path),
+                mode=mode & 0o777,
+            )
         return cls.parse(text, str(path))
 
     def find(self, secret: str | bytes) -> Token | None:
