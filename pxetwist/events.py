@@ -12,7 +12,7 @@ observers must be cheap and must not block (anything slow belongs behind a queue
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, ItemsView, Iterator, Mapping
 from ipaddress import IPv4Address
 from types import MappingProxyType
 from typing import Final
@@ -120,6 +120,15 @@ class LazyDetails(Mapping[str, object]):
 
     def __len__(self) -> int:
         return len(self._details())
+
+    def items(self) -> ItemsView[str, object]:
+        return self._details().items()
+
+    def get(self, key: str, default: object = None) -> object:
+        known = self._known
+        if known is not None and self._value is None and key in known:
+            return known[key]
+        return self._details().get(key, default)
 
 
 def _frozen_details(value: Mapping[str, object]) -> Mapping[str, object]:

@@ -20,6 +20,9 @@ Servers:
 * ``pxetwist-metrics``  ``pxetwist`` with the operator API on (``api:``): Prometheus metrics
                     and the API's session view observe every packet's event; against
                     ``pxetwist`` it is what metrics cost (issue 14 asks for >= 0.95x)
+* ``pxetwist-nosessions``  ``pxetwist`` with ``sessions: {enabled: false}``: against
+                    ``pxetwist`` it is what boot sessions cost (issue 13 asks for >= 0.95x);
+                    run it with ``--pxe`` so that every client starts a session
 * ``dnsmasq-ro``    dnsmasq, leases in memory only (``--leasefile-ro``)
 * ``dnsmasq-file``  dnsmasq with a lease file (rewritten on every change)
 * ``kea-mem``       kea-dhcp4, memfile, ``persist: false``
@@ -38,6 +41,11 @@ PID; the lab (namespaces) is deleted at the end. Run as root from the repository
     .venv/bin/python bench/dhcp/run.py --servers pxetwist --rates 1000,2000 --repeats 1
     .venv/bin/python bench/dhcp/run.py --servers pxetwist --profile /tmp/prof   # py-spy
     .venv/bin/python bench/dhcp/run.py --servers pxetwist,pxetwist-metrics      # metrics' cost
+    .venv/bin/python bench/dhcp/run.py --servers pxetwist,pxetwist-nosessions --pxe   # sessions'
+
+``--pxe`` makes perfdhcp's clients PXE ROMs (options 60 ``PXEClient:Arch:00000:UNDI:002001``,
+93 and 94, as protocol-reference §7.1): the server then runs its policy chain and answers with
+a boot file, and every client is a boot session.
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ SERVERS = (
     "pxetwist",
     "pxetwist-mem",
     "pxetwist-metrics",
+    "pxetwist-nosessions",
     "dnsmasq-ro",
     "dnsmasq-file",
     "kea-mem",
@@ -150,7 +159,9 @@ def parse(out: str, offered: int, period: float) -> Run:
 # -- servers ----------------------------------------------------------------------------------
 
 
-def pxetwist_config(wd: Path, lab: NetLab, store: str, api: bool = False) -> Path:
+def pxetwist_config(
+    wd: Path, lab: NetLab, store: str, api: bool = False, sessions: bool = True
+) -> Path:
     (wd / "tftp").mkdir()
     (wd / "http").mkdir()
     config = wd / "pxe.yaml"
@@ -171,6 +182,7 @@ tftp: {{enabled: false, root: {wd}/tftp}}
 http: {{enabled: false, root: {wd}/http}}
 """
         + ('api: {listen: "127.0.0.1:0"}\n' if api else "")
+        + ("" if sessions else "sessions: {enabled: false}\n")
     )
     return config
 
@@ -179,7 +191,9 @@ def start_server(kind: str, lab: NetLab, wd: Path) -> subprocess.Popen[Any]:
     err = open(wd / "server.err", "w")  # noqa: SIM115 - closed by the lab with the process
     if kind.startswith("pxetwist"):
         store = "memory:" if kind == "pxetwist-mem" else f"sqlite:{wd}/state/leases.sqlite"
-        config = pxetwist_config(wd, lab, store, api=kind == "pxetwist-metrics")
+        config = pxetwist_config(
+            wd, lab, store, api=kind == "pxetwist-metrics", sessions=kind != "pxetwist-nosessions"
+        )
         argv = [str(TWISTD), "-n", "--pidfile=", "-l", str(wd / "pxetwist.log")]
         argv += ["pxe", "-c", str(config)]
         proc = lab.spawn(lab.srv, argv, stdout=subprocess.DEVNULL, stderr=err)
@@ -232,9 +246,21 @@ def start_server(kind: str, lab: NetLab, wd: Path) -> subprocess.Popen[Any]:
     return proc
 
 
-def run_perfdhcp(lab: NetLab, rate: int, period: int, clients: int, wait_ms: int) -> str:
+PXE_OPTIONS = (  # a BIOS PXE ROM's markers (protocol-reference §2.1, §7.1)
+    f"60,{b'PXEClient:Arch:00000:UNDI:002001'.hex()}",
+    "93,0000",
+    "94,010201",
+)
+
+
+def run_perfdhcp(
+    lab: NetLab, rate: int, period: int, clients: int, wait_ms: int, pxe: bool = False
+) -> str:
     argv = ["perfdhcp", "-4", "-p", str(period), "-R", str(clients), "-l", lab.cli_ip]
     argv += ["-W", str(wait_ms * 1000)]
+    if pxe:
+        for option in PXE_OPTIONS:
+            argv += ["-o", option]
     if rate:
         argv += ["-r", str(rate)]
     argv.append(lab.srv_ip)
@@ -263,7 +289,7 @@ def one_run(
                  "-f", "raw", "-o", f"{out}.txt", "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-        out_text = run_perfdhcp(lab, rate, args.period, args.clients, args.exit_wait)
+        out_text = run_perfdhcp(lab, rate, args.period, args.clients, args.exit_wait, args.pxe)
     finally:
         if profiler is not None:
             try:
@@ -377,6 +403,9 @@ def main() -> int:
         help="ms perfdhcp waits for answers in flight when the period ends (-W)",
     )
     parser.add_argument("--no-flood", dest="flood", action="store_false")
+    parser.add_argument(
+        "--pxe", action="store_true", help="clients are PXE ROMs (options 60, 93, 94)"
+    )
     parser.add_argument("--full-ladder", action="store_true", help="go on after a lossy rate")
     parser.add_argument("--raw", help="append every perfdhcp output to this file")
     parser.add_argument("--json", help="write the results as JSON here")

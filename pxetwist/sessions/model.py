@@ -98,7 +98,7 @@ class SessionEvent:
             "stage": self.stage.value,
             "event": self.event.value,
             "outcome": self.outcome.value,
-            "details": dict(self.details),
+            "details": self.details if type(self.details) is dict else dict(self.details),
         }
 
     @classmethod

@@ -26,13 +26,13 @@ from __future__ import annotations
 import bisect
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
 from typing import Final
 
 from twisted.internet.interfaces import IReactorTime
 
 from pxetwist.config.model import SessionsConfig
 from pxetwist.events import BootEvent, EventProtocol, EventStage, Outcome
+from pxetwist.policy.decision import BootDecision
 from pxetwist.policy.values import Firmware, MacAddress
 from pxetwist.sessions.classify import (
     BootFiles,
@@ -55,7 +55,6 @@ from pxetwist.sessions.model import (
 RECENT_IN_MEMORY: Final = 4  # finished sessions kept in memory per machine
 _HEAD_EVENTS: Final = 16  # the first events of a session are never dropped
 _MAX_TEXT: Final = 256  # characters of a string detail kept
-_MAX_DETAILS: Final = 24
 _PLAIN_TYPES: Final = (str, int, float, bool, type(None))
 
 _DEFAULTS: Final = SessionsConfig()
@@ -64,12 +63,22 @@ FilesFor = Callable[[MacAddress], BootFiles | None]
 
 
 class _Machine:
-    __slots__ = ("current", "files", "recent")
+    __slots__ = ("boot_file", "current", "files", "recent")
 
     def __init__(self) -> None:
         self.current: Session | None = None
         self.recent: deque[Session] = deque(maxlen=RECENT_IN_MEMORY)
         self.files: BootFiles | None = None
+        self.boot_file: str | None = None
+
+
+#: The details a session keeps, of any protocol (the rest: packet routing, user agents...).
+_KEPT: Final = frozenset((
+    "reply", "address", "file", "path", "method", "status", "range", "bytes", "size",
+    "seconds", "blksize", "windowsize", "retransmits", "ended", "detail", "generated",
+    "complete", "code", "verb", "policy", "action", "reason", "arch", "firmware", "kind",
+    "via", "error", "export",
+))  # fmt: skip
 
 
 def _facts(event: BootEvent) -> Mapping[str, object]:
@@ -77,16 +86,15 @@ def _facts(event: BootEvent) -> Mapping[str, object]:
     facts: dict[str, object] = {}
     if event.client is not None:
         facts["client"] = str(event.client)
-    for key, value in event.details.items():
-        if len(facts) >= _MAX_DETAILS:
-            break
-        if key == "decision":
-            decision = decision_of(event.details)
-            if decision is not None:
-                facts["action"] = decision.action.value
-                facts.setdefault("policy", decision.policy)
-                if decision.reason:
-                    facts["reason"] = decision.reason[:_MAX_TEXT]
+    details = event.details
+    decision = details.get("decision")
+    if isinstance(decision, BootDecision):
+        facts["action"] = decision.action.value
+        facts["policy"] = decision.policy
+        if decision.reason:
+            facts["reason"] = decision.reason[:_MAX_TEXT]
+    for key, value in details.items():
+        if value is None or key not in _KEPT or key in facts:
             continue
         if isinstance(value, _PLAIN_TYPES):
             facts[key] = value[:_MAX_TEXT] if isinstance(value, str) else value
@@ -96,7 +104,7 @@ def _facts(event: BootEvent) -> Mapping[str, object]:
             facts[key] = value[:_MAX_TEXT].decode("utf-8", "replace")
         elif key in ("reply", "arch", "firmware"):
             facts[key] = str(value)[:_MAX_TEXT]
-    return MappingProxyType(facts)
+    return facts  # a plain dict, never changed after this: JSON takes it as it is
 
 
 class SessionRegistry:
@@ -157,7 +165,12 @@ class SessionRegistry:
         if decision is not None:
             machine.files = BootFiles.from_decision(decision)
         boot_file = event.details.get("file")
-        if isinstance(boot_file, str) and event.outcome is Outcome.OK:
+        if (
+            isinstance(boot_file, str)
+            and event.outcome is Outcome.OK
+            and boot_file != (machine.boot_file)
+        ):
+            machine.boot_file = boot_file
             machine.files = (machine.files or BootFiles()).with_program(boot_file)
         session = machine.current
         if event.stage is EventStage.DISCOVER:

@@ -7,8 +7,8 @@ The server writes it from one thread of its own (:mod:`pxetwist.sessions.persist
 from the reactor; ``pxetwist sessions`` and ``pxetwist machines reset-boot`` open it from
 another process while the server runs (WAL mode: readers never wait for the writer).
 
-Bounded: after each write only the newest ``keep`` sessions of each machine written remain, and
-now and then the oldest sessions beyond ``max_sessions`` in all are deleted.
+Bounded: every ``PRUNE_EVERY`` writes (the first one included) only the newest ``keep`` sessions
+of each machine remain, and the oldest beyond ``max_sessions`` in all are deleted.
 """
 
 from __future__ import annotations
@@ -77,6 +77,10 @@ class UsedBoot:
     session: str | None = None
 
 
+#: Saves between two prunes (sessions may exceed their bounds by what one interval writes).
+PRUNE_EVERY: Final = 60
+
+
 class SessionStore:
     """The SQLite file, opened by one thread (or process) at a time."""
 
@@ -127,21 +131,26 @@ class SessionStore:
                 "INSERT OR REPLACE INTO boot_once (mac, used_at, how, session) VALUES (?, ?, ?, ?)",
                 [attrs.astuple(item) for item in used],
             )
-            for mac in {row.mac for row in rows}:
-                db.execute(
-                    "DELETE FROM sessions WHERE mac = ? AND id NOT IN "
-                    "(SELECT id FROM sessions WHERE mac = ? ORDER BY started DESC LIMIT ?)",
-                    (mac, mac, keep),
-                )
             self.saves += 1
-            if self.saves % 64 == 1:
-                self._prune_total(max_sessions)
+            if self.saves % PRUNE_EVERY == 1:
+                self.prune(keep, max_sessions)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
-    def _prune_total(self, max_sessions: int) -> None:
+    def prune(self, keep: int, max_sessions: int) -> None:
+        """Keep the newest ``keep`` sessions of each machine and ``max_sessions`` in all.
+
+        One statement over the table, every ``PRUNE_EVERY`` saves (a minute at the default
+        flush interval), rather than one per machine written: a boot storm writes thousands
+        of machines a second.  SQLite runs it without holding Python's lock.
+        """
+        self._db.execute(
+            "DELETE FROM sessions WHERE id IN (SELECT id FROM (SELECT id, row_number() OVER "
+            "(PARTITION BY mac ORDER BY started DESC) AS n FROM sessions) WHERE n > ?)",
+            (keep,),
+        )
         (count,) = self._db.execute("SELECT count(*) FROM sessions").fetchone()
         if count > max_sessions:
             self._db.execute(

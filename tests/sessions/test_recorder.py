@@ -18,7 +18,7 @@ from pxetwist.config.model import Config, SessionsConfig
 from pxetwist.events import BootEventBus
 from pxetwist.policy.sightings import SightingRegistry
 from pxetwist.sessions.recorder import SessionRecorder, in_this_thread
-from pxetwist.sessions.store import SessionRow, SessionStore, UsedBoot
+from pxetwist.sessions.store import PRUNE_EVERY, SessionRow, SessionStore, UsedBoot
 from pxetwist.testing import make_request
 from tests.sessions.events import DECISION, MAC, full_boot
 
@@ -184,15 +184,17 @@ class StoreBoundsTests(SynchronousTestCase):
             )
 
         store.save([row(1, float(t)) for t in range(30)], keep=5, max_sessions=1000)
+        # pruned at the first save: the newest 5 of the machine
         self.assertEqual([s["started"] for s in store.sessions()], [29.0, 28.0, 27.0, 26.0, 25.0])
+        store.save([row(1, float(t)) for t in range(30, 40)], keep=5, max_sessions=1000)
+        self.assertEqual(len(store.sessions(limit=1000)), 15)  # not pruned at every save
         for batch in range(3):
             store.save(
                 [row(100 + batch * 50 + m, 100.0 + batch * 50 + m) for m in range(50)],
                 keep=5,
                 max_sessions=60,
             )
-        # the total is pruned every 64th save, the first one included
-        store.saves = 64
+        store.saves = PRUNE_EVERY  # the next save prunes
         store.save([row(999, 999.0)], keep=5, max_sessions=60)
         self.assertEqual(len(store.sessions(limit=1000)), 60)
         self.assertEqual(store.sessions(limit=1)[0]["started"], 999.0)
