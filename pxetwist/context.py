@@ -31,9 +31,7 @@ from ipaddress import IPv4Address
 from typing import Final, cast
 
 import attrs
-from twisted.internet import address
 from twisted.internet.interfaces import (
-    IListeningPort,
     IReactorFDSet,
     IReactorFromThreads,
     IReactorTCP,
@@ -54,7 +52,6 @@ __all__ = [
     "LiveSettings",
     "ServerContext",
     "Settings",
-    "listening_address",
     "server_reactor",
 ]
 
@@ -75,12 +72,6 @@ class IServerReactor(IReactorTime, IReactorUDP, IReactorTCP, IReactorFDSet, IRea
 _log = Logger()
 
 _REACTOR_PARTS: Final = (IReactorTime, IReactorUDP, IReactorTCP, IReactorFDSet, IReactorFromThreads)
-
-
-def listening_address(port: IListeningPort) -> tuple[str, int]:
-    """``(address, port)`` a listening TCP or UDP port is bound to."""
-    host = cast(address.IPv4Address, port.getHost())
-    return host.host, host.port
 
 
 def server_reactor(reactor: object) -> IServerReactor:

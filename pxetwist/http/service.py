@@ -28,20 +28,24 @@ from __future__ import annotations
 
 import itertools
 import resource
+from collections.abc import Sequence
+from ipaddress import IPv4Address
 from typing import Any, Final, cast
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
-from pxetwist.context import IServerReactor, ServerContext, Settings, listening_address
+from pxetwist.context import IServerReactor, ServerContext, Settings
 from pxetwist.fdlimit import HEADROOM, raise_fd_limit
 from pxetwist.http.callback import BootDone
 from pxetwist.http.scripts import BootScripts, script_name
 from pxetwist.http.site import BootRoot, BootSite
 from pxetwist.http.static import BootFiles
+from pxetwist.listening import Listeners, listening_address
+from pxetwist.netinfo import InterfaceInfo
 
 __all__ = ["HttpService"]
 
@@ -72,41 +76,39 @@ class HttpService(Service):
             sightings=context.sightings,
             limits=lambda: context.config.http,
         )
-        self.ports: list[IListeningPort] = []
-        self._bound: dict[str, tuple[int, IListeningPort]] = {}  # address -> (port asked, port)
+        self.listeners: Listeners[BootSite] = Listeners("http", self._listen)
         context.live.subscribe(self._reloaded)
 
     @property
     def reactor(self) -> IServerReactor:
         return self.context.reactor
 
+    @property
+    def ports(self) -> list[IListeningPort]:
+        return self.listeners.ports
+
     def _bind(self) -> None:
-        if self.ports:
+        if self.listeners:
             return
         self.site.idle.total_cap = idle_cap(_raise_fd_limit())
-        addresses = list(dict.fromkeys(str(info.ip) for info in self.context.served))
-        if not addresses:
-            log.error("http: no interface with an IPv4 address to serve; HTTP is not served")
-        for address in addresses:
-            self._listen(address)
+        self.listeners.open(_one_per_address(self.context.served), self.context.config.http.port)
         self._report_shadowed()
 
-    def _listen(self, address: str) -> None:
-        number = self.context.config.http.port
+    def _listen(self, info: InterfaceInfo, number: int) -> tuple[IListeningPort, BootSite]:
+        address = str(info.ip)
         port = self.reactor.listenTCP(
             number,
             cast(ServerFactory, self.site),  # Site's channel type: Twisted's stubs disagree
             backlog=_BACKLOG,
             interface=address,
         )
-        self.ports.append(port)
-        self._bound[address] = (number, port)
         log.info(
             "http: serving {root} on {address}:{port}",
             root=str(self.files.root),
             address=address,
             port=listening_address(port)[1],
         )
+        return port, self.site
 
     def _reloaded(self, old: Settings, new: Settings) -> None:
         """A reload: the new root for the next requests, listeners for the interfaces served.
@@ -119,27 +121,7 @@ class HttpService(Service):
             self.root.files = self.files
         if not self.running:
             return
-        number = new.config.http.port
-        wanted = list(dict.fromkeys(str(info.ip) for info in self.context.served))
-        for address, (asked, port) in list(self._bound.items()):
-            if address not in wanted or asked != number:
-                del self._bound[address]
-                self.ports.remove(port)
-                port.stopListening()
-                log.info(
-                    "http: no longer listening on {address}:{port}", address=address, port=asked
-                )
-        for address in wanted:
-            if address not in self._bound:
-                try:
-                    self._listen(address)
-                except Exception as error:
-                    log.error(
-                        "http: cannot listen on {address}:{port}: {error}",
-                        address=address,
-                        port=number,
-                        error=str(error),
-                    )
+        self.listeners.follow(_one_per_address(self.context.served), new.config.http.port)
 
     def _report_shadowed(self) -> None:
         """Say which files under the root have names the generated scripts answer first."""
@@ -169,14 +151,22 @@ class HttpService(Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        ports, self.ports = self.ports, []
-        self._bound.clear()
-        return DeferredList([maybeDeferred(port.stopListening) for port in ports])
+        return self.listeners.close_all()
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """``(address, port)`` of every listener, as bound."""
-        return [listening_address(port) for port in self.ports]
+        return self.listeners.addresses
+
+
+def _one_per_address(interfaces: Sequence[InterfaceInfo]) -> list[InterfaceInfo]:
+    """The interfaces with an IPv4 address, the first of any that share one (a TCP port can be
+    bound once per address)."""
+    first: dict[IPv4Address, InterfaceInfo] = {}
+    for info in interfaces:
+        if info.ip is not None:
+            first.setdefault(info.ip, info)
+    return list(first.values())
 
 
 def _raise_fd_limit() -> int:

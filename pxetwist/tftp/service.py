@@ -14,14 +14,15 @@ from typing import Any, Final
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort, IReactorFDSet, IReactorProcess
 from twisted.logger import Logger
 
 from pxetwist.bootconfig import BootConfigResolver
 from pxetwist.config.model import Config
-from pxetwist.context import IServerReactor, ServerContext, Settings, listening_address
+from pxetwist.context import IServerReactor, ServerContext, Settings
 from pxetwist.fdlimit import HEADROOM, raise_fd_limit
+from pxetwist.listening import Listeners, Listening, listening_address
 from pxetwist.netinfo import InterfaceInfo
 from pxetwist.policy.render import ServingContext, serving_context
 from pxetwist.tftp.protocol import FileResolver, ServerSettings, TftpListener, TftpServer
@@ -63,9 +64,7 @@ class TftpService(Service):
             context.reactor,
             context.events,
         )
-        self.ports: list[IListeningPort] = []
-        self._bound: list[tuple[TftpListener, int]] = []
-        self._listening: list[tuple[TftpListener, int, int, IListeningPort]] = []
+        self.listeners: Listeners[TftpListener] = Listeners("tftp", self._listen, self._closed)
         context.live.subscribe(self._reloaded)
 
     @property
@@ -89,43 +88,18 @@ class TftpService(Service):
         )
         self.settings = self.server.settings = settings
         self.server.table.limit = settings.max_transfers
-        for listener, bound in self._bound:
-            listener.limits = settings.limits(listener.mtu)
-            listener.context = self._context(listener.address, bound)
-        if self.ports:
-            self._rebind(new.config.tftp.port)
+        for listening in self.listeners:
+            listening.protocol.limits = settings.limits(listening.interface.mtu)
+            listening.protocol.context = self._context(listening.address, listening.bound)
+        if self.running or self.listeners:
+            self.listeners.follow(self.context.served, new.config.tftp.port)
 
-    def _rebind(self, number: int) -> None:
-        wanted = {str(info.ip): info for info in self.context.served}
-        for listener, bound, asked, port in list(self._listening):
-            if listener.address in wanted and asked == number:
-                continue
-            self._listening.remove((listener, bound, asked, port))
-            self._bound.remove((listener, bound))
-            self.ports.remove(port)
-            if listener in self.server.listeners:
-                self.server.listeners.remove(listener)
-            port.stopListening()
-            log.info(
-                "tftp: no longer listening on {address}:{port}",
-                address=listener.address,
-                port=bound,
-            )
-        listening = {listener.address for listener, _, _, _ in self._listening}
-        for address, info in wanted.items():
-            if address not in listening:
-                try:
-                    self._listen(info, number)
-                except Exception as error:
-                    log.error(
-                        "tftp: cannot listen on {address}:{port}: {error}",
-                        address=address,
-                        port=number,
-                        error=str(error),
-                    )
+    @property
+    def ports(self) -> list[IListeningPort]:
+        return self.listeners.ports
 
     def _bind(self) -> None:
-        if self.ports:
+        if self.listeners:
             return
         wanted = 2 * self.settings.max_transfers + HEADROOM
         limit = raise_fd_limit(wanted)
@@ -136,14 +110,9 @@ class TftpService(Service):
                 limit=limit,
                 max_transfers=self.settings.max_transfers,
             )
-        served = self.context.served
-        port_number = self.context.config.tftp.port
-        if not served:
-            log.error("tftp: no interface with an IPv4 address to serve; TFTP is not served")
-        for info in served:
-            self._listen(info, port_number)
+        self.listeners.open(self.context.served, self.context.config.tftp.port)
 
-    def _listen(self, info: InterfaceInfo, port_number: int) -> None:
+    def _listen(self, info: InterfaceInfo, port_number: int) -> tuple[IListeningPort, TftpListener]:
         address = str(info.ip)
         listener = TftpListener(
             self.server,
@@ -161,9 +130,6 @@ class TftpService(Service):
         _, bound = listening_address(port)
         if bound != port_number:  # port 0: tests and benchmarks
             listener.context = self._context(address, bound)
-        self.ports.append(port)
-        self._bound.append((listener, bound))
-        self._listening.append((listener, bound, port_number, port))
         log.info(
             "tftp: serving {root} on {address}:{port} ({interface}, mtu {mtu}, "
             "blksize up to {blksize})",
@@ -174,6 +140,11 @@ class TftpService(Service):
             mtu=info.mtu,
             blksize=listener.limits.blksize_limit,
         )
+        return port, listener
+
+    def _closed(self, listening: Listening[TftpListener]) -> None:
+        if listening.protocol in self.server.listeners:
+            self.server.listeners.remove(listening.protocol)
 
     def privilegedStartService(self) -> None:
         self._bind()
@@ -209,11 +180,9 @@ class TftpService(Service):
         pool, self.server.pool = self.server.pool, None
         stopping = [pool.stop()] if pool is not None else []
         self.server.abort_all("server shutting down")
-        ports, self.ports = self.ports, []
-        self._bound.clear()
-        self._listening.clear()
+        closing = self.listeners.close_all()
         self.server.listeners.clear()
-        return DeferredList(stopping + [maybeDeferred(port.stopListening) for port in ports])
+        return DeferredList([*stopping, closing])
 
     @property
     def active_transfers(self) -> int:
@@ -223,7 +192,7 @@ class TftpService(Service):
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """``(address, port)`` of every listener, as bound."""
-        return [listening_address(port) for port in self.ports]
+        return self.listeners.addresses
 
 
 __all__ = ["TftpService", "settings_from"]
