@@ -18,8 +18,9 @@ TEST_PKGS=(
   curl tftp-hpa atftp atftpd                              # real TFTP/HTTP clients, atftpd reference
   dnsmasq-base kea-dhcp4-server kea-admin kea-common nginx  # reference servers, perfdhcp
   qemu-system-x86 ipxe-qemu seabios ovmf                  # real firmware
+  qemu-system-arm qemu-efi-aarch64 u-boot-qemu            # ARM64 firmware: AAVMF, U-Boot
   ipxe pxelinux syslinux-common grub-efi-amd64-signed shim-signed
-  debian-installer-12-netboot-amd64
+  debian-installer-12-netboot-amd64 debian-installer-12-netboot-arm64
   nfs-ganesha nfs-ganesha-vfs rpcbind dbus libnfs-utils  # NFS lab: Ganesha, libnfs clients
   chromium chromium-driver                                # the dashboard's browser test (selenium)
 )
@@ -43,9 +44,23 @@ install_packages() {
     fi
 }
 
+# The ARM64 e2e tree fetches two arm64 packages at test time (`apt-get download
+# grub-efi-arm64-signed:arm64 busybox-static:arm64`, unpacked, never installed): apt needs the
+# arm64 package lists for that.
+enable_arm64_lists() {
+    if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+        echo "setup: adding the arm64 architecture to apt (for apt-get download pkg:arm64)"
+        dpkg --add-architecture arm64
+        DEBIAN_FRONTEND=noninteractive apt-get update -q
+    fi
+}
+
 case "$mode" in
     serve) install_packages "${SERVE_PKGS[@]}" ;;
-    --test|--bench) install_packages "${SERVE_PKGS[@]}" "${TEST_PKGS[@]}" ;;
+    --test|--bench)
+        install_packages "${SERVE_PKGS[@]}" "${TEST_PKGS[@]}"
+        enable_arm64_lists
+        ;;
     *) sed -n '2,9p' "$0"; exit 2 ;;
 esac
 

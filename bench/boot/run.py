@@ -5,12 +5,14 @@ Run as root from the repository root::
 
     sudo .venv/bin/python bench/boot/run.py [--repeats 3] [--scenarios a,b,...]
 
-For every scenario (``pxetwist.lab.e2e.SCENARIOS``; letters a-e or full names) and every repeat,
+For every scenario (``pxetwist.lab.e2e.SCENARIOS``; the letters of their titles, a-e and h-l,
+or full names) and every repeat,
 the two servers boot the same firmware chain back to back (the order alternates repeat by
 repeat, so the noise of this 2-core TCG machine falls evenly on both): a fresh NetLab, the
 server in its server namespace, IPv6 router advertisements from a helper (as in the e2e
 suite), one QEMU guest with a fresh MAC and token. The time is seconds from QEMU's start to
 the initrd's marker line carrying the token on serial; a boot without the token is a failure.
+For (l), where Secure Boot must refuse the unsigned NBP, it is the time to the refusal.
 The table gives the median per server and the ratio pxetwist / reference; the target is
 <= 1.2. Every VM is bounded by the scenario's time limit and stopped by PID, every lab is
 removed afterwards; nothing leaves the lab's namespaces.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import secrets
 import shutil
 import statistics
@@ -33,7 +36,14 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from pxetwist.lab import NetLab, remove_stale_labs  # noqa: E402
-from pxetwist.lab.e2e import SCENARIOS, TAP, WATCH, BootRun, BootServer, Scenario  # noqa: E402
+from pxetwist.lab.e2e import (  # noqa: E402
+    SCENARIOS,
+    TAP,
+    BootRun,
+    BootServer,
+    Scenario,
+    scenario_vm,
+)
 from pxetwist.lab.e2e.boottree import MARKER_RE, build_tree  # noqa: E402
 from pxetwist.lab.e2e.pxetwist_server import PxetwistServer  # noqa: E402
 from pxetwist.lab.e2e.reference import DnsmasqNginx  # noqa: E402
@@ -43,7 +53,11 @@ SERVERS: dict[str, Callable[[], BootServer]] = {
     "dnsmasq+nginx": DnsmasqNginx,
     "pxetwist": PxetwistServer,
 }
-LETTERS = {chr(ord("a") + i): name for i, name in enumerate(SCENARIOS)}
+LETTERS = {
+    m.group(1): name
+    for name, scenario in SCENARIOS.items()
+    if (m := re.match(r"\((\w)\)", scenario.title)) is not None
+}
 TARGET = 1.2
 
 
@@ -57,28 +71,23 @@ def boot_once(scenario: Scenario, make_server: Callable[[], BootServer], keep: b
     ra: RouterAdvertiser | None = None
     vm: Vm | None = None
     try:
-        tree = build_tree(workdir / "root")
+        tree = build_tree(workdir / "root", scenario.platform)
         lab.up()
         run = BootRun(scenario, random_mac(), secrets.token_hex(8), lab.srv_ip, server.http_port)
         server.start(lab, tree, run, workdir / "server")
         ra = RouterAdvertiser(lab, duration=scenario.timeout + 30).start()
-        vm = Vm(
-            scenario.firmware,
-            workdir / "vm",
-            lab=lab,
-            tap=TAP,
-            mac=run.mac,
-            timeout=scenario.timeout,
-            watch=WATCH,
-        ).start()
+        vm = scenario_vm(scenario, workdir / "vm", lab, run.mac).start()
         try:
-            match = vm.wait_for(MARKER_RE)
+            match = vm.wait_for(scenario.refused or MARKER_RE)
         except AssertionError as e:
             raise RuntimeError(
                 f"{scenario.name} [{server.name}]: {e}\n{server.diagnostics()}"
             ) from None
         elapsed = vm.elapsed
-        if f"pxetwist.token={run.token}" not in match.group("cmdline").split():
+        if scenario.refused is not None:
+            if MARKER_RE.search(vm.serial()):
+                raise RuntimeError(f"{scenario.name} [{server.name}]: refused NBP booted")
+        elif f"pxetwist.token={run.token}" not in match.group("cmdline").split():
             raise RuntimeError(f"{scenario.name} [{server.name}]: marker without the token")
         return elapsed
     finally:
@@ -100,7 +109,9 @@ def parse_scenarios(text: str) -> list[str]:
             continue
         name = LETTERS.get(item, item)
         if name not in SCENARIOS:
-            raise SystemExit(f"unknown scenario {item!r}: use a-e or {', '.join(SCENARIOS)}")
+            raise SystemExit(
+                f"unknown scenario {item!r}: use {','.join(LETTERS)} or {', '.join(SCENARIOS)}"
+            )
         names.append(name)
     return names
 

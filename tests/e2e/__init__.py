@@ -23,17 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pxetwist.lab import NetLab, in_ci, remove_stale_labs, require_binary, require_lab
-from pxetwist.lab.e2e import SCENARIOS, TAP, WATCH, BootRun, BootServer, Scenario
+from pxetwist.lab.e2e import SCENARIOS, TAP, BootRun, BootServer, Scenario, scenario_vm
+from pxetwist.lab.e2e.arm64tree import arm64_missing_inputs
 from pxetwist.lab.e2e.boottree import MARKER_RE, build_tree, missing_inputs
-from pxetwist.lab.e2e.vm import (
-    OVMF_CODE,
-    OVMF_VARS,
-    QEMU,
-    RouterAdvertiser,
-    Vm,
-    VmError,
-    random_mac,
-)
+from pxetwist.lab.e2e.vm import Firmware, RouterAdvertiser, Vm, VmError, random_mac
 
 __all__ = ["BootResult", "BootScenarioTests"]
 
@@ -75,11 +68,13 @@ class BootScenarioTests(_TestCase):
     def make_server(self) -> BootServer:
         raise NotImplementedError
 
-    def _require(self) -> None:
+    def _require(self, scenario: Scenario | None = None) -> None:
+        firmware = scenario.firmware if scenario is not None else Firmware.UEFI_PXE
         require_lab(self)
-        for binary in (QEMU, "timeout", *self.server_binaries):
+        for binary in (firmware.qemu, "timeout", *self.server_binaries):
             require_binary(binary, self)
-        missing = missing_inputs() + [str(p) for p in (OVMF_CODE, OVMF_VARS) if not p.exists()]
+        inputs = arm64_missing_inputs() if firmware.is_arm64 else missing_inputs()
+        missing = inputs + [str(p) for p in firmware.files if not p.exists()]
         if missing:
             why = "e2e boot inputs missing: " + ", ".join(missing)
             if in_ci():
@@ -108,43 +103,15 @@ class BootScenarioTests(_TestCase):
         raise AssertionError("unreachable")
 
     def _boot_once(self, scenario: Scenario, *, ipv6_ra: bool = True) -> BootResult:
-        self._require()
         t0 = time.monotonic()
-        remove_stale_labs()
-        workdir = self._workdir(scenario.name)
-        tree = build_tree(workdir / "root")
-        lab = NetLab(clients=0, taps=[TAP])
-        lab.up()
-        self.addCleanup(lab.down)
-        server = self.make_server()
-        run = BootRun(
-            scenario=scenario,
-            mac=random_mac(),
-            token=secrets.token_hex(8),
-            server_ip=lab.srv_ip,
-            http_port=server.http_port,
-        )
-        self.addCleanup(server.stop)
-        server.start(lab, tree, run, workdir / "server")
-        if ipv6_ra:
-            ra = RouterAdvertiser(lab, duration=scenario.timeout + 30).start()
-            self.addCleanup(ra.stop)
-        vm = Vm(
-            scenario.firmware,
-            workdir / "vm",
-            lab=lab,
-            tap=TAP,
-            mac=run.mac,
-            timeout=scenario.timeout,
-            watch=WATCH,
-        )
-        self.addCleanup(vm.stop)
-        vm.start()
+        server, run, vm = self._start(scenario, ipv6_ra=ipv6_ra)
         try:
             match = vm.wait_for(MARKER_RE)
+            marker_s = round(vm.elapsed, 2)
+            for proof in scenario.serial_proof:
+                vm.wait_for(proof, timeout=1)
         except VmError as e:
             self.fail(f"{scenario.title} [{server.name}]: {e}\n{server.diagnostics()}")
-        marker_s = round(vm.elapsed, 2)
         cmdline = match.group("cmdline")
         self.assertIn(
             f"pxetwist.token={run.token}",
@@ -164,6 +131,48 @@ class BootScenarioTests(_TestCase):
         )
         self._report(result)
         return result
+
+    def refuse(self, scenario: Scenario) -> Vm:
+        """Boot a scenario whose firmware must refuse the boot program: its ``refused`` line
+        comes on serial and Linux never starts.  Returns the (stopped) VM for more checks."""
+        assert scenario.refused is not None
+        server, _run, vm = self._start(scenario, ipv6_ra=True)
+        try:
+            vm.wait_for(scenario.refused)
+        except VmError as e:
+            self.fail(f"{scenario.title} [{server.name}]: {e}\n{server.diagnostics()}")
+        vm.stop()
+        serial = vm.serial()
+        self.assertIsNone(MARKER_RE.search(serial), "the refused boot reached the initrd")
+        self.assertNotIn("Linux version", serial)
+        return vm
+
+    def _start(self, scenario: Scenario, *, ipv6_ra: bool) -> tuple[BootServer, BootRun, Vm]:
+        """Lab, tree, server and a started VM for one boot of ``scenario``."""
+        self._require(scenario)
+        remove_stale_labs()
+        workdir = self._workdir(scenario.name)
+        tree = build_tree(workdir / "root", scenario.platform)
+        lab = NetLab(clients=0, taps=[TAP])
+        lab.up()
+        self.addCleanup(lab.down)
+        server = self.make_server()
+        run = BootRun(
+            scenario=scenario,
+            mac=random_mac(),
+            token=secrets.token_hex(8),
+            server_ip=lab.srv_ip,
+            http_port=server.http_port,
+        )
+        self.addCleanup(server.stop)
+        server.start(lab, tree, run, workdir / "server")
+        if ipv6_ra:
+            ra = RouterAdvertiser(lab, duration=scenario.timeout + 30).start()
+            self.addCleanup(ra.stop)
+        vm = scenario_vm(scenario, workdir / "vm", lab, run.mac)
+        self.addCleanup(vm.stop)
+        vm.start()
+        return server, run, vm
 
     @staticmethod
     def _report(result: BootResult) -> None:
@@ -199,3 +208,23 @@ class BootScenarioTests(_TestCase):
     def test_e_uefi_http_boot(self) -> None:
         """OVMF HTTP Boot (arch 16) -> ipxe.efi by URL -> iPXE script over HTTP."""
         self.boot(SCENARIOS["uefi-http-ipxe"])
+
+    def test_h_arm64_uefi_grub(self) -> None:
+        """AAVMF PXE (arch 11) -> signed grubnetaa64 -> grub.cfg -> ARM64 kernel over TFTP."""
+        self.boot(SCENARIOS["arm64-uefi-grub"])
+
+    def test_i_uboot_pxe(self) -> None:
+        """U-Boot: dhcp; pxe get; pxe boot -> pxelinux.cfg/01-<mac> -> kernel over TFTP."""
+        self.boot(SCENARIOS["uboot-pxe"])
+
+    def test_j_uboot_bootefi(self) -> None:
+        """U-Boot's default boot: EFI PXE (arch 11) -> GRUB by bootefi -> ARM64 kernel."""
+        self.boot(SCENARIOS["uboot-bootefi"])
+
+    def test_k_secure_boot_shim_grub(self) -> None:
+        """Secure Boot enforced: signed shim -> signed GRUB -> grub.cfg -> signed kernel."""
+        self.boot(SCENARIOS["secure-shim-grub"])
+
+    def test_l_secure_boot_refuses_unsigned(self) -> None:
+        """Secure Boot enforced: the firmware downloads an unsigned NBP and refuses it."""
+        self.refuse(SCENARIOS["secure-unsigned-refused"])

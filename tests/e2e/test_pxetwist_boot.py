@@ -1,16 +1,21 @@
 """Real firmware boots (QEMU, TCG) against pxetwist itself (``twistd -n pxe``).
 
-The same scenarios (a)-(e) as the reference suite, with pxetwist as DHCP, TFTP and HTTP
-server, plus (f) proxyDHCP beside an address-only dnsmasq and (g) per-MAC policy with
-several VMs. The run's token exists only in pxetwist's config (a ``machines:`` entry): the
-iPXE script, pxelinux config and grub.cfg carrying it are rendered by pxetwist's policy, so a
-pxetwist that serves nothing cannot pass. Every test also checks pxetwist's own log for the
-stages it served (DHCP offer/ack, TFTP transfers, HTTP requests for the right paths).
+The same scenarios (a)-(e) and (h)-(l) as the reference suite, with pxetwist as DHCP, TFTP and
+HTTP server, plus (f) proxyDHCP beside an address-only dnsmasq and (g) per-MAC policy with
+several VMs.  (h)-(l) are issue 17's firmware breadth: ARM64 UEFI (AAVMF), U-Boot's ``pxe``
+commands with ``tftp://`` URLs in the machine's config (pxetwist offers U-Boot no program and
+renders the URLs as paths), U-Boot's default EFI boot, and Secure Boot enforced (signed chain
+boots, an unsigned NBP is refused). The run's token exists only in pxetwist's config (a
+``machines:`` entry): the iPXE script, pxelinux config and grub.cfg carrying it are rendered
+by pxetwist's policy, so a pxetwist that serves nothing cannot pass. Every test also checks
+pxetwist's own log for the stages it served (DHCP offer/ack, TFTP transfers, HTTP requests for
+the right paths).
 
 Measured VM start -> marker under TCG (2 runs, 2 cores): (a) 7.4-7.7 s, (a) without RAs
 23.3-25.0 s, (b) 8.2-9.6 s, (c) 14.8-17.3 s, (d) 14.7-18.3 s, (e) 19.8-22.5 s, (f) BIOS
 7.5 s, UEFI via port 4011 15.7 s; (g) 11.5 s (three VMs at once) and 30.5 s (an ignored VM
 is watched for 30 s). The module takes about 2.5 minutes, the whole e2e suite about 4.5.
+(h)-(l) on a heavily loaded machine (load 8-10): 21.1, 7.6, 8.7, 47.9 s, and (l) refused.
 """
 
 from __future__ import annotations
@@ -63,6 +68,31 @@ EXPECTED_LOG: dict[str, list[str]] = {
         r"GET /ipxe\.efi 200 .* mac {mac}",
         *_HTTP_SCRIPT,
     ],
+    "arm64-uefi-grub": [
+        *_DHCP_AUTH,
+        r"DISCOVER from {mac} on srv0: offer .*arch 11 \(EFI_ARM64\) -> boot\[efi-arm64\]",
+        *_tftp("grubaa64.efi", "grub/grub.cfg", "arm64/linux", "arm64/initrd.img"),
+    ],
+    "uboot-pxe": [
+        *_DHCP_AUTH,
+        # issue 17: no boot program for U-Boot (none configured), an address all the same ...
+        r"DISCOVER from {mac} on srv0: offer .*U-Boot\.armv8, arch 22 \(UBOOT_ARM64\), arm64: "
+        r"no boot\[uboot-arm64\] configured",
+        # ... and its config with the tftp:// URLs turned into paths it can fetch
+        *_tftp("pxelinux.cfg/01-{hyphens}", "arm64/linux", "arm64/initrd.img"),
+    ],
+    "uboot-bootefi": [
+        *_DHCP_AUTH,
+        r"DISCOVER from {mac} on srv0: offer .*arch 11 \(EFI_ARM64\) -> boot\[efi-arm64\]",
+        *_tftp("grubaa64.efi", "grub/grub.cfg", "arm64/linux", "arm64/initrd.img"),
+    ],
+    "secure-shim-grub": _DHCP_AUTH
+    + _tftp("shimx64.efi", "grubx64.efi", "grub/grub.cfg", "boot/linux", "boot/initrd.img"),
+    "secure-unsigned-refused": [
+        *_DHCP_AUTH,
+        r"DISCOVER from {mac} on srv0: offer .*arch 7 \(EFI_X86_64\) -> boot\[efi-x86_64\]",
+        *_tftp("ipxe.efi"),
+    ],
 }
 
 
@@ -94,6 +124,17 @@ class PxetwistBootTests(BootScenarioTests, SynchronousTestCase):
         mac = _mac_of(self.server)
         assert_logged(self, self.server.log(), EXPECTED_LOG[scenario.name], mac, scenario.title)
         return result
+
+    def refuse(self, scenario: Scenario) -> Any:
+        """The firmware refused what pxetwist served: pxetwist served the NBP whole, and the
+        program never ran (iPXE would have asked for its script with user class iPXE)."""
+        vm = super().refuse(scenario)
+        mac = _mac_of(self.server)
+        log = self.server.log()
+        assert_logged(self, log, EXPECTED_LOG[scenario.name], mac, scenario.title)
+        self.assertNotRegex(log, rf"from {re.escape(mac)} on srv0: .*iPXE client")
+        self.assertNotRegex(log, rf"GET /boot\.ipxe\S* .* mac {re.escape(mac)}")
+        return vm
 
 
 def _mac_of(server: PxetwistServer | PxetwistProxy) -> str:

@@ -4,7 +4,9 @@ Each test builds its own namespace lab, starts the reference servers in it, boot
 and waits (at most the scenario's limit, 120 s) for the initrd's marker line carrying this
 run's token. Measured VM start -> marker under TCG (3 runs, noisy 2-core machine):
 (a) 7.4-9.8 s, (a) without RAs 23.5-28.7 s, (b) 8.8-14.7 s, (c) 14.6-21.6 s,
-(d) 16.2-23.0 s, (e) 19.4-22.4 s; the whole module takes about 100-130 s.
+(d) 16.2-23.0 s, (e) 19.4-22.4 s; the whole module takes about 100-130 s.  The firmware
+breadth scenarios (one run, loaded machine): (h) ARM64 UEFI 21.6 s, (i) U-Boot pxe 11.4 s,
+(j) U-Boot bootefi 14.2 s, (k) Secure Boot 26.7 s, (l) refused.
 Set ``PXETWIST_E2E_TIMINGS=/path/file.jsonl`` to collect timings and
 ``PXETWIST_E2E_KEEP=1`` to keep serial logs and server logs in /tmp.
 """
@@ -22,13 +24,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from pxetwist.lab import NetLab, in_ci, require_binary
 from pxetwist.lab.e2e import SCENARIOS, BootRun, BootServer, ClientClass
 from pxetwist.lab.e2e.boottree import MARKER_RE, BootTree, cached_tree, make_initrd, missing_inputs
+from pxetwist.lab.e2e.pxetwist_server import pxetwist_config
 from pxetwist.lab.e2e.reference import DnsmasqNginx, dnsmasq_config
 from pxetwist.lab.e2e.vm import QEMU, Firmware, Vm, router_advertisement
 from tests.e2e import BootScenarioTests
 
 
 class ReferenceBootTests(BootScenarioTests, SynchronousTestCase):
-    """Scenarios (a) to (e) against dnsmasq (DHCP + TFTP) and nginx (HTTP)."""
+    """Scenarios (a) to (e) and (h) to (l) against dnsmasq (DHCP + TFTP) and nginx (HTTP)."""
 
     server_binaries = ("dnsmasq", "nginx")
 
@@ -119,6 +122,44 @@ class ConfigRenderingTests(SynchronousTestCase):
         self.assertIn("dhcp-boot=tag:ipxe,http://10.77.0.1:8080/boot.ipxe\n", conf)
         self.assertIn("dhcp-boot=tag:!ipxe,tag:efihttp,http://10.77.0.1:8080/ipxe.efi\n", conf)
         self.assertIn("dhcp-range=10.77.0.100,10.77.0.250,255.255.0.0,1h\n", conf)
+
+    def test_uboot_scenario_configs(self) -> None:
+        """(i): the reference gets a hand-written config with paths; pxetwist's machine names
+        its kernel and initrd as tftp:// URLs and its boot table has no U-Boot program."""
+        run = self.run_for("uboot-pxe")
+        cfg = run.config_files()["pxelinux.cfg/01-52-54-00-ab-cd-01"]
+        self.assertIn("  KERNEL arm64/linux\n", cfg)
+        self.assertIn("APPEND console=ttyAMA0 panic=-1 pxetwist.token=feedc0de", cfg)
+        lab = NetLab()
+        config = pxetwist_config(lab, run, Path("/r"), Path("/w"))
+        (machine,) = config["machines"]
+        self.assertEqual(machine["kernel"], "tftp://{server}/arm64/linux")
+        self.assertEqual(machine["initrd"], "tftp://{server}/arm64/initrd.img")
+        self.assertNotIn("uboot-arm64", config["boot"])
+        conf = dnsmasq_config(lab, run, Path("/r"), Path("/w"))
+        self.assertIn("dhcp-match=set:uboot,option:client-arch,22\n", conf)
+        self.assertNotIn("dhcp-boot=tag:!ipxe,tag:uboot", conf)
+        arm64 = dnsmasq_config(lab, self.run_for("arm64-uefi-grub"), Path("/r"), Path("/w"))
+        self.assertIn("dhcp-boot=tag:!ipxe,tag:efiarm64,grubaa64.efi\n", arm64)
+
+    def test_vm_command_lines(self) -> None:
+        workdir = Path(tempfile.mkdtemp(prefix="pxetwist-e2e-argv-"))
+        self.addCleanup(shutil.rmtree, workdir, True)
+        lab = NetLab()
+        secure = " ".join(Vm(Firmware.UEFI_SECURE, workdir, lab=lab).argv())
+        self.assertIn("-machine q35,smm=on", secure)
+        self.assertIn("driver=cfi.pflash01,property=secure,value=on", secure)
+        self.assertIn("OVMF_CODE_4M.ms.fd", secure)
+        uboot = Vm(
+            Firmware.UBOOT_ARM64, workdir, lab=lab, mac="52:54:00:00:00:01",
+            console_script=(("=> ", "dhcp\r"),),
+        ).argv()  # fmt: skip
+        self.assertEqual(uboot[3], "qemu-system-aarch64")
+        self.assertIn("virtio-net-device,netdev=n0,mac=52:54:00:00:00:01", uboot)
+        self.assertIn("chardev:ser0", uboot)
+        aavmf = " ".join(Vm(Firmware.UEFI_ARM64, workdir, lab=lab).argv())
+        self.assertIn("AAVMF_CODE.fd", aavmf)
+        self.assertIn("romfile=", aavmf)
 
     def test_router_advertisement_frame(self) -> None:
         frame = router_advertisement(bytes.fromhex("020000000001"))

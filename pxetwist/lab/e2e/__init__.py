@@ -3,8 +3,10 @@
 The pieces:
 
 * :mod:`pxetwist.lab.e2e.boottree` builds the boot tree (iPXE, pxelinux, signed shim + GRUB, the
-  D-I kernel, a tiny marker initrd) from Debian packages, cached in /var/tmp.
-* :mod:`pxetwist.lab.e2e.vm` runs SeaBIOS/OVMF guests under TCG on a lab tap and watches serial.
+  D-I kernel, a tiny marker initrd) from Debian packages, cached in /var/tmp;
+  :mod:`pxetwist.lab.e2e.arm64tree` the ARM64 one (signed grubnetaa64, ARM64 kernel and initrd).
+* :mod:`pxetwist.lab.e2e.vm` runs SeaBIOS/OVMF/AAVMF/U-Boot guests under TCG on a lab tap and
+  watches (and, for U-Boot, types into) serial.
 * :mod:`pxetwist.lab.e2e.reference` is a :class:`BootServer` made of dnsmasq (DHCP+TFTP) and
   nginx (HTTP): the reference the scenarios are proven against.
 * This module holds the data: :data:`SCENARIOS` (what each firmware chain is, what DHCP
@@ -32,7 +34,7 @@ from typing import Protocol
 from pxetwist.lab import NetLab
 
 from .boottree import BootTree
-from .vm import Firmware
+from .vm import Firmware, Vm
 
 __all__ = [
     "SCENARIOS",
@@ -46,6 +48,8 @@ __all__ = [
     "grub_config",
     "ipxe_script",
     "pxelinux_config",
+    "scenario_vm",
+    "uboot_pxe_config",
 ]
 
 TAP = "vmtap0"
@@ -57,6 +61,8 @@ class ClientClass(enum.Enum):
     IPXE = "ipxe"  # option 175 present (or user-class "iPXE"): iPXE, on any platform
     EFI_HTTP = "efi-http"  # option 93 = 16 / vendor class "HTTPClient:Arch:00016..."
     EFI_PXE = "efi-pxe"  # option 93 = 7 (or 9): EDK2 PXE, x86-64 UEFI
+    EFI_ARM64 = "efi-arm64"  # option 93 = 11: EDK2 (AAVMF) PXE, or U-Boot's EFI boot step
+    UBOOT = "uboot"  # option 93 = 22, option 60 "U-Boot.armv8": U-Boot's `dhcp` command
     BIOS_PXE = "bios-pxe"  # option 93 = 0: legacy PXE ROM (unused: QEMU's ROM is iPXE)
 
 
@@ -72,6 +78,16 @@ class Scenario:
         "ipxe" (HTTP ``boot.ipxe``), "pxelinux" (TFTP ``pxelinux.cfg/01-<mac>``),
         "grub" (TFTP ``grub/grub.cfg``).
     :param kernel_via: how the final loader fetches ``boot/linux`` and ``boot/initrd.img``.
+    :param platform: which boot tree (``x86``, or ``arm64``: ``arm64/linux`` and
+        ``arm64/initrd.img``, :mod:`pxetwist.lab.e2e.arm64tree`).
+    :param console: the kernel's ``console=`` (the machine's UART).
+    :param kernel_urls: pxetwist's machine names its kernel and initrd as ``tftp://{server}/``
+        URLs (the reference's hand-written config keeps paths): the server must turn them into
+        what the client can fetch.
+    :param console_script: typed into the serial console (see :class:`Vm`).
+    :param serial_proof: regexes that must also appear on serial (e.g. Secure Boot enforced).
+    :param refused: the boot must NOT reach Linux; this regex on serial is the firmware
+        refusing the boot program (an unsigned NBP under Secure Boot).
     """
 
     name: str
@@ -81,6 +97,20 @@ class Scenario:
     configs: tuple[str, ...]
     kernel_via: str  # "http" | "tftp"
     timeout: float = 120.0
+    platform: str = "x86"
+    console: str = "ttyS0,115200"
+    kernel_urls: bool = False
+    console_script: tuple[tuple[str, str], ...] = ()
+    serial_proof: tuple[str, ...] = ()
+    refused: str | None = None
+
+    @property
+    def kernel(self) -> str:
+        return BootTree.ARM64_KERNEL if self.platform == "arm64" else BootTree.KERNEL
+
+    @property
+    def initrd(self) -> str:
+        return BootTree.ARM64_INITRD if self.platform == "arm64" else BootTree.INITRD
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -129,6 +159,67 @@ SCENARIOS: dict[str, Scenario] = {
             configs=("ipxe",),
             kernel_via="http",
         ),
+        Scenario(
+            name="arm64-uefi-grub",
+            title="(h) AAVMF PXE (arch 11) -> signed grubnetaa64 -> grub/grub.cfg -> ARM64 kernel",
+            firmware=Firmware.UEFI_ARM64,
+            dhcp_boot={ClientClass.EFI_ARM64: BootTree.GRUB_ARM64},
+            configs=("grub",),
+            kernel_via="tftp",
+            timeout=240.0,
+            platform="arm64",
+            console="ttyAMA0",
+        ),
+        Scenario(
+            name="uboot-pxe",
+            title="(i) U-Boot (arch 22): dhcp; pxe get; pxe boot -> pxelinux.cfg/01-<mac> -> "
+            "kernel+initrd over TFTP (tftp:// URLs in pxetwist's config)",
+            firmware=Firmware.UBOOT_ARM64,
+            dhcp_boot={},  # U-Boot's `dhcp` gets an address and no boot program
+            configs=("uboot",),
+            kernel_via="tftp",
+            timeout=240.0,
+            platform="arm64",
+            console="ttyAMA0",
+            kernel_urls=True,
+            console_script=(
+                (r"Hit any key to stop autoboot", " "),
+                (r"=> ", "setenv autoload no; dhcp; pxe get; pxe boot\r"),
+            ),
+        ),
+        Scenario(
+            name="uboot-bootefi",
+            title="(j) U-Boot default boot: EFI PXE (arch 11) -> grubnetaa64 by bootefi -> "
+            "grub/grub.cfg -> ARM64 kernel",
+            firmware=Firmware.UBOOT_ARM64,
+            dhcp_boot={ClientClass.EFI_ARM64: BootTree.GRUB_ARM64},
+            configs=("grub",),
+            kernel_via="tftp",
+            timeout=240.0,
+            platform="arm64",
+            console="ttyAMA0",
+        ),
+        Scenario(
+            name="secure-shim-grub",
+            title="(k) OVMF, Secure Boot enforced: signed shim -> signed GRUB -> grub/grub.cfg "
+            "-> signed kernel",
+            firmware=Firmware.UEFI_SECURE,
+            dhcp_boot={ClientClass.EFI_PXE: BootTree.SHIM},
+            configs=("grub",),
+            kernel_via="tftp",
+            timeout=240.0,
+            serial_proof=(r"secureboot: Secure boot enabled",),
+        ),
+        Scenario(
+            name="secure-unsigned-refused",
+            title="(l) OVMF, Secure Boot enforced: an unsigned NBP (ipxe.efi) is refused",
+            firmware=Firmware.UEFI_SECURE,
+            dhcp_boot={ClientClass.EFI_PXE: BootTree.IPXE_EFI},
+            configs=(),
+            kernel_via="tftp",
+            timeout=180.0,
+            refused=r"failed to load Boot\d+ \"UEFI PXEv4[^\n]*Access Denied",
+        ),
     ]
 }
 
@@ -139,6 +230,8 @@ WATCH = {
     "grub": r"Welcome to GRUB|GNU GRUB|grub>",
     "linux": r"Linux version \d",
     "init": r"Run /init as init process",
+    "u-boot": r"U-Boot 20\d\d",
+    "secure-boot": r"secureboot: Secure boot enabled",
 }
 
 
@@ -173,6 +266,11 @@ def pxelinux_config(kernel: str, initrd: str, cmdline: str) -> str:
     )
 
 
+def uboot_pxe_config(kernel: str, initrd: str, cmdline: str) -> str:
+    """The PXELINUX-format file U-Boot's ``pxe get`` reads: paths on its TFTP server only."""
+    return f"DEFAULT e2e\nLABEL e2e\n  KERNEL {kernel}\n  INITRD {initrd}\n  APPEND {cmdline}\n"
+
+
 def grub_config(kernel: str, initrd: str, cmdline: str) -> str:
     """grub.cfg for Debian's signed grubnetx64: paths on $root, which is (tftp,<server>)."""
     return (
@@ -203,7 +301,7 @@ class BootRun:
     @property
     def cmdline(self) -> str:
         """The per-MAC kernel command line the server must hand out."""
-        return f"console=ttyS0,115200 panic=-1 pxetwist.token={self.token}"
+        return f"console={self.scenario.console} panic=-1 pxetwist.token={self.token}"
 
     @property
     def mac_hyphens(self) -> str:
@@ -217,7 +315,7 @@ class BootRun:
     def config_files(self) -> dict[str, str]:
         """Loader configs this scenario needs, as {path in the server root: content}."""
         files: dict[str, str] = {}
-        kernel, initrd = BootTree.KERNEL, BootTree.INITRD
+        kernel, initrd = self.scenario.kernel, self.scenario.initrd
         for kind in self.scenario.configs:
             if kind == "ipxe":
                 if self.scenario.kernel_via == "http":
@@ -228,6 +326,9 @@ class BootRun:
                 files["boot.ipxe"] = script
             elif kind == "pxelinux":
                 cfg = pxelinux_config(kernel, initrd, self.cmdline)
+                files[f"pxelinux.cfg/01-{self.mac_hyphens}"] = cfg
+            elif kind == "uboot":
+                cfg = uboot_pxe_config(kernel, initrd, self.cmdline)
                 files[f"pxelinux.cfg/01-{self.mac_hyphens}"] = cfg
             elif kind == "grub":
                 files["grub/grub.cfg"] = grub_config(f"/{kernel}", f"/{initrd}", self.cmdline)
@@ -265,3 +366,17 @@ class BootServer(Protocol):
     def stop(self) -> None: ...
 
     def diagnostics(self) -> str: ...
+
+
+def scenario_vm(scenario: Scenario, workdir: Path, lab: NetLab, mac: str, tap: str = TAP) -> Vm:
+    """The (unstarted) QEMU guest a scenario boots: its firmware, time limit, console script."""
+    return Vm(
+        scenario.firmware,
+        workdir,
+        lab=lab,
+        tap=tap,
+        mac=mac,
+        timeout=scenario.timeout,
+        watch=WATCH,
+        console_script=scenario.console_script,
+    )

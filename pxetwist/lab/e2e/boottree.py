@@ -97,19 +97,29 @@ MARKER = "PXETWIST-E2E-MARK"
 # The marker line /init prints; group "cmdline" is /proc/cmdline verbatim.
 MARKER_RE = re.compile(MARKER + r" cmdline=\[(?P<cmdline>[^\]\r\n]*)\]")
 
-INIT_SCRIPT = f"""#!/bin/sh
+
+def init_script(serial: str = "ttyS0") -> str:
+    """The initrd's ``/init``, printing its marker to ``/dev/<serial>`` (else the console).
+
+    ``serial`` must be the machine's real UART: on ARM64 the 8250 driver still creates
+    ``/dev/ttyS0`` nodes with no hardware behind them, so the ARM64 initrd names ``ttyAMA0``.
+    """
+    return f"""#!/bin/sh
 # pxetwist e2e initrd: report the kernel command line that arrived, then power off.
 export PATH=/bin
 busybox mount -t proc proc /proc
 busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
 out=/dev/console
-[ -c /dev/ttyS0 ] && out=/dev/ttyS0
+[ -c /dev/{serial} ] && out=/dev/{serial}
 busybox printf '\\n{MARKER} cmdline=[%s]\\n' "$(busybox cat /proc/cmdline)" > "$out"
 busybox sync
 busybox poweroff -f
 # poweroff failed: init exits, the kernel panics, panic=-1 reboots, -no-reboot ends QEMU
 exit 1
 """
+
+
+INIT_SCRIPT = init_script()
 
 
 class MissingInput(RuntimeError):
@@ -124,9 +134,11 @@ def marker_cmdline(serial_text: str) -> str | None:
 
 @dataclass(frozen=True)
 class BootTree:
-    """A built boot tree (see the module docstring for its layout)."""
+    """A built boot tree (see the module docstring for its layout; ``platform`` ``arm64``:
+    :mod:`pxetwist.lab.e2e.arm64tree`)."""
 
     root: Path
+    platform: str = "x86"
 
     # well-known relative paths
     KERNEL = "boot/linux"
@@ -137,12 +149,17 @@ class BootTree:
     PXELINUX = "pxelinux.0"
     SHIM = "shimx64.efi"
     GRUB = "grubx64.efi"
+    ARM64_KERNEL = "arm64/linux"
+    ARM64_INITRD = "arm64/initrd.img"
+    GRUB_ARM64 = "grubaa64.efi"
 
     def path(self, rel: str) -> Path:
         return self.root / rel
 
     def files(self) -> list[str]:
         """Relative paths of every file in the tree (the manifest)."""
+        if self.platform == "arm64":
+            return sorted([self.GRUB_ARM64, self.ARM64_KERNEL, self.ARM64_INITRD])
         return sorted([*SOURCES, INITRD])
 
 
@@ -240,7 +257,9 @@ def _cpio_entry(name: str, mode: int, data: bytes = b"", ino: int = 0, rdev: int
     return head + data + b"\0" * (-len(data) % 4)
 
 
-def make_initrd(initrd_files: list[tuple[str, Path]] | None = None) -> bytes:
+def make_initrd(
+    initrd_files: list[tuple[str, Path]] | None = None, init: str = INIT_SCRIPT
+) -> bytes:
     """The gzip-compressed newc initramfs: /init, /bin/busybox (+ libs), /bin/sh, /dev/console."""
     files = _initrd_inputs() if initrd_files is None else initrd_files
     dirs = {"bin", "dev", "proc", "sys"}
@@ -251,7 +270,7 @@ def make_initrd(initrd_files: list[tuple[str, Path]] | None = None) -> bytes:
             parent = parent.parent
     entries: list[tuple[str, int, bytes, int]] = [(d, stat.S_IFDIR | 0o755, b"", 0) for d in dirs]
     entries.append(("dev/console", stat.S_IFCHR | 0o600, b"", os.makedev(5, 1)))
-    entries.append(("init", stat.S_IFREG | 0o755, INIT_SCRIPT.encode(), 0))
+    entries.append(("init", stat.S_IFREG | 0o755, init.encode(), 0))
     entries.append(("bin/sh", stat.S_IFLNK | 0o777, b"busybox", 0))
     for rel, src in files:
         entries.append((rel, stat.S_IFREG | 0o755, src.read_bytes(), 0))
@@ -270,7 +289,7 @@ def _cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
 
 
-def _complete(tree: Path, manifest: dict[str, object]) -> bool:
+def _complete(tree: Path, manifest: dict[str, object], platform: str = "x86") -> bool:
     """A cached tree is usable if its manifest matches and every file has the listed size."""
     try:
         on_disk = json.loads((tree / MANIFEST).read_text())
@@ -279,7 +298,7 @@ def _complete(tree: Path, manifest: dict[str, object]) -> bool:
     if on_disk.get("inputs") != manifest["inputs"]:
         return False
     sizes = on_disk.get("sizes", {})
-    if not isinstance(sizes, dict) or set(sizes) != set(BootTree(tree).files()):
+    if not isinstance(sizes, dict) or set(sizes) != set(BootTree(tree, platform).files()):
         return False
     for rel, size in sizes.items():
         try:
@@ -341,13 +360,19 @@ def cached_tree() -> BootTree:
     return BootTree(tree)
 
 
-def build_tree(dest: Path | str) -> BootTree:
+def build_tree(dest: Path | str, platform: str = "x86") -> BootTree:
     """Copy the (cached) boot tree into ``dest`` (created if needed) and return it.
 
     The copy is private: a test may add files (configs, scripts) to it. Files are plain
     copies, not symlinks, so servers that refuse symlinks leaving their root still work.
+    ``platform`` ``arm64`` is the ARM64 tree (:mod:`pxetwist.lab.e2e.arm64tree`).
     """
-    src = cached_tree()
+    if platform == "arm64":
+        from .arm64tree import cached_arm64_tree
+
+        src = cached_arm64_tree()
+    else:
+        src = cached_tree()
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for rel in src.files():
@@ -357,4 +382,4 @@ def build_tree(dest: Path | str) -> BootTree:
     for path in [dest, *dest.rglob("*")]:
         if path.is_dir():
             path.chmod(0o755)
-    return BootTree(dest)
+    return BootTree(dest, src.platform)

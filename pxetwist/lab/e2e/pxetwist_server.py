@@ -10,6 +10,7 @@ and ``grub/grub.cfg`` from it. A pxetwist that serves nothing cannot make the to
 * ``ClientClass.IPXE`` -> ``boot.ipxe`` (a URL) or ``bios`` + ``ipxe`` machine overrides
   (scenario b: ``{bios: pxelinux.0, ipxe: pxelinux.0}``, even the iPXE ROM gets pxelinux);
 * ``ClientClass.EFI_PXE`` -> ``efi-x86_64``; ``ClientClass.EFI_HTTP`` -> ``http-efi-x86_64``;
+  ``ClientClass.EFI_ARM64`` -> ``efi-arm64``; ``ClientClass.UBOOT`` -> ``uboot-arm64``;
   ``ClientClass.BIOS_PXE`` -> ``bios``.
 
 The server logs to ``twistd.log`` in its work dir (``--logfile``); :func:`stage_events`
@@ -53,6 +54,8 @@ _BOOT_KEYS = {
     ClientClass.IPXE: "ipxe",
     ClientClass.EFI_HTTP: "http-efi-x86_64",
     ClientClass.EFI_PXE: "efi-x86_64",
+    ClientClass.EFI_ARM64: "efi-arm64",
+    ClientClass.UBOOT: "uboot-arm64",
     ClientClass.BIOS_PXE: "bios",
 }
 
@@ -84,13 +87,19 @@ def boot_table(run: BootRun) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def machine_entry(
-    mac: str, cmdline: str, *, name: str | None = None, boot: Mapping[str, str] | None = None
+    mac: str,
+    cmdline: str,
+    *,
+    name: str | None = None,
+    boot: Mapping[str, str] | None = None,
+    kernel: str = BootTree.KERNEL,
+    initrd: str = BootTree.INITRD,
 ) -> dict[str, Any]:
     """One ``machines:`` entry booting the tree's kernel and initrd with ``cmdline``."""
     entry: dict[str, Any] = {"mac": mac}
     if name:
         entry["name"] = name
-    entry.update(kernel=BootTree.KERNEL, initrd=BootTree.INITRD, cmdline=cmdline)
+    entry.update(kernel=kernel, initrd=initrd, cmdline=cmdline)
     if boot:
         entry["boot"] = dict(boot)
     return entry
@@ -115,7 +124,18 @@ def pxetwist_config(
         first, last = net.network_address + 4, net.broadcast_address - 1
     table, overrides = boot_table(run)
     if machines is None:
-        machines = [machine_entry(run.mac, run.cmdline, name="e2e", boot=overrides)]
+        scenario = run.scenario
+        url = "tftp://{server}/" if scenario.kernel_urls else ""
+        machines = [
+            machine_entry(
+                run.mac,
+                run.cmdline,
+                name="e2e",
+                boot=overrides,
+                kernel=url + scenario.kernel,
+                initrd=url + scenario.initrd,
+            )
+        ]
     dhcp: dict[str, Any] = {"mode": mode, "raspberry_pi": False}
     if mode == "authoritative":
         dhcp["subnets"] = [

@@ -43,7 +43,9 @@ _TAGS = {
     ClientClass.IPXE: "tag:ipxe",
     ClientClass.EFI_HTTP: "tag:!ipxe,tag:efihttp",
     ClientClass.EFI_PXE: "tag:!ipxe,tag:!efihttp,tag:efi64",
-    ClientClass.BIOS_PXE: "tag:!ipxe,tag:!efihttp,tag:!efi64",
+    ClientClass.EFI_ARM64: "tag:!ipxe,tag:efiarm64",
+    ClientClass.UBOOT: "tag:!ipxe,tag:uboot",
+    ClientClass.BIOS_PXE: "tag:!ipxe,tag:!efihttp,tag:!efi64,tag:!efiarm64,tag:!uboot",
 }
 
 
@@ -71,6 +73,9 @@ def dnsmasq_config(
         "dhcp-match=set:efi64,option:client-arch,7",
         "dhcp-match=set:efi64,option:client-arch,9",
         "dhcp-match=set:efihttp,option:client-arch,16",
+        "dhcp-match=set:efiarm64,option:client-arch,11",
+        "dhcp-match=set:uboot,option:client-arch,22",
+        "dhcp-vendorclass=set:uboot,U-Boot",
         "dhcp-vendorclass=set:efihttp,HTTPClient",
         # EDK2 HTTP Boot only takes an offer that says "HTTPClient" in option 60
         "dhcp-option-force=tag:efihttp,60,HTTPClient",

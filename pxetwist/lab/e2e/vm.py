@@ -11,6 +11,15 @@ the lab bridge, with the serial port written to a file:
 * ``Firmware.UEFI_HTTP``: as UEFI_PXE, plus ``-fw_cfg opt/org.tianocore/IPv4PXESupport=n``
   (and IPv6PXESupport=n), so OVMF's first network boot option is HTTPv4 boot (DHCP
   client-arch 16, vendor class "HTTPClient").
+* ``Firmware.UEFI_SECURE``: OVMF with Microsoft's keys enrolled and Secure Boot enforced
+  (``OVMF_CODE_4M.ms.fd`` and a copy of ``OVMF_VARS_4M.ms.fd``); it needs SMM and a secure
+  pflash, or it hangs silently (firmware notes).  PXE over IPv6 is switched off, so a refused
+  NBP ends the network boot instead of waiting for a DHCPv6 server.
+* ``Firmware.UEFI_ARM64``: ``qemu-system-aarch64 -M virt`` with AAVMF (DHCP client-arch 11).
+* ``Firmware.UBOOT_ARM64``: the same machine with Debian's ``qemu_arm64`` U-Boot as ``-bios``
+  and a ``virtio-net-device`` (U-Boot reads a wrong MAC from ``virtio-net-pci``).  U-Boot's
+  console is typed into (``console_script``): the serial port is then a socket QEMU serves,
+  logged to the same ``serial.log``.
 
 KVM does not work on the lab machine (guests reset), so TCG is hard-wired. Every VM has
 ``-no-reboot`` (a reset ends QEMU: a firmware that gives up fails fast instead of looping),
@@ -63,8 +72,14 @@ __all__ = [
 ]
 
 QEMU = "qemu-system-x86_64"
+QEMU_ARM64 = "qemu-system-aarch64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+OVMF_SECURE_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.ms.fd")  # Microsoft keys enrolled
+OVMF_SECURE_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
+AAVMF_CODE = Path("/usr/share/AAVMF/AAVMF_CODE.fd")
+AAVMF_VARS = Path("/usr/share/AAVMF/AAVMF_VARS.fd")
+UBOOT_ARM64 = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
 DEFAULT_TIMEOUT = 120.0  # seconds per VM
 POLL = 0.05  # seconds between serial-log polls
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
@@ -75,10 +90,41 @@ class Firmware(enum.Enum):
     BIOS = "bios"  # SeaBIOS + iPXE NIC ROM
     UEFI_PXE = "uefi-pxe"  # OVMF, EDK2 PXE (arch 7)
     UEFI_HTTP = "uefi-http"  # OVMF, EDK2 HTTP Boot (arch 16)
+    UEFI_SECURE = "uefi-secure"  # OVMF, Microsoft keys, Secure Boot enforced, PXE (arch 7)
+    UEFI_ARM64 = "uefi-arm64"  # AAVMF on the virt machine, EDK2 PXE (arch 11)
+    UBOOT_ARM64 = "uboot-arm64"  # U-Boot qemu_arm64 on the virt machine (arch 22, or 11)
 
     @property
     def is_uefi(self) -> bool:
-        return self is not Firmware.BIOS
+        return self in (
+            Firmware.UEFI_PXE,
+            Firmware.UEFI_HTTP,
+            Firmware.UEFI_SECURE,
+            Firmware.UEFI_ARM64,
+        )
+
+    @property
+    def is_arm64(self) -> bool:
+        return self in (Firmware.UEFI_ARM64, Firmware.UBOOT_ARM64)
+
+    @property
+    def qemu(self) -> str:
+        return QEMU_ARM64 if self.is_arm64 else QEMU
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The firmware images this kind of VM needs (for the tests' dependency check)."""
+        return _FIRMWARE_FILES[self]
+
+
+_FIRMWARE_FILES: dict[Firmware, tuple[Path, ...]] = {
+    Firmware.BIOS: (),
+    Firmware.UEFI_PXE: (OVMF_CODE, OVMF_VARS),
+    Firmware.UEFI_HTTP: (OVMF_CODE, OVMF_VARS),
+    Firmware.UEFI_SECURE: (OVMF_SECURE_CODE, OVMF_SECURE_VARS),
+    Firmware.UEFI_ARM64: (AAVMF_CODE, AAVMF_VARS),
+    Firmware.UBOOT_ARM64: (UBOOT_ARM64,),
+}
 
 
 class VmError(AssertionError):
@@ -116,6 +162,9 @@ class Vm:
         initrd, append).
     :param watch: name -> regex; the first time each appears on serial is recorded in
         :attr:`seen` (seconds since start) while :meth:`wait_for` polls.
+    :param console_script: (regex, text) steps typed into the serial console: each text is
+        sent once its regex has appeared on serial after the previous step's match (U-Boot's
+        "Hit any key", then its prompt).  Steps run while :meth:`wait_for` polls.
     """
 
     firmware: Firmware
@@ -129,10 +178,15 @@ class Vm:
     kernel: tuple[Path, Path, str] | None = None
     extra_args: Sequence[str] = ()
     watch: Mapping[str, str] = field(default_factory=dict)
+    console_script: Sequence[tuple[str, str]] = ()
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
         self.serial_log = self.workdir / "serial.log"
+        self.serial_socket = self.workdir / "serial.sock"
+        self._script = [(re.compile(rx), text) for rx, text in self.console_script]
+        self._script_from = 0  # serial offset after the last step's match
+        self._console: socket.socket | None = None
         self.qemu_log = self.workdir / "qemu.log"
         self.pidfile = self.workdir / "qemu.pid"
         self.seen: dict[str, float] = {}
@@ -145,41 +199,72 @@ class Vm:
 
     def argv(self) -> list[str]:
         """The full command: ``timeout`` + QEMU (run it inside ``lab.cli``)."""
-        qemu = [
-            QEMU, "-accel", "tcg", "-m", str(self.memory_mb), "-smp", "1",
-            "-nographic", "-monitor", "none", "-parallel", "none",
-            "-serial", f"file:{self.serial_log}", "-pidfile", str(self.pidfile),
-            "-no-reboot", "-name", f"pxetwist-e2e-{self.mac}",
-        ]  # fmt: skip
-        if self.firmware.is_uefi:
-            vars_fd = self.workdir / "OVMF_VARS.fd"
-            shutil.copyfile(OVMF_VARS, vars_fd)
-            qemu += [
-                "-machine", "q35",
-                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-                "-drive", f"if=pflash,format=raw,unit=1,file={vars_fd}",
+        fw = self.firmware
+        if self._script:
+            serial = [
+                "-chardev",
+                f"socket,id=ser0,path={self.serial_socket},server=on,wait=off,"
+                f"logfile={self.serial_log}",
+                "-serial", "chardev:ser0",
             ]  # fmt: skip
-            if self.firmware is Firmware.UEFI_HTTP:
-                for knob in ("IPv4PXESupport", "IPv6PXESupport"):
-                    qemu += ["-fw_cfg", f"name=opt/org.tianocore/{knob},string=n"]
+        else:
+            serial = ["-serial", f"file:{self.serial_log}"]
+        qemu = [
+            fw.qemu, "-accel", "tcg", "-m", str(self.memory_mb), "-smp", "1",
+            "-nographic", "-monitor", "none", "-parallel", "none", *serial,
+            "-pidfile", str(self.pidfile), "-no-reboot", "-name", f"pxetwist-e2e-{self.mac}",
+        ]  # fmt: skip
+        qemu += self._machine()
         if self.kernel is not None:
             kernel, initrd, append = self.kernel
             qemu += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", append]
         if self.lab is None:
             qemu += ["-nic", "none"]
         else:
-            nic = f"{self.nic},netdev=n0,mac={self.mac},bootindex=1"
-            if self.firmware.is_uefi:
-                nic += ",romfile="  # EDK2's own driver and PXE/HTTP client, not iPXE's ROM
-            qemu += [
-                "-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no",
-                "-device", nic,
-            ]  # fmt: skip
-            if self.firmware is Firmware.BIOS:
+            qemu += ["-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no"]
+            if fw is Firmware.UBOOT_ARM64:
+                qemu += ["-device", f"virtio-net-device,netdev=n0,mac={self.mac}"]
+            else:
+                nic = f"{self.nic},netdev=n0,mac={self.mac},bootindex=1"
+                if fw.is_uefi:
+                    nic += ",romfile="  # EDK2's own driver and PXE/HTTP client, not iPXE's ROM
+                qemu += ["-device", nic]
+            if fw is Firmware.BIOS:
                 qemu += ["-boot", "order=n"]
         qemu += list(self.extra_args)
         limit = f"{self.timeout:g}"
         return ["timeout", "--kill-after=5", limit, *qemu]
+
+    def _pflash(self, code: Path, vars_template: Path) -> list[str]:
+        vars_fd = self.workdir / vars_template.name
+        shutil.copyfile(vars_template, vars_fd)
+        return [
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={vars_fd}",
+        ]  # fmt: skip
+
+    def _machine(self) -> list[str]:
+        """Machine, CPU and firmware arguments for this kind of VM."""
+        fw = self.firmware
+        if fw in (Firmware.UEFI_PXE, Firmware.UEFI_HTTP):
+            args = ["-machine", "q35", *self._pflash(OVMF_CODE, OVMF_VARS)]
+            if fw is Firmware.UEFI_HTTP:
+                for knob in ("IPv4PXESupport", "IPv6PXESupport"):
+                    args += ["-fw_cfg", f"name=opt/org.tianocore/{knob},string=n"]
+            return args
+        if fw is Firmware.UEFI_SECURE:
+            return [
+                "-machine", "q35,smm=on",
+                "-global", "driver=cfi.pflash01,property=secure,value=on",
+                "-global", "ICH9-LPC.disable_s3=1",
+                *self._pflash(OVMF_SECURE_CODE, OVMF_SECURE_VARS),
+                "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n",
+            ]  # fmt: skip
+        if fw is Firmware.UEFI_ARM64:
+            return ["-machine", "virt", "-cpu", "cortex-a57", *self._pflash(AAVMF_CODE, AAVMF_VARS)]
+        if fw is Firmware.UBOOT_ARM64:
+            return ["-machine", "virt", "-cpu", "cortex-a57", "-bios", str(UBOOT_ARM64)]
+        return []
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -245,6 +330,9 @@ class Vm:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._console is not None:
+            self._console.close()
+            self._console = None
         return rc
 
     def __enter__(self) -> Vm:
@@ -277,6 +365,7 @@ class Vm:
             exited = self._proc.poll() is not None
             text = self.serial()
             self._note(text)
+            self._type(text)
             m = rx.search(text)
             if m is not None:
                 return m
@@ -290,6 +379,35 @@ class Vm:
                     f"no {rx.pattern!r} on serial after {self.elapsed:.1f}s\n{self.diagnostics()}"
                 )
             time.sleep(POLL)
+
+    def _type(self, text: str) -> None:
+        """Run the console script's next step if its regex has appeared (see ``console_script``)."""
+        if self._console is not None:
+            with contextlib.suppress(BlockingIOError, OSError):
+                while self._console.recv(65536):  # output is in serial.log; keep QEMU flowing
+                    pass
+        if not self._script:
+            return
+        rx, keys = self._script[0]
+        m = rx.search(text, self._script_from)
+        if m is None:
+            return
+        if self._console is None:
+            console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                console.connect(str(self.serial_socket))
+            except OSError:
+                console.close()
+                return  # QEMU not listening yet: next poll
+            console.setblocking(False)
+            self._console = console
+        self._console.setblocking(True)
+        for char in keys:  # a key at a time, as a person types: no UART FIFO overrun
+            self._console.sendall(char.encode())
+            time.sleep(0.01)
+        self._console.setblocking(False)
+        self._script.pop(0)
+        self._script_from = m.end()
 
     def wait_exit(self, timeout: float = 10.0) -> int | None:
         """Wait for QEMU to end by itself (e.g. guest power-off); None if it is still up."""
