@@ -134,14 +134,14 @@ class BootScenarioTests(_TestCase):
 
     def refuse(self, scenario: Scenario) -> Vm:
         """Boot a scenario whose firmware must refuse the boot program: its ``refused`` line
-        comes on serial and Linux never starts.  Returns the (stopped) VM for more checks."""
+        comes on serial and Linux never starts.  Returns the VM, still running (the firmware
+        goes on to its next boot option), for more checks; it is stopped at cleanup."""
         assert scenario.refused is not None
         server, _run, vm = self._start(scenario, ipv6_ra=True)
         try:
             vm.wait_for(scenario.refused)
         except VmError as e:
             self.fail(f"{scenario.title} [{server.name}]: {e}\n{server.diagnostics()}")
-        vm.stop()
         serial = vm.serial()
         self.assertIsNone(MARKER_RE.search(serial), "the refused boot reached the initrd")
         self.assertNotIn("Linux version", serial)

@@ -20,8 +20,11 @@ is watched for 30 s). The module takes about 2.5 minutes, the whole e2e suite ab
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +38,8 @@ from pxetwist.lab.e2e.boottree import MARKER_RE, BootTree, build_tree
 from pxetwist.lab.e2e.pxetwist_server import PxetwistProxy, PxetwistServer, machine_entry
 from pxetwist.lab.e2e.vm import RouterAdvertiser, Vm, VmError, random_mac
 from tests.e2e import BootScenarioTests
+
+PXETWIST = Path(sys.executable).with_name("pxetwist")
 
 # What pxetwist must have logged serving each scenario, per stage (regexes; {mac} filled in).
 _DHCP_AUTH = [r"DISCOVER from {mac} on srv0: offer ", r"REQUEST from {mac} on srv0: ack "]
@@ -126,15 +131,44 @@ class PxetwistBootTests(BootScenarioTests, SynchronousTestCase):
         return result
 
     def refuse(self, scenario: Scenario) -> Any:
-        """The firmware refused what pxetwist served: pxetwist served the NBP whole, and the
-        program never ran (iPXE would have asked for its script with user class iPXE)."""
+        """The firmware refused what pxetwist served: pxetwist served the NBP whole, the program
+        never ran (iPXE would have asked for its script with user class iPXE), and pxetwist's
+        boot session says so once the firmware starts over with its next boot option."""
         vm = super().refuse(scenario)
         mac = _mac_of(self.server)
+        session = self._failed_session(mac, timeout=60.0)
+        vm.stop()
+        self.assertEqual(session["stage"], "nbp", session)
+        self.assertIn("the machine started over", session["hint"])
+        self.assertIn("Secure Boot may have refused an unsigned NBP", session["hint"])
         log = self.server.log()
         assert_logged(self, log, EXPECTED_LOG[scenario.name], mac, scenario.title)
         self.assertNotRegex(log, rf"from {re.escape(mac)} on srv0: .*iPXE client")
         self.assertNotRegex(log, rf"GET /boot\.ipxe\S* .* mac {re.escape(mac)}")
         return vm
+
+    def _failed_session(self, mac: str, timeout: float) -> dict[str, Any]:
+        """The machine's first failed session, from ``pxetwist sessions --json`` (polled: the
+        server writes its sessions about once a second)."""
+        assert self.server.config_path is not None
+        argv = [
+            str(PXETWIST), "sessions", "--config", str(self.server.config_path),
+            "--mac", mac, "--json",
+        ]  # fmt: skip
+        deadline = time.monotonic() + timeout
+        sessions: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            if done.returncode == 0:
+                sessions = json.loads(done.stdout)
+                failed = [s for s in sessions if s["state"] == "failed"]
+                if failed:
+                    return failed[-1]  # newest first: the last is the first boot
+            time.sleep(1.0)
+        self.fail(
+            f"no failed session for {mac} after {timeout:g}s: {sessions}\n"
+            + self.server.diagnostics()
+        )
 
 
 def _mac_of(server: PxetwistServer | PxetwistProxy) -> str:
