@@ -17,79 +17,37 @@ check was byte-identical and the server still runs).  Bounded in count and in ti
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from pxetwist.lab import NetLab, require_binary  # noqa: E402
+from pxetwist.lab import require_binary  # noqa: E402
 from pxetwist.lab.tftpfuzz import udp_counters  # noqa: E402
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+from pxetwist.lab.tftpserver import ServerLab, sha256  # noqa: E402
 
 
 class FuzzBench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.work = Path(tempfile.mkdtemp(prefix="pxetwist-tftp-fuzz-"))
-        os.chmod(self.work, 0o755)
-        self.root = self.work / "root"
-        self.root.mkdir()
-        self.out = self.work / "out"
-        self.out.mkdir()
-        os.chmod(self.out, 0o777)
-        self.files = {"big.bin": os.urandom(1 << 20), "f.bin": os.urandom(3000)}
-        for name, content in self.files.items():
-            (self.root / name).write_bytes(content)
-        self.log = self.work / "server.log"
-        self.lab = NetLab(clients=0)
-        self.server: subprocess.Popen[Any] | None = None
+        self.files = {"big.bin": 1 << 20, "f.bin": 3000}
+        self.server = ServerLab(self.files, tftp=f", workers: {args.workers}, timeout: 0.2")
+        self.lab = self.server.lab
 
     def start(self) -> None:
-        lab = self.lab.up()
-        config = self.work / "pxe.yaml"
-        config.write_text(
-            "interfaces: [srv0]\n"
-            f"data_dir: {self.work / 'data'}\n"
-            'dhcp: {mode: "off"}\n'
-            "http: {enabled: false}\n"
-            f"tftp: {{root: {self.root}, workers: {self.args.workers}, timeout: 0.2}}\n"
-            "policy: {plugin_dirs: []}\n"
-        )
-        twistd = Path(sys.executable).with_name("twistd")
-        with self.log.open("w") as log:
-            self.server = lab.spawn(
-                "srv",
-                [str(twistd), "-n", "--pidfile=", "--logfile=-", "pxe", "--config", str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=str(REPO),
-            )
-        lab.wait_port("srv", "udp", 69, timeout=20, proc=self.server)
-        time.sleep(2)  # the transfer workers
+        self.server.up()
 
     def stop(self) -> None:
-        try:
-            if self.server is not None:
-                self.lab.stop(self.server)
-            self.lab.down()
-        finally:
-            shutil.rmtree(self.work, ignore_errors=True)
+        self.server.down()
 
     def check(self, index: int) -> bool:
         """A real download with tftp-hpa or curl, byte-identical, within 60 s."""
         name = "big.bin" if index % 2 == 0 else "f.bin"
-        out = self.out / f"check-{index}"
+        out = self.server.fresh(f"check-{index}")
         ip = self.lab.srv_ip
         if index % 4 < 2:
             argv = ["tftp", "-m", "binary", ip, "-c", "get", name, str(out)]
@@ -103,7 +61,7 @@ class FuzzBench:
         good = (
             result.returncode == 0
             and out.exists()
-            and sha256(out) == hashlib.sha256(self.files[name]).hexdigest()
+            and sha256(out) == sha256(self.server.root / name)
         )
         out.unlink(missing_ok=True)
         return good
@@ -112,10 +70,11 @@ class FuzzBench:
         return udp_counters(self.lab.run("srv", ["cat", "/proc/net/snmp"]).stdout)
 
     def rss_kib(self) -> int:
-        if self.server is None:
+        process = self.server.server
+        if process is None:
             return 0
         try:
-            for line in Path(f"/proc/{self.server.pid}/status").read_text().splitlines():
+            for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
         except OSError:
@@ -153,8 +112,8 @@ class FuzzBench:
                 print(f"{sent} sent, {checks} checks, {failed} failed", flush=True)
         seconds = time.monotonic() - began
         after = self.udp()
-        alive = self.server is not None and self.server.poll() is None
-        log = self.log.read_text(errors="replace")
+        alive = self.server.server is not None and self.server.server.poll() is None
+        log = self.server.log_text()
         crashes = sum(log.count(word) for word in ("Traceback", "Unhandled", "released twice"))
         passed = alive and failed == 0 and crashes == 0 and sent == args.count
         print(f"datagrams sent       {sent} of {args.count}")

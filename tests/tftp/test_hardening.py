@@ -17,8 +17,9 @@ from typing import ClassVar
 from twisted.trial.unittest import SynchronousTestCase
 
 from pxetwist.lab.tftpfuzz import udp_counters
+from pxetwist.lab.tftpserver import ServerLab
 
-from .test_clients import LabTestCase, ServerLab, _require_tools
+from .test_clients import LabTestCase, _require_tools
 
 # A client that takes DATA 1-3 (ACKing each) and then holds the transfer until told to go on.
 PARTIAL_CLIENT = r"""

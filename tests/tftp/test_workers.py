@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
+from pxetwist.lab.tftpserver import ServerLab, sha256
 from pxetwist.tftp import workers as workers_module
 from pxetwist.tftp.handoff import (
     MAX_MESSAGE,
@@ -45,7 +46,7 @@ from pxetwist.tftp.session import (
 )
 from pxetwist.tftp.worker import WorkerHost
 
-from .test_clients import CLIENTS, LabTestCase, ServerLab, _require_tools, sha256
+from .test_clients import CLIENTS, LabTestCase, _require_tools
 
 names = st.text(
     alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=60
