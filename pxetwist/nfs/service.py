@@ -14,6 +14,7 @@ an ``nfs-grant`` / ``nfs-withdraw`` :class:`~pxetwist.events.BootEvent`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -92,7 +93,7 @@ class NfsService(Service):
             subnets=[subnet.network for subnet in config.dhcp.subnets],
         )
 
-    def _lease_lookup(self) -> LeaseLookup | None:
+    def _lease_table(self) -> Any:
         """The DHCP service's lease table, when this server hands out addresses."""
         parent = self.parent
         if parent is None or self.context.config.dhcp.mode is not DhcpMode.AUTHORITATIVE:
@@ -101,7 +102,10 @@ class NfsService(Service):
             dhcp: Any = parent.getServiceNamed("dhcp")  # type: ignore[attr-defined]
         except KeyError:
             return None
-        table = getattr(dhcp, "table", None)
+        return getattr(dhcp, "table", None)
+
+    def _lease_lookup(self) -> LeaseLookup | None:
+        table = self._lease_table()
         if table is None:
             return None
 
@@ -112,6 +116,18 @@ class NfsService(Service):
             return lease.address  # type: ignore[no-any-return]
 
         return lookup
+
+    def _leased_macs(self) -> set[MacAddress]:
+        """Every MAC with a bound, unexpired lease: after a restart their exports come back."""
+        table = self._lease_table()
+        if table is None:
+            return set()
+        now = self.reactor.seconds()
+        return {
+            lease.mac
+            for lease in table.leases()
+            if lease.mac is not None and lease.state.value == "bound" and lease.expires > now
+        }
 
     def startService(self) -> None:
         super().startService()
@@ -128,7 +144,7 @@ class NfsService(Service):
         self.context.events.subscribe(self._event)
         self.context.live.subscribe(self._reloaded)
         (self.state / "exports").mkdir(exist_ok=True)
-        d = self._refresh(self.book.macs() | self._granted_macs(), start=True)
+        d = self._refresh(self.book.macs() | self._leased_macs(), start=True)
         d.addCallback(lambda _: self._start_backend(config))
         d.addErrback(lambda f: log.failure("nfs: starting the export wrapper failed", f))
         self._checker = LoopingCall(self._check)
@@ -137,6 +153,12 @@ class NfsService(Service):
 
     def _start_backend(self, config: Config) -> Deferred[None] | None:
         settings = ganesha_settings(config)
+        if config.nfs.ganesha.managed and os.geteuid() != 0:
+            log.error(
+                "nfs: a managed Ganesha needs pxetwist to run as root (no --uid): its mount "
+                "namespace, port 2049 and root-owned exports; no export is served"
+            )
+            return None
         if config.nfs.ganesha.managed:
             self.managed = ManagedGanesha(
                 self.reactor,
@@ -239,7 +261,7 @@ class NfsService(Service):
             for mac, address in seen.items():
                 if address is not None and mac not in self.book.reservations:
                     self.book.see(mac, address)
-        self._soon(self.book.macs() | self._granted_macs())
+        self._soon(self.book.macs() | self._granted_macs() | self._leased_macs())
 
     def _check(self) -> None:
         """Leases expire without a packet: look at every machine that holds exports.  And ask

@@ -261,12 +261,81 @@ class LeaseLifecycleTests(SynchronousTestCase):
         listing = nfs_ls(self.lab, "c1", url)
         self.assertEqual(listing.returncode, 0, listing.stderr + self.server.tail())
         self.assertIn(f"{address}", self.server.log_text())
+        # stopping pxetwist stops Ganesha, rpcbind and the dbus-daemon it started ...
+        names = set(process_names(self.lab, "srv").values())
+        self.assertTrue({"ganesha.nfsd", "rpcbind", "dbus-daemon"} <= names, names)
+        self.assertIn(self.server.stop(), (0, -signal.SIGTERM))  # twistd re-raises SIGTERM
+        self.assertEqual(process_names(self.lab, "srv"), {})
+        self.assertNotEqual(nfs_ls(self.lab, "c1", url).returncode, 0)
+        # ... and a restarted pxetwist grants the export again from the stored lease
+        self.server.start()
+        self.server.wait_log("nfs: granted hosts/", timeout=90, count=2)
+        listing = nfs_ls(self.lab, "c1", url)
+        self.assertEqual(listing.returncode, 0, listing.stderr + self.server.tail())
         # the same client asks again, then releases the lease as it stops (udhcpc -R, SIGTERM)
         self.assertEqual(self.release(), address)
         self.server.wait_log("nfs: withdrew hosts/", timeout=30)
         _wait(lambda: nfs_ls(self.lab, "c1", url).returncode != 0, 15, "the export gone")
-        # stopping pxetwist stops Ganesha, rpcbind and the dbus-daemon it started
-        names = set(process_names(self.lab, "srv").values())
-        self.assertTrue({"ganesha.nfsd", "dbus-daemon"} <= names, names)
-        self.assertIn(self.server.stop(), (0, -signal.SIGTERM))  # twistd re-raises SIGTERM
+        self.assertIn(self.server.stop(), (0, -signal.SIGTERM))
         self.assertEqual(process_names(self.lab, "srv"), {})
+
+
+class OperatorGaneshaTests(SynchronousTestCase):
+    """``nfs.ganesha.dbus``: pxetwist drives a Ganesha it did not start, over that Ganesha's bus.
+
+    The "operator's" Ganesha here is one a first pxetwist runs (with its own export in ids
+    1000-1999); a second pxetwist with ``managed: false`` and ids 2000-2999 adds its machine's
+    export to it, leaves the first one's alone, and starts no process of its own.
+    """
+
+    def test_exports_on_an_operators_ganesha(self) -> None:
+        _require(self)
+        lab = NetLab(clients=2).up()
+        self.addCleanup(lab.down)
+        lab.run("c1", ["ip", "addr", "add", f"{MACHINE_IP}/16", "dev", "eth0"], check=True)
+        lab.run("c2", ["ip", "addr", "add", f"{OTHER_IP}/16", "dev", "eth0"], check=True)
+        other_mac = "52:54:00:77:00:20"
+        operator = NfsLabServer(
+            lab,
+            {
+                "nfs": {"versions": VERSIONS, "ganesha": {"export_ids": [1000, 1999]}},
+                "machines": [
+                    {"mac": other_mac, "address": OTHER_IP, "nfs": [{"path": "a", "create": True}]}
+                ],
+            },
+        )
+        self.addCleanup(shutil.rmtree, operator.workdir, True)
+        self.addCleanup(operator.stop)
+        operator.start()
+        operator.wait_log("nfs: granted a", timeout=90)
+        bus = f"unix:path={operator.ganesha_dir / 'bus.sock'}"
+        driver = NfsLabServer(
+            lab,
+            {
+                "nfs": {
+                    "versions": VERSIONS,
+                    "ganesha": {"managed": False, "dbus": bus, "export_ids": [2000, 2999]},
+                },
+                "machines": [
+                    {"mac": MAC, "address": MACHINE_IP, "nfs": [{"path": "b", "create": True}]}
+                ],
+            },
+        )
+        self.addCleanup(shutil.rmtree, driver.workdir, True)
+        self.addCleanup(driver.stop)
+        # the driver exports a directory of its own root on the operator's Ganesha
+        before = set(process_names(lab, "srv"))
+        driver.start()
+        driver.wait_log("nfs: granted b", timeout=60)
+        mine = nfs_url(lab.srv_ip, driver.pseudo(MAC, "b"))
+        theirs = nfs_url(lab.srv_ip, operator.pseudo(other_mac, "a"))
+        self.assertEqual(nfs_ls(lab, "c1", mine).returncode, 0, driver.tail())
+        self.assertNotEqual(nfs_ls(lab, "c2", mine).returncode, 0)
+        self.assertEqual(nfs_ls(lab, "c2", theirs).returncode, 0, operator.tail())
+        self.assertIn("Export_Id = 2000;", (driver.data_dir / "nfs/exports/2000.conf").read_text())
+        # it started nothing: the only new process in the namespace is its own twistd
+        started = set(process_names(lab, "srv")) - before
+        assert driver.proc is not None
+        self.assertEqual(started, {driver.proc.pid})
+        driver.stop()
+        self.assertEqual(nfs_ls(lab, "c2", theirs).returncode, 0, "the operator's export stays")
