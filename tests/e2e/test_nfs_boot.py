@@ -15,8 +15,9 @@ Machine 2 boots at the same time with machine 1's two ``SERVER:/PSEUDO`` on its 
 tries to mount them: both are refused (Ganesha's CLIENT blocks name machine 1's address only).
 
 Measured under TCG on the 2 shared cores: VM start -> PID 1 from the export done in 11.4 s
-on a quiet machine, 30 s on a busy one (both VMs at once); the test takes about 18-40 s, plus about 20 s once to build the initrd (and
-the one-time ``apt-get download`` of the kernel package, 70 MB, kept in the boot-tree cache).
+on a quiet machine, 30 s on a busy one (both VMs at once).  The test takes 18-40 s, plus about
+20 s once to build the initrd (and the one-time ``apt-get download`` of the kernel package,
+70 MB, kept in the boot-tree cache).
 """
 
 from __future__ import annotations
