@@ -124,6 +124,7 @@ class SessionRegistry:
         self._open: OrderedDict[str, Session] = OrderedDict()  # in progress, least recent first
         self._dirty: dict[str, Session] = {}
         self.unattributed = 0  # events with no MAC (the attribution could not place them)
+        self.unsaved = 0  # session changes dropped because the store fell behind a storm
 
     def configure(self, settings: SessionsConfig) -> None:
         """Take new limits (a reload); sessions and machines are kept."""
@@ -311,7 +312,12 @@ class SessionRegistry:
             session.hint = None
             self._open[session.id] = session
             self._open.move_to_end(session.id)
-        self._dirty[session.id] = session
+        dirty = self._dirty
+        dirty[session.id] = session
+        if len(dirty) > 2 * self.settings.max_machines:
+            # the store has fallen far behind a storm: the oldest changes are not written
+            del dirty[next(iter(dirty))]
+            self.unsaved += 1
 
     # -- the timer's side -----------------------------------------------------------------
 

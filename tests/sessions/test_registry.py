@@ -286,7 +286,9 @@ class BoundsTests(SynchronousTestCase):
         for index in range(200):
             h.feed(dhcp(1.0 + index, mac=MacAddress(index.to_bytes(6, "big"))))
         self.assertEqual(h.registry.machines, 50)
-        self.assertEqual(len(h.registry.take_dirty()), 200)  # every one still goes to the store
+        # evicted ones still go to the store, up to twice max_machines changes between writes
+        self.assertEqual(len(h.registry.take_dirty()), 100)
+        self.assertEqual(h.registry.unsaved, 100)
         self.assertEqual(h.registry.sweep(10_000.0), 50)  # evicted ones are not judged
 
     def test_dirty_sessions_are_handed_over_once(self) -> None:
