@@ -11,74 +11,28 @@ the API on the server namespace's loopback.  The operator's side is ``pxetwist m
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.trial.unittest import SynchronousTestCase
 
-from pxetwist.lab import NetLab, require_binary, require_lab
+from tests.api.labserver import API, VENV_BIN, ApiLabCase
 
-VENV_BIN = Path(sys.executable).parent
-TWISTD = VENV_BIN / "twistd"
 PXECLIENT = Path(__file__).resolve().parents[1] / "dhcp" / "pxeclient.py"
 MAC = "52:54:00:77:0a:01"
 TOKEN = "lab-write-token-0123456789"
-API = "http://127.0.0.1:8090"
 NBP = bytes(range(256)) * 300  # 76,800 bytes: several TFTP blocks
 
 
-class ApiLabTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        require_lab(self)
-        self.curl = require_binary("curl", self)
-        self.base = Path(tempfile.mkdtemp(prefix="pxetwist-apilab-"))
-        os.chmod(self.base, 0o755)
-        self.addCleanup(shutil.rmtree, self.base, ignore_errors=True)
-        (self.base / "tftp").mkdir()
-        (self.base / "tftp" / "undionly.kpxe").write_bytes(NBP)
-        (self.base / "tokens.yaml").write_text(
-            yaml.safe_dump({"ops": {"token": TOKEN, "access": "write"}})
-        )
-        self.lab = NetLab(clients=1).up()
-        self.addCleanup(self.lab.down)
-        self.client_ns = self.lab.clients[0]
-        self.lab.run(self.client_ns, ["ip", "link", "set", "eth0", "address", MAC], check=True)
-        config = {
-            "interfaces": ["srv0"],
-            "data_dir": str(self.base / "data"),
-            "dhcp": {
-                "mode": "authoritative",
-                "subnets": [{"network": "10.77.0.0/16", "range": ["10.77.1.10", "10.77.1.200"]}],
-                "boot_server": False,
-            },
-            "tftp": {"enabled": True, "root": str(self.base / "tftp"), "workers": 0},
-            "http": {"enabled": False},
-            "policy": {"chain": ["static"], "plugin_dirs": []},
-            "api": {"listen": "127.0.0.1:8090", "tokens_file": str(self.base / "tokens.yaml")},
-        }
-        self.config = self.base / "pxe.yaml"
-        self.config.write_text(yaml.safe_dump(config))
-        self.log = self.base / "twistd.log"
-        argv = [str(TWISTD), "-n", "--pidfile", str(self.base / "twistd.pid")]
-        argv += ["--logfile", str(self.log), "pxe", "--config", str(self.config)]
-        self.server = self.lab.spawn(self.lab.srv, argv)
-        try:
-            self.lab.wait_port(self.lab.srv, "udp", 67, timeout=30, proc=self.server)
-            self.lab.wait_port(self.lab.srv, "tcp", 8090, timeout=30, proc=self.server)
-        except Exception:
-            NetLab.stop(self.server)
-            raise AssertionError(f"twistd pxe did not start:\n{self.log_text()}") from None
-        self.addCleanup(NetLab.stop, self.server)
+class ApiLabTests(ApiLabCase):
+    mac = MAC
+    token = TOKEN
+    access = "write"
+    files = {"tftp/undionly.kpxe": NBP}
 
-    def log_text(self) -> str:
-        return self.log.read_text() if self.log.exists() else "(no log)"
+    def server_config(self) -> dict[str, Any]:
+        return {"policy": {"chain": ["static"], "plugin_dirs": []}}  # unlisted: no answer
 
     def pxetwist(self, *args: str) -> Any:
         """``pxetwist ...`` as the operator runs it on the server, token from the environment."""

@@ -15,17 +15,15 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-import yaml
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SkipTest
 
-from pxetwist.lab import NetLab, require_binary, require_lab
+from pxetwist.lab import NetLab
+from tests.api.labserver import VENV_BIN, ApiLabCase
 
-VENV_BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
 PXECLIENT = HERE.parent / "dhcp" / "pxeclient.py"
 WATCHER = HERE / "dashboard_watch.py"
@@ -36,39 +34,17 @@ BOOT_ORDER = ["dhcp-offer", "dhcp-ack", "nbp", "script", "kernel", "initrd", "os
 PAUSE = 1.6  # seconds between steps: the page polls the timeline every second
 
 
-class DashboardLabTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        require_lab(self)
-        self.curl = require_binary("curl", self)
-        if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
-            if os.environ.get("CI"):
-                self.fail("chromium and chromium-driver are missing: scripts/setup.sh --test")
-            raise SkipTest("chromium and chromium-driver are not installed")
-        self.base = Path(tempfile.mkdtemp(prefix="pxetwist-dashlab-"))
-        os.chmod(self.base, 0o755)
-        self.addCleanup(shutil.rmtree, self.base, ignore_errors=True)
-        for name, size in (("tftp/undionly.kpxe", 70_000), ("http/vmlinuz", 900_000),
-                           ("http/initrd.img", 1_500_000)):  # fmt: skip
-            path = self.base / name
-            path.parent.mkdir(exist_ok=True)
-            path.write_bytes(os.urandom(size))
-        (self.base / "tokens.yaml").write_text(
-            yaml.safe_dump({"ops": {"token": TOKEN, "access": "read"}})
-        )
-        (self.base / "token").write_text(TOKEN + "\n")
-        self.lab = NetLab(clients=1).up()
-        self.addCleanup(self.lab.down)
-        self.client_ns = self.lab.clients[0]
-        self.lab.run(self.client_ns, ["ip", "link", "set", "eth0", "address", MAC], check=True)
-        config = {
-            "interfaces": ["srv0"],
-            "data_dir": str(self.base / "data"),
-            "dhcp": {
-                "mode": "authoritative",
-                "subnets": [{"network": "10.77.0.0/16", "range": ["10.77.1.10", "10.77.1.200"]}],
-                "boot_server": False,
-            },
-            "tftp": {"enabled": True, "root": str(self.base / "tftp"), "workers": 0},
+class DashboardLabTests(ApiLabCase):
+    mac = MAC
+    token = TOKEN
+    files = {
+        "tftp/undionly.kpxe": os.urandom(70_000),
+        "http/vmlinuz": os.urandom(900_000),
+        "http/initrd.img": os.urandom(1_500_000),
+    }
+
+    def server_config(self) -> dict[str, Any]:
+        return {
             "http": {"enabled": True, "root": str(self.base / "http"), "port": 8080},
             "sessions": {"flush_interval": 0.5},
             "machines": [
@@ -78,26 +54,17 @@ class DashboardLabTests(SynchronousTestCase):
                     "kernel": "vmlinuz",
                     "initrd": "initrd.img",
                     "cmdline": "console=ttyS0",
-                },
+                }
             ],
-            "policy": {"chain": ["static", "arch"], "plugin_dirs": []},
-            "api": {"listen": "127.0.0.1:8090", "tokens_file": str(self.base / "tokens.yaml")},
         }
-        self.config = self.base / "pxe.yaml"
-        self.config.write_text(yaml.safe_dump(config))
-        self.log = self.base / "twistd.log"
-        argv = [str(VENV_BIN / "twistd"), "-n", "--pidfile", str(self.base / "twistd.pid")]
-        argv += ["--logfile", str(self.log), "pxe", "--config", str(self.config)]
-        self.server = self.lab.spawn(self.lab.srv, argv)
-        self.addCleanup(NetLab.stop, self.server)
-        try:
-            self.lab.wait_port(self.lab.srv, "udp", 67, timeout=30, proc=self.server)
-            self.lab.wait_port(self.lab.srv, "tcp", 8090, timeout=30, proc=self.server)
-        except Exception:
-            raise AssertionError(f"twistd pxe did not start:\n{self.log_text()}") from None
 
-    def log_text(self) -> str:
-        return self.log.read_text() if self.log.exists() else "(no log)"
+    def setUp(self) -> None:
+        if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
+            if os.environ.get("CI"):
+                self.fail("chromium and chromium-driver are missing: scripts/setup.sh --test")
+            raise SkipTest("chromium and chromium-driver are not installed")
+        super().setUp()
+        (self.base / "token").write_text(TOKEN + "\n")
 
     def in_client(self, *argv: str) -> str:
         done = self.lab.run(self.client_ns, list(argv), timeout=60)
