@@ -1,9 +1,9 @@
-"""A fake reactor with UDP ports, for driving the TFTP protocols without sockets."""
+"""Test reactors for the TFTP listener: port 69 as a fake port that records what it writes,
+transfers on real loopback sockets behind the production transfer mux."""
 
 from __future__ import annotations
 
-import itertools
-from typing import Any, cast
+from typing import Any
 
 from twisted.internet.address import IPv4Address as TwistedAddress
 from twisted.internet.defer import Deferred, succeed
@@ -19,7 +19,7 @@ class FakeUDPPort:
     """A bound UDP port that records what is written to it."""
 
     def __init__(
-        self, reactor: FakeUDPReactor, port: int, protocol: AbstractDatagramProtocol, interface: str
+        self, reactor: object, port: int, protocol: AbstractDatagramProtocol, interface: str
     ) -> None:
         self.reactor = reactor
         self.protocol = protocol
@@ -49,32 +49,6 @@ class FakeUDPPort:
 
     def receive(self, datagram: bytes, addr: tuple[str, int]) -> None:
         self.protocol.datagramReceived(datagram, addr)
-
-
-class FakeUDPReactor(Clock):
-    """``Clock`` plus ``listenUDP``; ephemeral ports count up from 40000."""
-
-    def __init__(self, fail_listen: bool = False) -> None:
-        super().__init__()
-        self.ports: list[FakeUDPPort] = []
-        self._ephemeral = itertools.count(40000)
-        self.fail_listen = fail_listen
-
-    def listenUDP(
-        self,
-        port: int,
-        protocol: AbstractDatagramProtocol,
-        interface: str = "",
-        maxPacketSize: int = 8192,  # noqa: N803 (Twisted's name)
-    ) -> Any:
-        if self.fail_listen and port == 0:
-            raise OSError(24, "Too many open files")
-        bound = FakeUDPPort(self, port or next(self._ephemeral), protocol, interface)
-        self.ports.append(bound)
-        return bound
-
-    def open_ports(self) -> list[FakeUDPPort]:
-        return [port for port in self.ports if port.listening]
 
 
 @implementer(IReactorFDSet)
@@ -140,7 +114,7 @@ class SocketReactor(FakeFDReactor):
         interface: str = "",
         maxPacketSize: int = 8192,  # noqa: N803 (Twisted's name)
     ) -> Any:
-        bound = FakeUDPPort(cast(FakeUDPReactor, self), port or 40000, protocol, interface)
+        bound = FakeUDPPort(self, port or 40000, protocol, interface)
         self.ports.append(bound)
         return bound
 

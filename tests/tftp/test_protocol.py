@@ -62,7 +62,7 @@ from pxetwist.tftp.service import TftpService
 from pxetwist.tftp.sockets import TransferSocket
 from tests.util import temp_dir
 
-from .fakes import FakeFDReactor, FakeUDPPort, FakeUDPReactor, SocketReactor
+from .fakes import FakeFDReactor, FakeUDPPort, SocketReactor
 
 SERVER = "127.77.0.1"
 CLIENT = ("127.77.0.50", 20000)
@@ -714,7 +714,7 @@ class RealSocketTests(SynchronousTestCase):
         self.listener = TftpListener(
             self.server, "127.0.0.1", ServingContext("127.0.0.1", 8080, 69, None, self.root)
         )
-        self.port = FakeUDPPort(cast(FakeUDPReactor, None), 69, self.listener, "127.0.0.1")
+        self.port = FakeUDPPort(self.reactor, 69, self.listener, "127.0.0.1")
         self.client = self._socket()
         self.stray = self._socket()
         self.addCleanup(self.server.abort_all, "test over")
