@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from pxetwist import explain
 from pxetwist.api import commands as api_commands
+from pxetwist.api.client import add_remote_arguments
 from pxetwist.sessions import cli as sessions_cli
 
 
@@ -28,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sessions_cli.add_session_arguments(sessions_parser)
+    add_remote_arguments(sessions_parser)
     machines_parser = commands.add_parser(
         "machines",
         help="reset a machine's boot once; list, show, add, change or delete machines (API)",
@@ -48,12 +50,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="reload the running server's config and plugins (as SIGHUP does), and say how it went",
     )
     reload_parser.add_argument("--config", "-c", help="the server's YAML config (for data_dir)")
+    add_remote_arguments(reload_parser)
     args = parser.parse_args(argv)
     if args.command == "explain":
         return explain.run(args)
     if args.command == "sessions":
+        if args.api:
+            return api_commands.run_remote_sessions(args)
         return sessions_cli.run_sessions(args)
     if args.command == "reload":
+        if args.api:
+            return api_commands.run_remote_reload(args)
         from pxetwist.control import run_reload
 
         return run_reload(args.config)

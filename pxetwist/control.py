@@ -133,7 +133,12 @@ def run_reload(config_path: str | None) -> int:
             f"pxetwist: reload refused, the running config stays: {answer.get('error')}\n"
         )
         return 1
-    summary = answer.get("summary") or {}
+    print_reload_summary(answer.get("summary") or {})
+    return 0
+
+
+def print_reload_summary(summary: dict[str, Any]) -> None:
+    """What a reload did, as ``pxetwist reload`` prints it (also from the API's answer)."""
     print(f"reloaded {summary.get('config')}")
     print(f"  policy chain: {' -> '.join(summary.get('policy_chain') or [])}")
     print(f"  interfaces: {', '.join(summary.get('interfaces') or []) or 'none'}")
@@ -142,4 +147,3 @@ def run_reload(config_path: str | None) -> int:
             print(f"  {key.replace('_', ' ')}: {', '.join(summary[key])}")
     if summary.get("restart_needed"):
         print(f"  takes effect at the next restart: {', '.join(summary['restart_needed'])}")
-    return 0

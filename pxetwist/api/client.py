@@ -41,8 +41,17 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--json", action="store_true", help="print the server's JSON as it is")
 
 
+def add_remote_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--api`` and ``--token-file`` for a command that otherwise works on this machine."""
+    group = parser.add_argument_group("a remote server, through its API")
+    group.add_argument("--api", metavar="URL", help="ask the server's API at this URL")
+    group.add_argument(
+        "--token-file", metavar="PATH", help="a file whose first line is the API token"
+    )
+
+
 def _token(args: argparse.Namespace) -> str:
-    path = args.token_file or None
+    path = getattr(args, "token_file", None) or None
     if path is None and os.environ.get("PXETWIST_API_TOKEN"):
         return os.environ["PXETWIST_API_TOKEN"].strip()
     path = path or os.environ.get("PXETWIST_API_TOKEN_FILE")
@@ -61,11 +70,11 @@ def _token(args: argparse.Namespace) -> str:
 
 
 def _base_url(args: argparse.Namespace) -> str:
-    if args.api:
+    if getattr(args, "api", None):
         return str(args.api).rstrip("/")
     if os.environ.get("PXETWIST_API"):
         return os.environ["PXETWIST_API"].rstrip("/")
-    if args.config:
+    if getattr(args, "config", None):
         from pxetwist.config import load_config
 
         api = load_config(args.config).api

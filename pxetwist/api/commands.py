@@ -16,7 +16,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pxetwist.api.client import ApiClient, ApiClientError, add_connection_arguments
+from pxetwist.api.client import (
+    ApiClient,
+    ApiClientError,
+    add_connection_arguments,
+)
 
 #: ``machines add``/``set`` options and the config keys they set.
 _MACHINE_OPTIONS = (
@@ -213,3 +217,42 @@ def run_machine_action(args: argparse.Namespace) -> int | None:
         lambda c: c.call("GET", path + "/boot-once"),
         lambda state: json.dumps(state),
     )
+
+
+# -- sessions and reload of a remote server (beside the local ``pxetwist sessions``/``reload``) ---
+
+
+def run_remote_sessions(args: argparse.Namespace) -> int:
+    """``pxetwist sessions --api URL``: the same output, from the server's API."""
+    from pxetwist.sessions.cli import table, timelines
+    from pxetwist.sessions.model import session_from_json
+
+    def fetch(client: ApiClient) -> Any:
+        query = {"limit": str(max(args.limit, 1))}
+        if args.mac:
+            return client.call("GET", f"/api/v1/sessions/{args.mac}", query=query)
+        if args.state:
+            query["state"] = args.state
+        return client.call("GET", "/api/v1/sessions", query=query)
+
+    def text(found: list[dict[str, Any]]) -> str:
+        if not found:
+            return "no sessions" + (f" for {args.mac}" if args.mac else "")
+        sessions = [session_from_json(value) for value in found]
+        return timelines(sessions) if args.mac else table(sessions)
+
+    return _run(args, fetch, text)
+
+
+def run_remote_reload(args: argparse.Namespace) -> int:
+    """``pxetwist reload --api URL``: reload through the API, print what ``reload`` prints."""
+    from pxetwist.control import print_reload_summary
+
+    try:
+        client = ApiClient.from_args(args)
+        summary = client.call("POST", "/api/v1/reload")
+    except ApiClientError as error:
+        sys.stderr.write(f"pxetwist reload: {error}\n")
+        return 1 if error.status is not None else 2
+    print_reload_summary(summary)
+    return 0

@@ -144,6 +144,7 @@ class V1:
                 network = IPv4Network(query["subnet"])
             except ValueError:
                 raise ApiError(400, f"{query['subnet']!r} is not a network", "subnet") from None
+        limit = _int_param(request, "limit", 1_000_000, 1, 1_000_000)
         active = query.get("active")
         if active not in (None, "", "true", "false"):
             raise ApiError(400, f"{active!r} is not true or false", "active")
@@ -156,7 +157,7 @@ class V1:
             and (not active or lease.is_active(now) == (active == "true"))
         ]
         found.sort(key=lambda item: IPv4Address(str(item["address"])))
-        return Reply(200, found)
+        return Reply(200, found[:limit])
 
     def release(self, request: ApiRequest) -> Deferred[Reply]:
         text = request.params.get("address", "")

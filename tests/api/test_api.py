@@ -247,6 +247,8 @@ class LeaseAndSessionTests(ApiTestCase):
             "GET", "/api/v1/leases", params={"subnet": "10.78.0.0/16"}
         )
         self.assertEqual(body, [])
+        status, body, _ = yield self.call("GET", "/api/v1/leases", params={"limit": "1"})
+        self.assertEqual([lease["address"] for lease in body], ["10.77.1.5"])
         status, body, _ = yield self.call("DELETE", "/api/v1/leases/10.77.1.5", WRITE)
         self.assertEqual((status, body["state"], body["active"]), (200, "released", False))
         stored = {str(lease.address): lease.state.value for lease in self.store.load()}
@@ -262,6 +264,7 @@ class LeaseAndSessionTests(ApiTestCase):
             ("GET", "/api/v1/leases", {"subnet": "10.77.0.1/99"}, 400, "subnet"),
             ("GET", "/api/v1/leases", {"mac": "nope"}, 400, "mac"),
             ("GET", "/api/v1/leases", {"active": "maybe"}, 400, "active"),
+            ("GET", "/api/v1/leases", {"limit": "0"}, 400, "limit"),
         ):
             status, body, _ = yield self.call(method, path, WRITE, params=params)
             self.assertEqual((status, body["field"]), (want, field), (path, params))

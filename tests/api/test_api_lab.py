@@ -35,11 +35,16 @@ class ApiLabTests(ApiLabCase):
         return {"policy": {"chain": ["static"], "plugin_dirs": []}}  # unlisted: no answer
 
     def pxetwist(self, *args: str) -> Any:
-        """``pxetwist ...`` as the operator runs it on the server, token from the environment."""
+        """``pxetwist ... --json`` as the operator runs it on the server; its JSON."""
+        code, out, err = self.pxetwist_text(*args, "--json")
+        self.assertEqual(code, 0, f"{args}: {err}\n{self.log_text()}")
+        return json.loads(out)
+
+    def pxetwist_text(self, *args: str) -> tuple[int, str, str]:
+        """``pxetwist ... --api URL``, the token from the environment."""
         argv = ["env", f"PXETWIST_API_TOKEN={TOKEN}", str(VENV_BIN / "pxetwist"), *args]
-        done = self.lab.run(self.lab.srv, [*argv, "--api", API, "--json"], timeout=60)
-        self.assertEqual(done.returncode, 0, f"{args}: {done.stderr}\n{self.log_text()}")
-        return json.loads(done.stdout)
+        done = self.lab.run(self.lab.srv, [*argv, "--api", API], timeout=60)
+        return done.returncode, str(done.stdout), str(done.stderr)
 
     def get(self, path: str, token: bool = True) -> str:
         argv = [self.curl, "-sS", "--fail", "--max-time", "20"]
@@ -141,6 +146,22 @@ class ApiLabTests(ApiLabCase):
         self.assertEqual([e["stage"] for e in events[-3:]], ["dhcp-offer", "dhcp-ack", "nbp"])
         self.assertEqual(events[-3]["details"]["policy"], "static")
         self.assertEqual(events[-1]["details"]["file"], "undionly.kpxe")
+
+        # The same through the command line: sessions and reload of the running server.
+        remote = self.pxetwist("sessions", "--mac", MAC)
+        self.assertEqual([e["stage"] for e in remote[0]["events"]][-1], "nbp")
+        code, out, err = self.pxetwist_text("sessions", "--mac", MAC)
+        self.assertEqual(code, 0, err)
+        self.assertIn(f"{MAC} in-progress at nbp", out)
+        code, out, err = self.pxetwist_text("reload")
+        self.assertEqual((code, out.splitlines()[0]), (0, f"reloaded {self.config}"), err)
+        good = self.config.read_text()
+        self.config.write_text(good + "tftp: {enabled: maybe}\n")
+        code, out, err = self.pxetwist_text("reload")
+        self.assertEqual(code, 1)
+        self.assertIn("422", err)
+        self.assertIn(f"{self.config}:", err)
+        self.config.write_text(good)
 
         # Deleted: no answer again, no restart.
         self.pxetwist("machines", "delete", MAC)

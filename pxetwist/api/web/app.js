@@ -192,7 +192,7 @@ function renderPools(pools) {
 }
 
 function renderLeases(leases) {
-  const shown = leases.filter((l) => l.state !== "released").slice(0, 200);
+  const shown = leases;
   $("leases").querySelector("tbody").replaceChildren(...shown.map((l) =>
     el("tr", {}, el("td", { class: "mono" }, l.address), el("td", { class: "mono" }, l.mac || "—"),
       el("td", {}, l.state), el("td", { class: "sub" },
@@ -222,7 +222,7 @@ async function refresh() {
   try {
     const [health, machines, sessions, pools, leases] = await Promise.all([
       api("/api/v1/health"), api("/api/v1/machines"), api("/api/v1/sessions?limit=500"),
-      api("/api/v1/pools"), api("/api/v1/leases")]);
+      api("/api/v1/pools"), api("/api/v1/leases?active=true&limit=200")]);
     $("health").textContent = "v" + health.version + " · dhcp " + health.dhcp_mode + " · chain "
       + health.policy_chain.join(" → ") + " · up " + duration(health.uptime_seconds);
     renderMachines(mergeMachines(machines, sessions));
