@@ -6,20 +6,35 @@ requests through :func:`negotiate` (every answer inside the server's limits, RFC
 RFC 7440), and any interleaving of client packets and timer firings through a
 :class:`ReadSession` (a :class:`RuleBasedStateMachine`): it never raises, every DATA it sends
 carries the right octets for its block, nothing is sent after the end, and a client that
-acknowledges what it got always ends up with the whole file.  The lab counterpart, which
+acknowledges what it got always ends up with the whole file; and any mix of requests, ACKs,
+junk, late policy answers and time through the listener (:class:`ListenerMachine`) releases
+every transfer slot exactly once.  The lab counterpart, which
 throws tens of thousands of mutated datagrams at a real server, is in ``test_hardening``.
 """
 
 from __future__ import annotations
 
 import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
+from pxetwist.bootconfig import BootConfigResolver
+from pxetwist.context import IServerReactor, ServerContext
+from pxetwist.events import BootEvent, BootEventBus, EventStage
 from pxetwist.lab.tftpfuzz import mutated, oversized_request
+from pxetwist.policy.chain import PolicyChain
+from pxetwist.policy.decision import BootDecision
+from pxetwist.policy.render import Renderer, ServingContext
+from pxetwist.policy.sightings import SightingRegistry
+from pxetwist.testing import config_from_yaml
 from pxetwist.tftp.packet import (
     Ack,
     Data,
@@ -37,6 +52,7 @@ from pxetwist.tftp.packet import (
     is_error,
     is_request,
 )
+from pxetwist.tftp.protocol import FileResolver, ServerSettings, TftpListener, TftpServer
 from pxetwist.tftp.session import (
     MAX_BLKSIZE,
     MIN_BLKSIZE,
@@ -47,7 +63,9 @@ from pxetwist.tftp.session import (
     TransferSummary,
     negotiate,
 )
+from pxetwist.tftp.table import TransferSlot
 
+from .fakes import SocketReactor
 from .strategies import packets
 
 _OPTION_NAMES = st.sampled_from(["blksize", "tsize", "windowsize", "timeout", "multicast", "x"])
@@ -298,4 +316,118 @@ class CooperativeClientTests(SynchronousTestCase):
                 self.assertFalse(session.negotiation.mode_supported)
 
 
-__all__ = ["ErrorCode", "ReadSessionMachineTests"]
+class ListenerMachine(RuleBasedStateMachine):
+    """Clients do anything to port 69 (``single_port``: the listener's own port carries the
+    transfers, so no sockets and no waits), with a policy that answers late or never, and time
+    passes: ``busy`` is always the slots not yet released, never more than the limit, every
+    released slot is exactly one event, and once everything times out nothing is left."""
+
+    LIMIT = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.work = Path(tempfile.mkdtemp(prefix="pxetwist-tftp-machine-"))
+        (self.work / "a").write_bytes(b"a" * 1500)
+        (self.work / "b").write_bytes(b"")
+        self.reactor = SocketReactor()
+        config = config_from_yaml(f"tftp: {{root: {self.work}}}\nhttp: {{enabled: false}}")
+        self.decisions: list[Deferred[BootDecision | None]] = []
+        machine = self
+
+        class Late:
+            def decide(self, request: object) -> Deferred[BootDecision | None]:
+                machine.decisions.append(Deferred())
+                return machine.decisions[-1]
+
+        self.bus = BootEventBus()
+        self.events: list[BootEvent] = []
+        self.bus.subscribe(self.events.append)
+        context = ServerContext.build(
+            config,
+            cast(PolicyChain, Late()),
+            cast(IServerReactor, self.reactor),
+            sightings=SightingRegistry(self.reactor.seconds, neighbours=dict),
+        )
+        self.server = TftpServer(
+            ServerSettings(root=self.work, max_transfers=self.LIMIT, single_port=True, retries=2),
+            FileResolver(BootConfigResolver(context, Renderer())),
+            self.reactor,
+            self.bus,
+        )
+        self.listener = TftpListener(
+            self.server, "127.0.0.1", ServingContext("127.0.0.1", 8080, 69, None, self.work)
+        )
+        self.port = self.reactor.listenUDP(69, self.listener, interface="127.0.0.1")
+        self.claimed = 0
+        self.released = {True: 0, False: 0}
+        table = self.server.table
+        release = table._release
+
+        def counted(slot: TransferSlot) -> bool:
+            done = release(slot)
+            self.released[done] += 1
+            return done
+
+        table._release = counted  # type: ignore[method-assign]
+
+    def teardown(self) -> None:
+        self.server.abort_all("test over")
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def _send(self, peer: int, datagram: bytes) -> None:
+        before = self.server.table._next_id
+        self.port.receive(datagram, ("10.0.0.9", 2000 + peer))
+        self.claimed += self.server.table._next_id - before
+
+    @rule(peer=st.integers(0, 4), name=st.sampled_from(["a", "b", "missing", "../x",
+          "pxelinux.cfg/01-52-54-00-77-00-10"]), options=st.booleans())  # fmt: skip
+    def read_request(self, peer: int, name: str, options: bool) -> None:
+        extra = (("blksize", "1024"), ("tsize", "0"), ("windowsize", "2")) if options else ()
+        self._send(peer, encode(ReadRequest(name, "octet", extra)))
+
+    @rule(peer=st.integers(0, 4), block=st.integers(0, 5))
+    def ack(self, peer: int, block: int) -> None:
+        self._send(peer, encode_ack(block))
+
+    @rule(peer=st.integers(0, 4), datagram=mutated_datagrams())
+    def junk(self, peer: int, datagram: bytes) -> None:
+        self._send(peer, datagram)
+
+    @precondition(lambda self: any(not d.called for d in self.decisions))
+    @rule(index=st.integers(0, 50), kernel=st.booleans())
+    def policy_answers(self, index: int, kernel: bool) -> None:
+        waiting = [d for d in self.decisions if not d.called]
+        decision = BootDecision(kernel="k", reason="late") if kernel else None
+        waiting[index % len(waiting)].callback(decision)
+
+    @rule(seconds=st.floats(0, 5))
+    def time_passes(self, seconds: float) -> None:
+        self.reactor.advance(seconds)
+
+    @rule()
+    def everything_ends(self) -> None:
+        """The policy answers what it owes and every transfer times out: no slot is left."""
+        for deferred in self.decisions:
+            if not deferred.called:
+                deferred.callback(None)
+        for _ in range(40):
+            self.reactor.advance(10)
+        assert self.server.busy == 0, self.server.busy
+
+    @invariant()
+    def one_release_per_slot(self) -> None:
+        busy = self.server.busy
+        assert busy <= self.LIMIT
+        assert self.released[True] == self.claimed - busy, (self.released, self.claimed, busy)
+        assert self.released[False] == 0, "a slot was released twice"
+        transfers = sum(1 for e in self.events if e.stage is EventStage.TFTP_TRANSFER)
+        assert transfers <= self.released[True]
+
+
+ListenerMachine.TestCase.settings = settings(
+    max_examples=150, stateful_step_count=40, deadline=None
+)
+ListenerMachineTests = ListenerMachine.TestCase
+
+
+__all__ = ["ErrorCode", "ListenerMachineTests", "ReadSessionMachineTests"]
