@@ -7,6 +7,7 @@ very same checks as the server.
 from __future__ import annotations
 
 from pathlib import Path
+from shutil import which
 
 import attrs
 
@@ -51,12 +52,41 @@ def _check_root(config: Config, key: str, root: Path) -> None:
         raise ConfigError(f"{root} is not a directory", source=config.source, path=(key, "root"))
 
 
+#: What a managed Ganesha runs, and the Debian package of each.
+_GANESHA_TOOLS = {
+    "ganesha.nfsd": "nfs-ganesha (and nfs-ganesha-vfs)",
+    "dbus-daemon": "dbus",
+    "unshare": "util-linux",
+    "nsenter": "util-linux",
+}
+
+
+def _check_ganesha(config: Config) -> None:
+    """A managed Ganesha needs its programs; say which package is missing, not fail later."""
+    if not config.nfs.ganesha.managed:
+        return
+    tools = dict(_GANESHA_TOOLS)
+    if "3" in config.nfs.versions:
+        tools["rpcbind"] = "rpcbind"
+    missing = [f"{tool} ({package})" for tool, package in tools.items() if not which(tool)]
+    if missing:
+        raise ConfigError(
+            "a managed Ganesha needs " + ", ".join(missing) + ": install them, or set "
+            "nfs.ganesha.dbus to drive a Ganesha you run",
+            source=config.source,
+            path=("nfs", "ganesha"),
+        )
+
+
 def prepare(config: Config, interfaces: tuple[str, ...] | None = None) -> ServerSetup:
     """Run every startup check; raise ``ConfigError`` or ``PluginError`` on the first problem."""
     if config.tftp.enabled:
         _check_root(config, "tftp", config.tftp.root)
     if config.http.enabled:
         _check_root(config, "http", config.http.root)
+    if config.nfs.enabled:
+        _check_root(config, "nfs", config.nfs.root)
+        _check_ganesha(config)
     if config.api.enabled:
         from pxetwist.api.service import check_api_config
 
@@ -89,6 +119,12 @@ def summarize(setup: ServerSetup) -> str:
     lines.append(f"http: {http}")
     if config.api.enabled:
         lines.append(f"api: http://{config.api.host}:{config.api.port}/")
+    if config.nfs.enabled:
+        ganesha = config.nfs.ganesha
+        how = "managed Ganesha" if ganesha.managed else f"Ganesha on bus {ganesha.dbus}"
+        lines.append(
+            f"nfs: root {config.nfs.root}, versions {', '.join(config.nfs.versions)}, {how}"
+        )
     lines.append(f"policy chain: {' -> '.join(name for name, _ in setup.policies)}")
     lines.append(f"machines: {len(config.machines)}, groups: {len(config.groups)}")
     servers = [str(config.server_address)] if config.server_address is not None else []

@@ -6,8 +6,9 @@ mounts, and exactly one CLIENT block naming the machine's address.  The export i
 ENOENT, NFSv3 EACCES: nfs-notes).  Two machines sharing a directory get two exports with their
 own ids and pseudo paths, so granting or withdrawing one never touches the other's mount.
 
-``rw`` is ``Access_Type = RW`` with ``Squash = No_Root_Squash`` (a diskless root writes as
-root); ``ro`` is ``Access_Type = RO`` with root squashed as well, so nothing on it is writable.
+``rw`` is ``Access_Type = RW`` and ``ro`` is ``Access_Type = RO`` (Ganesha refuses every
+write, whoever asks); both are ``No_Root_Squash``: a diskless root writes as root, and a
+read-only root image must let the machine's root read its root-only files (``/etc/shadow``).
 """
 
 from __future__ import annotations
@@ -82,7 +83,6 @@ def render_export(grant: ExportGrant, settings: GaneshaSettings) -> str:
     if not 1 <= grant.export_id <= 65535:
         raise ValueError(f"Export_Id {grant.export_id} is outside 1..65535")
     access = "RW" if grant.access is NfsAccess.RW else "RO"
-    squash = "No_Root_Squash" if grant.access is NfsAccess.RW else "Root_Squash"
     return (
         f"# {grant.relative or grant.path} for {grant.mac}\n"
         "EXPORT {\n"
@@ -98,7 +98,7 @@ def render_export(grant: ExportGrant, settings: GaneshaSettings) -> str:
         "    CLIENT {\n"
         f"        Clients = {grant.client};\n"
         f"        Access_Type = {access};\n"
-        f"        Squash = {squash};\n"
+        "        Squash = No_Root_Squash;\n"
         "    }\n"
         "}\n"
     )

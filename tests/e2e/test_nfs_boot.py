@@ -26,7 +26,6 @@ import re
 import secrets
 import shutil
 import time
-from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -41,7 +40,6 @@ from pxetwist.policy.values import MacAddress
 from tests.e2e import BootScenarioTests
 
 VM_TIMEOUT = 300.0  # TCG on two shared cores: a boot normally takes 15-40 s
-CACHE = Path("/var/tmp/pxetwist-boottree")
 
 
 class DisklessBootTests(SynchronousTestCase):
@@ -54,7 +52,7 @@ class DisklessBootTests(SynchronousTestCase):
 
     def test_diskless_machine_root_on_its_export(self) -> None:
         try:
-            initrd = nfsroot_initrd(DI_KERNEL, CACHE)
+            initrd = nfsroot_initrd(DI_KERNEL)
         except MissingInput as error:
             self.fail(f"cannot build the NFS-root initrd: {error}")
         mac1, mac2 = random_mac(), random_mac()

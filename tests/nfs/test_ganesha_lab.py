@@ -85,6 +85,8 @@ class ReservedMachineTests(SynchronousTestCase):
             base = cls.server.root / "images" / "base"
             base.mkdir(parents=True)
             (base / "release").write_text("base image 1\n")
+            (base / "shadow").write_text("root only\n")
+            (base / "shadow").chmod(0o600)
             cls.server.start()
             cls.server.wait_log("nfs: granted hosts/", timeout=90)
             cls.server.wait_log("nfs: granted images/base", timeout=30)
@@ -117,6 +119,9 @@ class ReservedMachineTests(SynchronousTestCase):
             )
             self.assertEqual(rw.returncode, 0, rw.stderr)
 
+        # the machine's root reads root-only files on its read-only export (no root squash)
+        secret = nfs_cat(self.lab, "c1", self.url("images/base", "shadow"))
+        self.assertEqual(secret.stdout, "root only\n", secret.stderr)
         # Ganesha now lists the machine's address among its clients: an nfs-mount event
         self.server.wait_log(f"nfs: {MAC} at {MACHINE_IP} is using its exports", timeout=30)
 

@@ -62,13 +62,13 @@ class RenderTests(SynchronousTestCase):
         self.assertIn("Protocols = 3, 4;", text)
         self.assertIn("FSAL { Name = VFS; }", text)
 
-    def test_ro_export_squashes_root_and_refuses_writes(self) -> None:
+    def test_ro_export_refuses_writes_root_still_reads(self) -> None:
         text = render_export(
             grant(1002, MAC1, "10.77.0.10", "images/base", NfsAccess.RO), self.settings
         )
         client = text[text.index("CLIENT {") :]
         self.assertIn("Access_Type = RO;", client)
-        self.assertIn("Squash = Root_Squash;", client)
+        self.assertIn("Squash = No_Root_Squash;", client)  # a ro root image has 0600 files
         self.assertNotIn("RW", text)
 
     def test_whole_config_several_machines(self) -> None:

@@ -32,7 +32,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .boottree import BUSYBOX_CANDIDATES, MissingInput, _cpio_entry, _is_static_elf
+from .boottree import (
+    BUSYBOX_CANDIDATES,
+    MissingInput,
+    _cache_root,
+    _cpio_entry,
+    _is_static_elf,
+)
 
 __all__ = [
     "MODULES",
@@ -242,8 +248,9 @@ def _archive(entries: list[tuple[str, int, bytes]]) -> bytes:
     return gzip.compress(bytes(out), compresslevel=6, mtime=0)
 
 
-def nfsroot_initrd(kernel: Path, cache: Path) -> Path:
-    """The NFS-root initrd for ``kernel`` (built once, kept in ``cache``)."""
+def nfsroot_initrd(kernel: Path, cache: Path | None = None) -> Path:
+    """The NFS-root initrd for ``kernel`` (built once, kept in the boot-tree cache)."""
+    cache = cache if cache is not None else _cache_root()
     release, version = kernel_release(kernel)
     busybox = _busybox()
     key = hashlib.sha256(
