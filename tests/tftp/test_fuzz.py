@@ -112,7 +112,7 @@ def mutated_datagrams(draw: st.DrawFn) -> bytes:
 
 
 class CodecFuzzTests(SynchronousTestCase):
-    @settings(max_examples=3000, deadline=None)
+    @settings(max_examples=1000, deadline=None)
     @given(mutated_datagrams())
     def test_mutated_datagrams_decode_or_are_malformed(self, datagram: bytes) -> None:
         try:
