@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import pwd
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 from twisted.logger import Logger
@@ -53,15 +53,32 @@ def from_twistd(options: Any) -> RunAs | None:
     return RunAs(int(uid), int(gid))
 
 
+_SYSTEM_DIRECTORIES: Final = frozenset(
+    Path(p) for p in ("/", "/etc", "/home", "/opt", "/root", "/run", "/srv", "/tmp", "/usr",
+                      "/var", "/var/lib", "/var/tmp")
+)  # fmt: skip
+
+
 def give_to(path: Path, run_as: RunAs | None) -> None:
-    """Make ``path`` and everything under it belong to ``run_as`` (symlinks not followed)."""
+    """Make the directory ``path`` and what is directly in it (the state files: leases,
+    sessions, the overlay, the control socket) belong to ``run_as``; symlinks not followed.
+
+    Not recursive, and never a system directory: a ``data_dir`` set to ``/var/lib`` by
+    mistake must not hand the whole of it to ``nobody``."""
     if run_as is None or not path.exists():
+        return
+    if path.resolve() in _SYSTEM_DIRECTORIES:
+        log.warn(
+            "data_dir {path} is a system directory: not giving it to uid {uid}; use a "
+            "directory of pxetwist's own (e.g. /var/lib/pxetwist)",
+            path=str(path),
+            uid=run_as.uid,
+        )
         return
     try:
         os.chown(path, run_as.uid, run_as.gid, follow_symlinks=False)
-        for parent, directories, files in os.walk(path):
-            for name in (*directories, *files):
-                os.chown(Path(parent) / name, run_as.uid, run_as.gid, follow_symlinks=False)
+        for entry in path.iterdir():
+            os.chown(entry, run_as.uid, run_as.gid, follow_symlinks=False)
     except OSError as error:
         log.error(
             "cannot give {path} to uid {uid} gid {gid}: {error}",
