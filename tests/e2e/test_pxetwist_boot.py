@@ -128,7 +128,36 @@ class PxetwistBootTests(BootScenarioTests, SynchronousTestCase):
         result = super().boot(scenario, ipv6_ra=ipv6_ra)
         mac = _mac_of(self.server)
         assert_logged(self, self.server.log(), EXPECTED_LOG[scenario.name], mac, scenario.title)
+        self._check_session(mac, scenario.title)
         return result
+
+    def _check_session(self, mac: str, title: str) -> None:
+        """The boot is one session: DHCP first, then (in time order) the kernel and initrd."""
+        session = self._session(mac, lambda s: "initrd" in [i["stage"] for i in s["stages"]])
+        stages = [item["stage"] for item in session["stages"]]
+        times = [item["time"] for item in session["stages"]]
+        self.assertIn(stages[0], ("dhcp-offer", "ipxe-dhcp"), f"{title}: {stages}")
+        self.assertLess(stages.index("kernel"), stages.index("initrd"), f"{title}: {stages}")
+        self.assertEqual(times, sorted(times), f"{title}: {session['stages']}")
+        self.assertTrue(all(item["seconds"] >= 0 for item in session["stages"]))
+
+    def _session(self, mac: str, wanted: Any, timeout: float = 30.0) -> dict[str, Any]:
+        """The machine's newest session once ``wanted(session)`` holds (polled)."""
+        assert self.server.config_path is not None
+        argv = [
+            str(PXETWIST), "sessions", "--config", str(self.server.config_path),
+            "--mac", mac, "--json",
+        ]  # fmt: skip
+        deadline = time.monotonic() + timeout
+        sessions: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            if done.returncode == 0:
+                sessions = json.loads(done.stdout)
+                if sessions and wanted(sessions[0]):
+                    return sessions[0]
+            time.sleep(1.0)
+        self.fail(f"no such session for {mac} after {timeout:g}s: {sessions}")
 
     def refuse(self, scenario: Scenario) -> Any:
         """The firmware refused what pxetwist served: pxetwist served the NBP whole, the program
