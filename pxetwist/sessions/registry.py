@@ -77,7 +77,7 @@ _KEPT: Final = frozenset((
     "reply", "address", "file", "path", "method", "status", "range", "bytes", "size",
     "seconds", "blksize", "windowsize", "retransmits", "ended", "detail", "generated",
     "complete", "code", "verb", "policy", "action", "reason", "arch", "firmware", "kind",
-    "via", "error", "export",
+    "via", "error", "paths", "protocols", "access", "pseudo",
 ))  # fmt: skip
 
 
@@ -102,6 +102,8 @@ def _facts(event: BootEvent) -> Mapping[str, object]:
             facts[key] = value.value  # an enum
         elif isinstance(value, bytes):
             facts[key] = value[:_MAX_TEXT].decode("utf-8", "replace")
+        elif isinstance(value, list | tuple):
+            facts[key] = [str(item)[:_MAX_TEXT] for item in value[:16]]
         elif key in ("reply", "arch", "firmware"):
             facts[key] = str(value)[:_MAX_TEXT]
     return facts  # a plain dict, never changed after this: JSON takes it as it is
@@ -214,9 +216,11 @@ class SessionRegistry:
         self._append(session, event, BootStage.OS_UP, advances=event.outcome is Outcome.OK)
 
     def _nfs(self, mac: MacAddress, event: BootEvent) -> None:
+        # A diskless machine's initramfs does its plain DHCP (the OS is up) before it mounts
+        # its root: the mount still belongs to the boot that just ended.
         machine = self._machines.get(mac)
         session = machine.current if machine is not None else None
-        if session is None or session.state is SessionState.BOOTED:
+        if session is None:
             return
         if event.stage is EventStage.NFS_MOUNT:
             self._append(session, event, BootStage.NFS_MOUNT, advances=event.outcome is Outcome.OK)

@@ -108,6 +108,34 @@ class TimelineTests(SynchronousTestCase):
         self.assertEqual(session.events[1].stage, BootStage.DHCP_REQUEST)
 
 
+class NfsTests(SynchronousTestCase):
+    def test_grant_and_mount_of_a_diskless_boot(self) -> None:
+        from pxetwist.events import EventProtocol
+
+        def nfs(time: float, stage: EventStage, **details: object) -> BootEvent:
+            return BootEvent(
+                time=time,
+                protocol=EventProtocol.NFS,
+                stage=stage,
+                outcome=Outcome.OK,
+                mac=MAC,
+                client=CLIENT,
+                details=details,
+            )
+
+        h = Harness()
+        h.feed(*full_boot()[:2], nfs(1001.5, EventStage.NFS_GRANT, path="node1", access="rw"))
+        h.feed(*full_boot()[2:], nfs(1031.0, EventStage.NFS_MOUNT, paths=["node1"]))
+        (session,) = h.registry.sessions(MAC)
+        self.assertEqual(session.state, SessionState.BOOTED)
+        self.assertEqual(
+            [item["stage"] for item in session.stage_timeline()][-2:], ["os-up", "nfs-mount"]
+        )
+        stages = [e.stage for e in session.events]
+        self.assertIn(BootStage.NFS_EXPORT, stages)
+        self.assertEqual(session.events[-1].details["paths"], ["node1"])
+
+
 class AttemptTests(SynchronousTestCase):
     def test_retransmitted_discover_is_the_same_attempt(self) -> None:
         h = Harness()
