@@ -252,7 +252,16 @@ class NfsService(Service):
             return
         self._soon(macs)
 
-    def _reloaded(self, _old: Any, new: Any) -> None:
+    def _reloaded(self, old: Any, new: Any) -> None:
+        """Exports follow the new config; what Ganesha itself runs with waits for a restart."""
+        before, after = old.config.nfs, new.config.nfs
+        if self.planner is not None and after.root != before.root:
+            self.planner = ExportPlanner(after.root, self.planner.key)
+        if (after.versions, after.ganesha) != (before.versions, before.ganesha):
+            log.warn(
+                "nfs: nfs.versions and nfs.ganesha changed; they take effect when pxetwist "
+                "restarts (exports follow the new config now)"
+            )
         leases = self.book.leases
         seen = {mac: self.book.address_of(mac, 0) for mac in self.book.macs()}
         self.book = self._book(new.config)
@@ -345,6 +354,8 @@ class NfsService(Service):
 
     @inlineCallbacks
     def _grants_for(self, mac: MacAddress) -> Any:
+        if not self.context.config.nfs.enabled:  # turned off by a reload: withdraw everything
+            return {}
         address = self.book.address_of(mac, self.reactor.seconds())
         if address is None or self.planner is None or self.ids is None:
             return {}

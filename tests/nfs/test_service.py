@@ -205,3 +205,17 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual((str(mount.mac), str(mount.client)), (A, "10.77.0.10"))
         self.assertEqual(mount.details["paths"], ["images/base"])
         self.assertEqual(mount.details["protocols"], "NFSv41")
+
+    def test_reload_turning_nfs_off_withdraws_everything(self) -> None:
+        service, bus = self.start()
+        request = attrs.evolve(make_request(A, arch=7), stage=Stage.PROXY_4011)
+        self.context.sightings.record(request, IPv4Address("10.77.0.10"))
+        self.clock.advance(0)
+        self.assertEqual(len(bus.exports), 1)
+        new = config_from_yaml(self.config_text().replace("enabled: true", "enabled: false"))
+        self.context.live.replace(
+            attrs.evolve(self.context.live.current, config=new, chain=self.chain(new))
+        )
+        self.clock.advance(0)
+        self.assertEqual(bus.exports, {})
+        self.assertEqual(service.exports_of(MacAddress.parse(A)), [])
