@@ -17,9 +17,8 @@ from twisted.web.server import Site
 from pxetwist.api import dashboard
 from pxetwist.api.leaseview import TableLeaseView
 from pxetwist.api.metricsweb import MetricsResource
-from pxetwist.api.recent import RecentSessions
 from pxetwist.api.router import Router
-from pxetwist.api.sessionview import NfsExports, RecorderBootOnce, RecorderSessions
+from pxetwist.api.sessionview import NfsExports, NoSessions, RecorderBootOnce, RecorderSessions
 from pxetwist.api.tokens import TokenSet
 from pxetwist.api.v1 import V1, ApiContext
 from pxetwist.config import Config, ConfigError
@@ -130,9 +129,8 @@ def api_service(context: ServerContext) -> ApiService:
 
     It reads its sibling services through the service tree, looked up when asked (the DHCP
     service opens its lease store only when it starts): the lease table, TFTP's active
-    transfers, and the session recorder (sessions, boot once, finished boots for the metrics;
-    without a recorder, recent sessions are kept from the bus by :class:`RecentSessions`).  It
-    reads its tokens file again after each config reload.
+    transfers, the session recorder (sessions, boot once, finished boots for the metrics) and
+    the NFS wrapper's exports.  It reads its tokens file again after each config reload.
     """
     holder: list[ApiService] = []
 
@@ -156,8 +154,6 @@ def api_service(context: ServerContext) -> ApiService:
         return count() if callable(count) else count
 
     reactor = context.reactor
-    recent = RecentSessions(reactor.seconds)
-    context.events.subscribe(recent)
     leases = TableLeaseView(table, store, reactor.seconds)
     metrics = BootMetrics()
     metrics.registry.register(StateCollector(leases.pools, active_transfers))
@@ -172,7 +168,7 @@ def api_service(context: ServerContext) -> ApiService:
     api_context = ApiContext(
         config=lambda: context.config,
         leases=leases,
-        sessions=recent,
+        sessions=NoSessions(),
         clock=reactor.seconds,
         started=reactor.seconds(),
         policy_chain=lambda: context.chain.names,
@@ -188,7 +184,6 @@ def api_service(context: ServerContext) -> ApiService:
             api_context.nfs = NfsExports(lambda: sibling("nfs"))
         recorder = sibling("sessions")
         if isinstance(recorder, SessionRecorder):
-            context.events.unsubscribe(recent)
             api_context.sessions = RecorderSessions(recorder)
             api_context.boot_once = RecorderBootOnce(recorder)
             if metrics.sessions_changed not in recorder.changed_listeners:

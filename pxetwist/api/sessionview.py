@@ -22,6 +22,17 @@ from pxetwist.sessions.store import SessionStore, UsedBoot
 
 
 @implementer(ISessionView)
+class NoSessions:
+    """Before the recorder is found (or in a process without one): no sessions."""
+
+    def sessions(self, mac: MacAddress | None, limit: int) -> Sequence[dict[str, Any]]:
+        return []
+
+    def stuck(self) -> Sequence[dict[str, Any]]:
+        return []
+
+
+@implementer(ISessionView)
 class RecorderSessions:
     def __init__(self, recorder: SessionRecorder) -> None:
         self.recorder = recorder

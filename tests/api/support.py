@@ -1,7 +1,8 @@
 """A running API listener on 127.0.0.1 for tests, with real lease table, overlay and sessions.
 
-Boot-once and reload are the stand-ins (:class:`RecordingBootOnce`, :class:`ScriptedReloader`);
-everything else is the production code the server uses.
+Boot-once and reload are stand-ins (:class:`RecordingBootOnce`, :class:`ScriptedReloader`;
+``test_recorder_api`` and the lab test drive the real ones); everything else is the production
+code the server uses: the lease table and view, the machine overlay, the session recorder.
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from zope.interface import implementer
 
 from pxetwist.api.leaseview import TableLeaseView
-from pxetwist.api.recent import RecentSessions
 from pxetwist.api.service import ApiService
+from pxetwist.api.sessionview import RecorderSessions
 from pxetwist.api.sources import IBootOnce, IReloader
 from pxetwist.api.v1 import ApiContext
 from pxetwist.config import Config, ConfigError, load_config
 from pxetwist.dhcp.engine import pools_for
 from pxetwist.dhcp.leases import LeaseTable
 from pxetwist.dhcp.store import MemoryLeaseStore
+from pxetwist.events import BootEvent, BootEventBus
 from pxetwist.policy.overlay import MachineOverlay
 from pxetwist.policy.values import MacAddress
+from pxetwist.sessions.recorder import SessionRecorder, in_this_thread
 from tests.util import temp_dir
 
 READ = "read-token-0123456789abcdef"
@@ -110,13 +113,19 @@ class ApiTestCase(TestCase):
         self.table = LeaseTable(pools_for(self.config))
         self.store = MemoryLeaseStore()
         self.now = time.time()
-        self.sessions = RecentSessions(lambda: self.now, stuck_after=60)
+        # The session recorder the server runs (its writes on this thread), fed by a bus.
+        self.bus = BootEventBus()
+        self.recorder = SessionRecorder(
+            self.config, self.bus, None, reactor, in_thread=in_this_thread
+        )
+        self.recorder.startService()
+        self.addCleanup(self.recorder.stopService)
         self.boot_once = RecordingBootOnce()
         self.reloader = ScriptedReloader()
         self.context = ApiContext(
             config=lambda: self.config,
             leases=TableLeaseView(lambda: self.table, lambda: self.store, lambda: self.now),
-            sessions=self.sessions,
+            sessions=RecorderSessions(self.recorder),
             clock=lambda: self.now,
             started=self.now - 5,
             boot_once=self.boot_once,
@@ -132,6 +141,15 @@ class ApiTestCase(TestCase):
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(pool.closeCachedConnections)
         self.http = treq.client.HTTPClient(Agent(reactor, pool=pool))
+
+    def sessions(self, event: BootEvent) -> None:
+        """Report an event as a protocol does."""
+        self.bus.emit(event)
+
+    def sweep(self) -> None:
+        """The recorder's timer: silent sessions are judged stuck at ``self.now``."""
+        assert self.recorder.registry is not None
+        self.recorder.registry.sweep(self.now)
 
     def make_service(self) -> ApiService:
         return ApiService(self.context, reactor)

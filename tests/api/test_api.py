@@ -286,19 +286,24 @@ class LeaseAndSessionTests(ApiTestCase):
     @defer.inlineCallbacks
     def test_sessions_timeline_and_stuck(self) -> Gen:
         a, b = "52:54:00:aa:00:01", "52:54:00:aa:00:02"
-        self.emit(-100, EventProtocol.DHCP, EventStage.DISCOVER, a)
-        self.emit(-99, EventProtocol.TFTP, EventStage.TFTP_TRANSFER, a, file="undionly.kpxe")
-        self.emit(-10, EventProtocol.DHCP, EventStage.DISCOVER, b)
-        self.emit(-9, EventProtocol.HTTP, EventStage.HTTP_REQUEST, b, status=200)
+        pxe = {"message_type": "DISCOVER", "reply": "offer", "firmware": "pxe", "pxe": True}
+        self.emit(-1000, EventProtocol.DHCP, EventStage.DISCOVER, a, **pxe)
+        self.emit(-999, EventProtocol.TFTP, EventStage.TFTP_TRANSFER, a, file="undionly.kpxe",
+                  bytes=70000, size=70000, ended="completed")  # fmt: skip
+        self.emit(-10, EventProtocol.DHCP, EventStage.DISCOVER, b, **pxe)
+        self.emit(-9, EventProtocol.HTTP, EventStage.HTTP_REQUEST, b, path="/vmlinuz",
+                  status=200, bytes=9000, complete=True)  # fmt: skip
         self.emit(-8, EventProtocol.OS, EventStage.OS_UP, b)
+        self.sweep()
         status, body, _ = yield self.call("GET", "/api/v1/sessions")
         self.assertEqual(status, 200)
         self.assertEqual(
             [(s["mac"], s["state"], s["stage"]) for s in body],
-            [(b, "booted", "os-up"), (a, "stuck", "tftp-transfer")],
+            [(b, "booted", "os-up"), (a, "stuck", "nbp")],
         )
-        self.assertEqual([e["stage"] for e in body[1]["events"]], ["discover", "tftp-transfer"])
-        self.assertEqual(body[1]["events"][1]["details"], {"file": "undionly.kpxe"})
+        self.assertEqual([e["stage"] for e in body[1]["events"]], ["dhcp-offer", "nbp"])
+        self.assertEqual(body[1]["events"][1]["details"]["file"], "undionly.kpxe")
+        self.assertTrue(body[1]["hint"])
         status, body, _ = yield self.call("GET", f"/api/v1/sessions/{a}")
         self.assertEqual([s["state"] for s in body], ["stuck"])
         status, body, _ = yield self.call("GET", "/api/v1/sessions/stuck")

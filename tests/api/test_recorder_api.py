@@ -8,11 +8,11 @@ from typing import Any
 
 from twisted.internet import defer, reactor
 
-from pxetwist.api.sessionview import RecorderBootOnce, RecorderSessions
-from pxetwist.events import BootEvent, BootEventBus, EventProtocol, EventStage, Outcome
+from pxetwist.api.sessionview import RecorderBootOnce
+from pxetwist.events import BootEvent, EventProtocol, EventStage, Outcome
 from pxetwist.metrics import BootMetrics
 from pxetwist.policy.values import MacAddress
-from pxetwist.sessions.recorder import SessionRecorder, in_this_thread
+from pxetwist.sessions.recorder import in_this_thread
 from pxetwist.sessions.store import SessionStore, UsedBoot
 from tests.api.support import WRITE, ApiTestCase
 
@@ -35,15 +35,8 @@ def event(at: float, protocol: EventProtocol, stage: EventStage, **details: Any)
 class RecorderApiTests(ApiTestCase):
     def setUp(self) -> None:
         super().setUp()
-        self.bus = BootEventBus()
-        self.recorder = SessionRecorder(
-            self.config, self.bus, None, reactor, in_thread=in_this_thread
-        )
-        self.recorder.startService()
-        self.addCleanup(self.recorder.stopService)
         self.metrics = BootMetrics()
         self.recorder.changed_listeners.append(self.metrics.sessions_changed)
-        self.context.sessions = RecorderSessions(self.recorder)
         self.context.boot_once = RecorderBootOnce(self.recorder, in_thread=in_this_thread)
 
     def boot(self, start: float, os_up: bool) -> None:

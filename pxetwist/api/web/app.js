@@ -119,7 +119,7 @@ function renderMachines(rows) {
       el("td", {}, badge(row.state)),
       el("td", {}, label, el("div", { class: label ? "sub mono" : "mono" }, sub)),
       el("td", { class: "mono" }, s ? s.stage : "—"),
-      el("td", {}, resultText(s)),
+      el("td", { class: "result", title: resultText(s) }, el("div", { class: "clamp" }, resultText(s))),
       el("td", { class: "sub" }, s ? ago(s.updated) : ""));
     if (row.mac === selected) tr.classList.add("selected");
     tr.addEventListener("click", () => select(row.mac));
@@ -132,7 +132,7 @@ function renderMachines(rows) {
   banner.hidden = stuck.length === 0;
   banner.textContent = stuck.length === 0 ? "" : stuck.length + " machine" + (stuck.length > 1 ? "s" : "")
     + " stuck: " + stuck.map((r) => (r.machine && r.machine.name ? r.machine.name : r.mac)
-      + " at " + r.session.stage + (r.session.hint ? " (" + r.session.hint + ")" : "")).join("; ");
+      + " at " + r.session.stage).join("; ") + " (select one for the likely reason)";
 }
 
 // -- one machine's boot, live ----------------------------------------------------------------
@@ -161,7 +161,7 @@ async function refreshTimeline() {
   }
   $("timeline-summary").replaceChildren(badge(session.state), " at ",
     el("span", { class: "mono" }, session.stage), " · started " + ago(session.started),
-    session.hint ? " · " + session.hint : "");
+    session.hint ? el("span", { class: "hint" }, session.hint) : "");
   const stages = session.stages || [];
   $("stages").replaceChildren(...stages.map((s) =>
     el("li", { dataset: { stage: s.stage } }, s.stage, el("span", { class: "secs" }, duration(s.seconds)))));
