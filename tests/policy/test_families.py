@@ -8,11 +8,14 @@ and option 60 ``U-Boot.armv8``; its EFI boot step sends 93 = 11 and ``PXEClient:
 
 from __future__ import annotations
 
+import contextlib
+import io
 from ipaddress import IPv4Address, IPv4Network
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from pxetwist import cli
 from pxetwist.dhcp.engine import DhcpEngine, Exchange, Interface, Outcome, Verdict, pools_for
 from pxetwist.dhcp.leases import LeaseTable
 from pxetwist.dhcp.options import MessageType, OptionCode, encode_arches
@@ -328,3 +331,41 @@ class TftpTests(SynchronousTestCase):
         self.assertIn("INITRD arm64/initrd.gz\n", text)
         harness.sightings.record(make_request(MAC, arch=0), IPv4Address(CLIENT[0]))
         self.assertIn(f"KERNEL tftp://{SERVER}/arm64/linux\n", harness.download(name).decode())
+
+
+class ExplainTests(SynchronousTestCase):
+    """``pxetwist explain --arch 22 --vendor-class U-Boot.armv8`` and ``--arch 11``."""
+
+    def explain(self, *args: str) -> str:
+        directory = temp_dir(self)
+        config = directory / "pxe.yaml"
+        config.write_text(
+            f"tftp: {{root: {directory}}}\nhttp: {{root: {directory}}}\n"
+            "dhcp: {mode: authoritative, subnets: [{network: 10.77.0.0/16,"
+            " range: [10.77.1.0, 10.77.1.9]}]}\n"
+            "boot: {bios: undionly.kpxe, efi-x86_64: ipxe.efi}\npolicy: {plugin_dirs: []}\n"
+            f"machines: [{{mac: '{MAC}', kernel: 'tftp://{{server}}/arm64/linux',"
+            " initrd: 'http://10.9.9.9/initrd.gz'}]\n"
+        )
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = cli.main(
+                ["explain", "-c", str(config), "--mac", MAC, "--server-address", "10.77.0.1", *args]
+            )
+        self.assertEqual(code, 0, out.getvalue())
+        return out.getvalue()
+
+    def test_uboot(self) -> None:
+        text = self.explain("--arch", "22", "--vendor-class", "U-Boot.armv8")
+        self.assertIn("firmware u-boot  arch 22 (UBOOT_ARM64)", text)
+        self.assertIn("no boot[uboot-arm64] configured", text)
+        self.assertIn("  file ''", text)  # an address, no boot program
+        self.assertNotIn("undionly.kpxe", text)
+        self.assertIn("u-boot fetches kernel as arm64/linux", text)
+        self.assertIn("UNREACHABLE for u-boot: initrd: U-Boot cannot fetch", text)
+
+    def test_arm64_uefi(self) -> None:
+        text = self.explain("--arch", "11")
+        self.assertIn("arch 11 (EFI_ARM64) -> boot[efi-arm64] = ipxe-arm64.efi", text)
+        self.assertIn("option  67 bootfile: ipxe-arm64.efi", text)
+        self.assertIn("grub fetches kernel as (tftp,10.77.0.1)/arm64/linux", text)
