@@ -128,21 +128,32 @@ class PxetwistBootTests(BootScenarioTests, SynchronousTestCase):
         result = super().boot(scenario, ipv6_ra=ipv6_ra)
         mac = _mac_of(self.server)
         assert_logged(self, self.server.log(), EXPECTED_LOG[scenario.name], mac, scenario.title)
-        self._check_session(mac, scenario.title)
+        self._check_session(mac, scenario)
         return result
 
-    def _check_session(self, mac: str, title: str) -> None:
-        """The boot is one session: DHCP first, then (in time order) the kernel and initrd."""
-        session = self._session(mac, lambda s: "initrd" in [i["stage"] for i in s["stages"]])
+    def _check_session(self, mac: str, scenario: Scenario) -> None:
+        """The boot is one session: DHCP first, then (in time order) the kernel and initrd
+        (U-Boot's ``pxe boot`` loads the initrd first, the others the kernel)."""
+        title = scenario.title
+        wanted = {"kernel", "initrd"}
+        session = self._session(mac, lambda s: wanted <= {i["stage"] for i in s["stages"]})
         stages = [item["stage"] for item in session["stages"]]
         times = [item["time"] for item in session["stages"]]
         self.assertIn(stages[0], ("dhcp-offer", "ipxe-dhcp"), f"{title}: {stages}")
-        self.assertLess(stages.index("kernel"), stages.index("initrd"), f"{title}: {stages}")
+        first, second = (
+            ("initrd", "kernel") if scenario.name == "uboot-pxe" else ("kernel", "initrd")
+        )
+        self.assertLess(stages.index(first), stages.index(second), f"{title}: {stages}")
         self.assertEqual(times, sorted(times), f"{title}: {session['stages']}")
         self.assertTrue(all(item["seconds"] >= 0 for item in session["stages"]))
 
     def _session(self, mac: str, wanted: Any, timeout: float = 30.0) -> dict[str, Any]:
         """The machine's newest session once ``wanted(session)`` holds (polled)."""
+        return self._sessions(mac, lambda found: bool(found) and wanted(found[0]), timeout)[0]
+
+    def _sessions(self, mac: str, wanted: Any, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """The machine's sessions, newest first, once ``wanted(sessions)`` holds (polled: the
+        server writes them about once a second)."""
         assert self.server.config_path is not None
         argv = [
             str(PXETWIST), "sessions", "--config", str(self.server.config_path),
@@ -154,10 +165,10 @@ class PxetwistBootTests(BootScenarioTests, SynchronousTestCase):
             done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
             if done.returncode == 0:
                 sessions = json.loads(done.stdout)
-                if sessions and wanted(sessions[0]):
-                    return sessions[0]
+                if wanted(sessions):
+                    return sessions
             time.sleep(1.0)
-        self.fail(f"no such session for {mac} after {timeout:g}s: {sessions}")
+        self.fail(f"no such sessions for {mac} after {timeout:g}s: {sessions}")
 
     def refuse(self, scenario: Scenario) -> Any:
         """The firmware refused what pxetwist served: pxetwist served the NBP whole, the program
@@ -165,7 +176,7 @@ class PxetwistBootTests(BootScenarioTests, SynchronousTestCase):
         boot session says so once the firmware starts over with its next boot option."""
         vm = super().refuse(scenario)
         mac = _mac_of(self.server)
-        session = self._failed_session(mac, timeout=60.0)
+        session = self._failed_session(mac)
         vm.stop()
         self.assertEqual(session["stage"], "nbp", session)
         self.assertIn("the machine started over", session["hint"])
@@ -176,28 +187,10 @@ class PxetwistBootTests(BootScenarioTests, SynchronousTestCase):
         self.assertNotRegex(log, rf"GET /boot\.ipxe\S* .* mac {re.escape(mac)}")
         return vm
 
-    def _failed_session(self, mac: str, timeout: float) -> dict[str, Any]:
-        """The machine's first failed session, from ``pxetwist sessions --json`` (polled: the
-        server writes its sessions about once a second)."""
-        assert self.server.config_path is not None
-        argv = [
-            str(PXETWIST), "sessions", "--config", str(self.server.config_path),
-            "--mac", mac, "--json",
-        ]  # fmt: skip
-        deadline = time.monotonic() + timeout
-        sessions: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-            if done.returncode == 0:
-                sessions = json.loads(done.stdout)
-                failed = [s for s in sessions if s["state"] == "failed"]
-                if failed:
-                    return failed[-1]  # newest first: the last is the first boot
-            time.sleep(1.0)
-        self.fail(
-            f"no failed session for {mac} after {timeout:g}s: {sessions}\n"
-            + self.server.diagnostics()
-        )
+    def _failed_session(self, mac: str) -> dict[str, Any]:
+        """The machine's first failed session (the sessions come newest first)."""
+        found = self._sessions(mac, lambda found: any(s["state"] == "failed" for s in found))
+        return [s for s in found if s["state"] == "failed"][-1]
 
 
 def _mac_of(server: PxetwistServer | PxetwistProxy) -> str:
