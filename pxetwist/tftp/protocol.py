@@ -58,6 +58,7 @@ from pxetwist.tftp.files import (
     FileSource,
     Refusal,
     Resolved,
+    close_source,
 )
 from pxetwist.tftp.handoff import Handoff, MessageTooLarge, encode_message
 from pxetwist.tftp.packet import (
@@ -407,7 +408,10 @@ class TftpListener(DatagramProtocol):
             sock.close()
             if file_fd != _fileno(resolved):
                 os.close(file_fd)
-        return worker is not None
+        if worker is None:
+            return False
+        close_source(resolved.source)  # the worker has its own copy; the size stays known
+        return True
 
     def _refused(self, failure: Failure, slot: TransferSlot) -> None:
         refusal = failure.value
