@@ -368,3 +368,66 @@ class PolicyBootTests(SynchronousTestCase):
         )
         self.assertNotRegex(log, rf"GET .* mac {re.escape(unknown)}")
         self.assertNotRegex(log, rf"from {re.escape(unknown)} on srv0: (offer|ack)")
+
+
+class BootOnceTests(SynchronousTestCase):
+    """Issue 13: a ``boot_once`` QEMU machine netboots once, then gets the local-boot answer
+    (no boot file) on its next attempt, also after a server restart."""
+
+    scenario = PolicyBootTests.scenario
+    taps = ("vmtap0",)
+    server_binaries: tuple[str, ...] = ()
+    local_wait = 25.0  # seconds a later attempt is watched: its offer must carry no boot file
+    _cmdline = staticmethod(PolicyBootTests._cmdline)
+
+    def _lab(self, workdir_name: str) -> tuple[NetLab, BootTree, Path]:
+        return PolicyBootTests._lab(self, workdir_name)  # type: ignore[arg-type]
+
+    def _marker(self, vm: Vm, server: PxetwistServer) -> str:
+        return PolicyBootTests._marker(self, vm, server)  # type: ignore[arg-type]
+
+    def _vm(self, lab: NetLab, workdir: Path, mac: str, name: str) -> Vm:
+        vm = Vm(
+            self.scenario.firmware,
+            workdir / name,
+            lab=lab,
+            tap=self.taps[0],
+            mac=mac,
+            timeout=self.scenario.timeout,
+            watch=WATCH,
+        )
+        self.addCleanup(vm.stop)
+        return vm.start()
+
+    def _local_answer(self, server: PxetwistServer, vm: Vm, mac: str, before: int) -> None:
+        """The machine asks again and is told to boot locally: no script, no kernel, no marker."""
+        pattern = rf"DISCOVER from {re.escape(mac)} on srv0: offer .*boot once used up"
+        deadline = time.monotonic() + self.local_wait
+        while time.monotonic() < deadline and not re.search(pattern, server.log()[before:]):
+            time.sleep(0.5)
+        later = server.log()[before:]
+        self.assertRegex(later, pattern, server.diagnostics())
+        time.sleep(3.0)  # what a netbooting client would fetch next comes within seconds
+        later = server.log()[before:]
+        self.assertNotRegex(later, rf"GET /boot/linux .* mac {re.escape(mac)}")
+        self.assertIsNone(MARKER_RE.search(vm.serial()), "the used-up machine netbooted again")
+        vm.stop()
+
+    def test_boot_once_then_local_also_after_a_restart(self) -> None:
+        lab, tree, workdir = self._lab("boot-once")
+        mac, token = random_mac(), secrets.token_hex(8)
+        entry = {**machine_entry(mac, self._cmdline(token), name="installer"), "boot_once": True}
+        server = PxetwistServer(machines=[entry], defaults={})
+        run = BootRun(self.scenario, mac, token, lab.srv_ip, server.http_port)
+        self.addCleanup(server.stop)
+        server.start(lab, tree, run, workdir / "server")
+        ra = RouterAdvertiser(lab, duration=self.scenario.timeout + 120).start()
+        self.addCleanup(ra.stop)
+        first = self._vm(lab, workdir, mac, "vm-1")
+        self.assertIn(f"pxetwist.token={token}", self._marker(first, server).split())
+        first.stop()
+        time.sleep(2.0)  # the used boot reaches sessions.sqlite (written about once a second)
+        self._local_answer(server, self._vm(lab, workdir, mac, "vm-2"), mac, len(server.log()))
+        server.stop()
+        server.start(lab, tree, run, workdir / "server")
+        self._local_answer(server, self._vm(lab, workdir, mac, "vm-3"), mac, len(server.log()))
