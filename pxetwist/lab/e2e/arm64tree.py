@@ -27,13 +27,11 @@ import tempfile
 from pathlib import Path
 
 from .boottree import (
-    MANIFEST,
     BootTree,
     MissingInput,
-    _cache_root,
-    _complete,
     _is_static_elf,
     _sha256,
+    cached_build,
     init_script,
     make_initrd,
 )
@@ -131,36 +129,16 @@ def cached_arm64_tree() -> BootTree:
         digest.update(part.encode())
     key = "arm64-" + digest.hexdigest()[:20]
     manifest: dict[str, object] = {"recipe": RECIPE, "inputs": inputs}
-    cache = _cache_root()
-    tree = cache / key
-    if _complete(tree, manifest, "arm64"):
-        return BootTree(tree, "arm64")
-    cache.mkdir(parents=True, exist_ok=True)
-    cache.chmod(0o755)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache))
-    try:
-        sizes: dict[str, int] = {}
+
+    def assemble(tmp: Path) -> dict[str, int]:
         for rel, path in sources.items():
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
         initrd = tmp / BootTree.ARM64_INITRD
         initrd.write_bytes(make_initrd([("bin/busybox", busybox)], INIT))
-        for rel in BootTree(tmp, "arm64").files():
-            sizes[rel] = (tmp / rel).stat().st_size
         for path in [tmp, *tmp.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
-        manifest["sizes"] = sizes
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        (tmp / MANIFEST).chmod(0o644)
-        if tree.exists():
-            if _complete(tree, manifest, "arm64"):
-                return BootTree(tree, "arm64")
-            shutil.rmtree(tree)
-        with contextlib.suppress(OSError):
-            tmp.rename(tree)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if not _complete(tree, manifest, "arm64"):
-        raise RuntimeError(f"ARM64 boot tree cache {tree} is incomplete after building it")
-    return BootTree(tree, "arm64")
+        return {rel: (tmp / rel).stat().st_size for rel in BootTree(tmp, "arm64").files()}
+
+    return cached_build(key, manifest, "arm64", assemble)

@@ -49,6 +49,7 @@ import stat
 import struct
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -336,28 +337,39 @@ def cached_tree() -> BootTree:
     initrd_files = _initrd_inputs()
     key, inputs = _cache_key(initrd_files)
     manifest: dict[str, object] = {"recipe": RECIPE, "inputs": inputs}
+    return cached_build(key, manifest, "x86", lambda tmp: _assemble(tmp, initrd_files))
+
+
+def cached_build(
+    key: str,
+    manifest: dict[str, object],
+    platform: str,
+    assemble: Callable[[Path], dict[str, int]],
+) -> BootTree:
+    """The cached tree ``key`` if complete, else built by ``assemble`` (which fills a
+    directory and returns each file's size) in a temporary directory renamed into place."""
     cache = _cache_root()
     tree = cache / key
-    if _complete(tree, manifest):
-        return BootTree(tree)
+    if _complete(tree, manifest, platform):
+        return BootTree(tree, platform)
     cache.mkdir(parents=True, exist_ok=True)
     cache.chmod(0o755)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache))
     try:
-        manifest["sizes"] = _assemble(tmp, initrd_files)
+        manifest["sizes"] = assemble(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         (tmp / MANIFEST).chmod(0o644)
         if tree.exists():  # incomplete leftover of an interrupted run (or a racing builder)
-            if _complete(tree, manifest):
-                return BootTree(tree)
+            if _complete(tree, manifest, platform):
+                return BootTree(tree, platform)
             shutil.rmtree(tree)
         with contextlib.suppress(OSError):  # lost a race: the winner's tree is as good
             tmp.rename(tree)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if not _complete(tree, manifest):
+    if not _complete(tree, manifest, platform):
         raise RuntimeError(f"boot tree cache {tree} is incomplete after building it")
-    return BootTree(tree)
+    return BootTree(tree, platform)
 
 
 def build_tree(dest: Path | str, platform: str = "x86") -> BootTree:
