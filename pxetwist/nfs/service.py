@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = Logger()
 
 CHECK_INTERVAL = 5.0  # seconds between looks at lease expiry (authoritative mode)
+DECIDED_CAPACITY = 100_000  # machines whose last decision is remembered
 
 
 def ganesha_settings(config: Config) -> GaneshaSettings:
@@ -81,6 +82,9 @@ class NfsService(Service):
         self._pending: set[MacAddress] = set()
         self._unreported: list[ExportGrant] = []
         self._mounted: set[tuple[MacAddress, IPv4Address]] = set()
+        self._decided: dict[MacAddress, tuple[IPv4Address | None, int]] = {}
+        self._generation = 0  # bumped by each reload: every machine is decided again
+        self._seen_dirty = False
         self._pending_call: Any = None
 
     # -- setup ----------------------------------------------------------------------------------
@@ -239,7 +243,9 @@ class NfsService(Service):
         if address is not None and (
             not self.book.authoritative or request.stage is Stage.PROXY_4011
         ):
-            macs |= self.book.see(request.mac, address)
+            moved = self.book.see(request.mac, address)
+            self._seen_dirty |= bool(moved)
+            macs |= moved
         self._soon(macs)
 
     def _event(self, event: BootEvent) -> None:
@@ -247,7 +253,9 @@ class NfsService(Service):
             return
         macs = {event.mac}
         if event.client is not None and event.protocol in (EventProtocol.TFTP, EventProtocol.HTTP):
-            macs |= self.book.see(event.mac, event.client)
+            moved = self.book.see(event.mac, event.client)
+            self._seen_dirty |= bool(moved)
+            macs |= moved
         elif event.stage not in (EventStage.REQUEST, EventStage.RELEASE, EventStage.DECLINE):
             return
         self._soon(macs)
@@ -262,6 +270,7 @@ class NfsService(Service):
                 "nfs: nfs.versions and nfs.ganesha changed; they take effect when pxetwist "
                 "restarts (exports follow the new config now)"
             )
+        self._generation += 1
         leases = self.book.leases
         seen = {mac: self.book.address_of(mac, 0) for mac in self.book.macs()}
         self.book = self._book(new.config)
@@ -276,6 +285,8 @@ class NfsService(Service):
         """Leases expire without a packet: look at every machine that holds exports.  And ask
         Ganesha which clients it has served, for the ``nfs-mount`` events."""
         self._poll_clients()
+        if self._seen_dirty and not self.book.authoritative:
+            self._save_seen()
         now = self.reactor.seconds()
         stale = {
             grant.mac
@@ -336,18 +347,30 @@ class NfsService(Service):
 
     @inlineCallbacks
     def _refresh(self, macs: Iterable[MacAddress], start: bool = False) -> Any:
-        """Work out the exports of each machine again, then sync Ganesha."""
+        """Work out the exports of each machine again, then sync Ganesha.
+
+        A machine is decided again only when its address or the config changed since it was
+        last decided (or an export was held back for a missing directory), so a DHCP storm
+        costs a dictionary lookup per packet, not a policy decision.
+        """
         changed = False
+        now = self.reactor.seconds()
         for mac in sorted(macs):
-            grants = yield self._grants_for(mac)
+            key = (self.book.address_of(mac, now), self._generation)
+            if self._decided.get(mac) == key:
+                continue
+            grants, complete = yield self._grants_for(mac)
+            self._decided.pop(mac, None)
+            if complete:
+                self._decided[mac] = key
+                while len(self._decided) > DECIDED_CAPACITY:
+                    del self._decided[next(iter(self._decided))]
             old = {i: g for i, g in self.desired.items() if g.mac == mac}
             if old != grants:
                 for export_id in old:
                     del self.desired[export_id]
                 self.desired.update(grants)
                 changed = True
-        if not self.book.authoritative:
-            self._save_seen()
         if changed and not start:
             yield self._sync()
         return None
@@ -355,10 +378,10 @@ class NfsService(Service):
     @inlineCallbacks
     def _grants_for(self, mac: MacAddress) -> Any:
         if not self.context.config.nfs.enabled:  # turned off by a reload: withdraw everything
-            return {}
+            return {}, True
         address = self.book.address_of(mac, self.reactor.seconds())
         if address is None or self.planner is None or self.ids is None:
-            return {}
+            return {}, True
         request = self.context.sightings.request_for(stage=Stage.NFS, address=address, mac=mac)
         if request is None:
             request = BootRequest(mac=mac, stage=Stage.NFS, client_address=address)
@@ -372,9 +395,11 @@ class NfsService(Service):
                 problem=problem,
             )
         grants: dict[int, ExportGrant] = {}
+        complete = True
         in_use = set(self.desired)
         for export in plan.exports:
             if not self._directory_ready(export.path, export.create, mac, export.relative):
+                complete = False  # looked at again at the next sighting
                 continue
             try:
                 export_id = self.ids.id_for(export.pseudo, in_use)
@@ -390,7 +415,7 @@ class NfsService(Service):
                 access=export.access,
                 relative=export.relative,
             )
-        return grants
+        return grants, complete
 
     def _directory_ready(self, path: Path, create: bool, mac: MacAddress, relative: str) -> bool:
         if path.is_dir():
@@ -414,6 +439,7 @@ class NfsService(Service):
         return True
 
     def _save_seen(self) -> None:
+        self._seen_dirty = False
         try:
             self.book.save(self.state / "seen.json")
         except OSError as error:

@@ -13,6 +13,7 @@ import tempfile
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import attrs
 from twisted.application.service import MultiService
@@ -219,3 +220,27 @@ class ServiceTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(bus.exports, {})
         self.assertEqual(service.exports_of(MacAddress.parse(A)), [])
+
+    def test_repeated_sightings_decide_once(self) -> None:
+        """A DHCP storm from a known machine costs no policy decisions."""
+        _service, bus = self.start()
+        decided = []
+        original = ArchPolicy.decide
+
+        def counting(policy: ArchPolicy, request: Any) -> Any:
+            if request.stage is Stage.NFS:
+                decided.append(request.mac)
+            return original(policy, request)
+
+        patcher = mock.patch.object(ArchPolicy, "decide", counting)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        request = attrs.evolve(make_request(A, arch=7), stage=Stage.PROXY_4011)
+        for _ in range(100):
+            self.context.sightings.record(request, IPv4Address("10.77.0.10"))
+            self.clock.advance(0)
+        self.assertEqual(len(decided), 1)
+        self.assertEqual(len(bus.exports), 1)
+        self.context.sightings.record(request, IPv4Address("10.77.0.12"))  # moved: decide again
+        self.clock.advance(0)
+        self.assertEqual(len(decided), 2)
