@@ -75,3 +75,23 @@ class NfsPlaceholderTests(SynchronousTestCase):
         status, text = self.resolve("nfs: [{path: a}], cmdline: 'root={nfs}'", enabled=False)
         self.assertEqual(status, ConfigStatus.FAILED)
         self.assertIn("{nfs} names NFS export 1", text)
+
+
+class TemplateTests(SynchronousTestCase):
+    def test_templates_get_nfs_and_the_placeholders(self) -> None:
+        from pxetwist.policy.decision import BootDecision
+        from pxetwist.policy.render import Renderer
+
+        templates = Path(tempfile.mkdtemp(prefix="pxt-nfs-tpl-"))
+        self.addCleanup(shutil.rmtree, templates, True)
+        (templates / "ipxe.j2").write_text(
+            "#!ipxe\nkernel {{ kernel }} root={{ nfs[0] }} extra={nfs2}\nboot\n"
+        )
+        text = Renderer(templates).render(
+            LoaderKind.IPXE,
+            BootDecision(kernel="http://x/linux"),
+            make_request(MAC, arch=0, firmware="ipxe"),
+            ServingContext("10.77.0.1"),
+            nfs=["10.77.0.1:/aaaa", "10.77.0.1:/bbbb"],
+        )
+        self.assertIn("root=10.77.0.1:/aaaa extra=10.77.0.1:/bbbb", text)

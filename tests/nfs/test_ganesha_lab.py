@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
+import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
 from pxetwist.lab import NetLab, require_binary, require_lab
@@ -344,3 +345,57 @@ class OperatorGaneshaTests(SynchronousTestCase):
         self.assertEqual(started, {driver.proc.pid})
         driver.stop()
         self.assertEqual(nfs_ls(lab, "c2", theirs).returncode, 0, "the operator's export stays")
+
+
+class ProxyModeTests(SynchronousTestCase):
+    """proxyDHCP mode: the address HTTP saw for a MAC is the machine's, until another MAC shows
+    up at it (a reused address never inherits the first machine's exports)."""
+
+    def test_http_sighting_grants_and_a_new_mac_takes_over(self) -> None:
+        _require(self)
+        require_binary("curl", self)
+        lab = NetLab(clients=1).up()
+        self.addCleanup(lab.down)
+        lab.run("c1", ["ip", "addr", "add", f"{MACHINE_IP}/16", "dev", "eth0"], check=True)
+        other_mac = "52:54:00:77:00:21"
+        server = NfsLabServer(
+            lab,
+            {
+                "dhcp": {"mode": "proxy"},
+                "http": {"enabled": True, "root": "http", "port": 8080},
+                "nfs": {"versions": VERSIONS},
+                "defaults": {
+                    "kernel": "linux",
+                    "nfs": [{"path": "hosts/{mac}", "access": "rw", "create": True}],
+                    "cmdline": "root=/dev/nfs nfsroot={nfs}",
+                },
+            },
+        )
+        self.addCleanup(shutil.rmtree, server.workdir, True)
+        self.addCleanup(server.stop)
+        (server.workdir / "http").mkdir()
+        (server.workdir / "http" / "linux").write_bytes(b"kernel")
+        server.config["http"]["root"] = str(server.workdir / "http")
+        server.config_path.write_text(yaml.safe_dump(server.config, sort_keys=False))
+        server.start()
+        server.wait_log("nfs: Ganesha is up", timeout=90)
+        lab.wait_port("srv", "tcp", 8080, 15)
+
+        def fetch(mac: str) -> str:
+            url = f"http://{lab.srv_ip}:8080/boot.ipxe?mac={mac}"
+            result = lab.run("c1", ["curl", "-sS", "--max-time", "20", url], timeout=30)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            return str(result.stdout)
+
+        script = fetch(MAC)
+        mine = server.pseudo(MAC, f"hosts/{DASHED}")
+        self.assertIn(f"nfsroot={lab.srv_ip}:{mine}", script)  # {nfs}: our address, its path
+        server.wait_log(f"nfs: granted hosts/{DASHED} (rw) to {MAC} at {MACHINE_IP}", 30)
+        url = nfs_url(lab.srv_ip, mine)
+        self.assertEqual(nfs_ls(lab, "c1", url).returncode, 0, server.tail())
+        # another machine now has that address: the first one's export is withdrawn
+        fetch(other_mac)
+        server.wait_log(f"nfs: withdrew hosts/{DASHED} (rw) from {MAC} at {MACHINE_IP}", 30)
+        _wait(lambda: nfs_ls(lab, "c1", url).returncode != 0, 15, "the first export gone")
+        other = nfs_url(lab.srv_ip, server.pseudo(other_mac, "hosts/52-54-00-77-00-21"))
+        _wait(lambda: nfs_ls(lab, "c1", other).returncode == 0, 15, "the new machine's export")
