@@ -22,7 +22,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from txdbus import client as dbus_client
-from txdbus.error import DBusException
+from txdbus.error import DBusException, RemoteError
 
 log = Logger()
 
@@ -35,7 +35,15 @@ CALL_TIMEOUT = 10.0  # seconds; an answer normally takes 3-11 ms
 
 
 class GaneshaBusError(Exception):
-    """A DBus call to Ganesha failed: no bus, Ganesha not on it, or Ganesha refused."""
+    """A DBus call to Ganesha failed: no bus, Ganesha not on it, or Ganesha refused.
+
+    ``refused`` is true when Ganesha itself answered with an error (a bad export, an id in
+    use): the bus works, only that one call failed.
+    """
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 class GaneshaBus:
@@ -81,6 +89,8 @@ class GaneshaBus:
                 timeout=CALL_TIMEOUT,
                 autoStart=False,
             )
+        except RemoteError as error:
+            raise GaneshaBusError(f"{method}: {error}", refused=True) from error
         except DBusException as error:
             raise GaneshaBusError(f"{method}: {error}") from error
         return result

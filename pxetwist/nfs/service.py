@@ -473,7 +473,13 @@ class NfsService(Service):
         for export_id, grant in sorted(self.applied.items()):
             if self.desired.get(export_id) == grant:
                 continue
-            yield bus.remove_export(export_id)
+            try:
+                yield bus.remove_export(export_id)
+            except GaneshaBusError as error:
+                if not error.refused:
+                    raise
+                # Ganesha does not have it (any more): it is gone all the same
+                log.warn("nfs: Ganesha refused to remove export {id}: {e}", id=export_id, e=error)
             del self.applied[export_id]
             (self.state / "exports" / f"{export_id}.conf").unlink(missing_ok=True)
             self._report(grant, EventStage.NFS_WITHDRAW)
@@ -482,33 +488,44 @@ class NfsService(Service):
                 continue
             block = self.state / "exports" / f"{export_id}.conf"
             block.write_text(render_export(grant, ganesha_settings(self.context.config)))
-            yield bus.add_export(str(block), export_id)
+            try:
+                yield bus.add_export(str(block), export_id)
+            except GaneshaBusError as error:
+                if not error.refused:
+                    raise
+                # one bad export must not hold back the others; it is tried at the next sync
+                self._report(grant, EventStage.NFS_GRANT, str(error))
+                continue
             self.applied[export_id] = grant
             self._report(grant, EventStage.NFS_GRANT)
         return None
 
-    def _report(self, grant: ExportGrant, stage: EventStage) -> None:
+    def _report(self, grant: ExportGrant, stage: EventStage, failure: str | None = None) -> None:
         granted = stage is EventStage.NFS_GRANT
+        details: dict[str, object] = {
+            "path": grant.relative,
+            "pseudo": grant.pseudo,
+            "access": grant.access.value,
+            "export_id": grant.export_id,
+        }
+        if failure is not None:
+            details["error"] = failure
+            message = "nfs: Ganesha refused {path} ({access}) for {mac} at {client}: {error}"
+        elif granted:
+            message = "nfs: granted {path} ({access}) to {mac} at {client} as {pseudo}"
+        else:
+            message = "nfs: withdrew {path} ({access}) from {mac} at {client} ({pseudo})"
         self.context.events.emit(
             BootEvent(
                 time=self.reactor.seconds(),
                 protocol=EventProtocol.NFS,
                 stage=stage,
-                outcome=Outcome.OK,
+                outcome=Outcome.OK if failure is None else Outcome.FAILED,
                 mac=grant.mac,
                 client=grant.client,
-                details={
-                    "path": grant.relative,
-                    "pseudo": grant.pseudo,
-                    "access": grant.access.value,
-                    "export_id": grant.export_id,
-                },
-                message=(
-                    "nfs: granted {path} ({access}) to {mac} at {client} as {pseudo}"
-                    if granted
-                    else "nfs: withdrew {path} ({access}) from {mac} at {client} ({pseudo})"
-                ),
-                level=LogLevel.info,
+                details=details,
+                message=message,
+                level=LogLevel.info if failure is None else LogLevel.error,
             )
         )
 

@@ -23,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pxetwist.context import ServerContext, Settings
 from pxetwist.events import BootEvent, EventProtocol, EventStage, Outcome
+from pxetwist.nfs.bus import GaneshaBusError
 from pxetwist.nfs.service import CHECK_INTERVAL, NfsService
 from pxetwist.policy.builtin import ArchPolicy, StaticPolicy
 from pxetwist.policy.chain import PolicyChain
@@ -41,6 +42,7 @@ class FakeBus:
         self.calls: list[tuple[str, int]] = []
         self.exports: dict[int, str] = {1500: "/stale"}  # left over from a previous run
         self.clients: dict[str, list[str]] = {}
+        self.refuse = ""  # AddExport of a block naming this path fails, as Ganesha would
 
     def show_clients(self) -> Deferred[dict[str, list[str]]]:
         return succeed(dict(self.clients))
@@ -52,6 +54,8 @@ class FakeBus:
         text = Path(block_file).read_text()
         client = re.search(r"Clients = ([\d.]+);", text)
         assert client is not None and f"Export_Id = {export_id};" in text
+        if self.refuse and self.refuse in text:
+            raise GaneshaBusError("AddExport: Error while parsing", refused=True)
         self.calls.append(("add", export_id))
         self.exports[export_id] = client.group(1)
         return succeed(None)
@@ -244,3 +248,31 @@ class ServiceTests(SynchronousTestCase):
         self.context.sightings.record(request, IPv4Address("10.77.0.12"))  # moved: decide again
         self.clock.advance(0)
         self.assertEqual(len(decided), 2)
+
+    def test_one_refused_export_does_not_hold_back_the_others(self) -> None:
+        (self.base / "nfs" / "images" / "other").mkdir()
+        config = config_from_yaml(
+            self.config_text(nfs="[{path: images/base}, {path: images/other}]")
+        )
+        self.context = ServerContext.build(
+            config,
+            self.chain(config),
+            self.clock,  # type: ignore[arg-type]
+        )
+        self.context.events.subscribe(self.events.append)
+        bus = FakeBus(None, "system")
+        bus.refuse = "images/base"
+        service = NfsService(self.context, bus_factory=lambda reactor, address: bus)  # type: ignore[arg-type,return-value]
+        parent = MultiService()
+        service.setServiceParent(parent)
+        parent.startService()
+        self.addCleanup(parent.stopService)
+        request = attrs.evolve(make_request(A, arch=7), stage=Stage.PROXY_4011)
+        self.context.sightings.record(request, IPv4Address("10.77.0.10"))
+        self.clock.advance(0)
+        self.assertEqual(
+            [g.relative for g in service.exports_of(MacAddress.parse(A))], ["images/other"]
+        )
+        failed = [e for e in self.events if e.outcome is Outcome.FAILED]
+        self.assertEqual([e.details["path"] for e in failed], ["images/base"])
+        self.assertIn("Error while parsing", str(failed[0].details["error"]))
