@@ -1,20 +1,27 @@
 """Prometheus metrics: an observer of the boot-event bus, plus gauges read at scrape time.
 
-Counters move as events arrive (one dictionary lookup and one increment per event on the DHCP
-hot path: label children are cached); what is a state rather than a count (pool use, active
-TFTP transfers) is read from the server only when Prometheus scrapes.  Names follow Prometheus
+Counters move as events arrive, as plain numbers in dictionaries (a DHCP packet costs a few
+dictionary updates: no locks, no metric objects), and are turned into Prometheus metric
+families only when Prometheus scrapes; so is what is a state rather than a count (pool use,
+active TFTP transfers), read from the server then.  Names follow Prometheus
 conventions (``pxetwist_`` prefix, ``_total`` counters, seconds and bytes), and no label takes a
 value per machine: every label has a fixed vocabulary or a hard cap (:class:`_Capped`).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from zope.interface import implementer
 
@@ -82,97 +89,145 @@ class _Capped:
         return text
 
 
+class CounterSeries:
+    """A counter family kept as plain numbers, exposed at scrape time.
+
+    The reactor thread is the only writer, so a dictionary update is all an increment costs
+    (``prometheus_client``'s own metric objects take a lock per increment, which the DHCP hot
+    path should not pay for several times a packet).
+    """
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str] = ()) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = list(labels)
+        self.values: dict[tuple[str, ...], float] = {} if labels else {(): 0.0}
+
+    def add(self, key: tuple[str, ...] = (), amount: float = 1.0) -> None:
+        values = self.values
+        values[key] = values.get(key, 0.0) + amount
+
+    def family(self) -> Metric:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for key, value in list(self.values.items()):
+            family.add_metric(list(key), value)
+        return family
+
+
+class HistogramSeries:
+    """A histogram family kept as bucket counts and a sum per label set (see CounterSeries)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        labels: Sequence[str] = (),
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = list(labels)
+        self.buckets = tuple(buckets)
+        self.series: dict[tuple[str, ...], list[Any]] = {}  # key -> [counts..., +Inf, sum]
+
+    def observe(self, value: float, key: tuple[str, ...] = ()) -> None:
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = [0] * (len(self.buckets) + 1) + [0.0]
+        series[bisect_left(self.buckets, value)] += 1
+        series[-1] += value
+
+    def family(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        bounds = [*(repr(float(b)) for b in self.buckets), "+Inf"]
+        for key, series in list(self.series.items()):
+            cumulative, running = [], 0
+            for bound, count in zip(bounds, series[:-1], strict=True):
+                running += count
+                cumulative.append((bound, running))
+            family.add_metric(list(key), cumulative, sum_value=series[-1])
+        return family
+
+
 @implementer(IBootEventObserver)
-class BootMetrics:
+class BootMetrics(Collector):
     """The server's metrics in a registry of their own (so that tests and two servers in one
-    process never share counters)."""
+    process never share counters); it is itself the registry's collector."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
-        self.dhcp_packets = Counter(
+        self.dhcp_packets = CounterSeries(
             "pxetwist_dhcp_packets",
             "DHCP packets handled (ports 67 and 4011), by the client's message type, its "
             "architecture (option 93) and what the server did",
             ["message_type", "arch", "answer"],
-            registry=r,
         )
-        self.dhcp_replies = Counter(
-            "pxetwist_dhcp_replies", "DHCP replies sent, by kind", ["reply"], registry=r
+        self.dhcp_replies = CounterSeries(
+            "pxetwist_dhcp_replies", "DHCP replies sent, by kind", ["reply"]
         )
-        self.dhcp_dropped = Counter(
-            "pxetwist_dhcp_dropped_packets",
-            "DHCP packets dropped, by reason",
-            ["reason"],
-            registry=r,
+        self.dhcp_dropped = CounterSeries(
+            "pxetwist_dhcp_dropped_packets", "DHCP packets dropped, by reason", ["reason"]
         )
-        self.lease_commit = Histogram(
+        self.lease_commit = HistogramSeries(
             "pxetwist_dhcp_lease_commit_seconds",
             "Time to commit one group of lease changes to the lease store",
-            buckets=COMMIT_BUCKETS,
-            registry=r,
+            COMMIT_BUCKETS,
         )
-        self.tftp_transfers = Counter(
-            "pxetwist_tftp_transfers",
-            "TFTP transfers ended, by how they ended",
+        self.tftp_transfers = CounterSeries(
+            "pxetwist_tftp_transfers", "TFTP transfers ended, by how they ended",
             ["outcome", "ended"],
-            registry=r,
-        )
-        self.tftp_refused = Counter(
+        )  # fmt: skip
+        self.tftp_refused = CounterSeries(
             "pxetwist_tftp_refused_requests",
             "TFTP read requests refused or dropped before a transfer started",
             ["outcome"],
-            registry=r,
         )
-        self.tftp_bytes = Counter(
-            "pxetwist_tftp_sent_bytes", "File bytes delivered by TFTP transfers", registry=r
+        self.tftp_bytes = CounterSeries(
+            "pxetwist_tftp_sent_bytes", "File bytes delivered by TFTP transfers"
         )
-        self.tftp_retransmits = Counter(
+        self.tftp_retransmits = CounterSeries(
             "pxetwist_tftp_retransmitted_blocks",
             "TFTP data blocks sent again (lost or late ACKs)",
-            registry=r,
         )
-        self.tftp_errors = Counter(
+        self.tftp_errors = CounterSeries(
             "pxetwist_tftp_errors",
             "TFTP transfers that failed and requests that were refused",
             ["kind"],
-            registry=r,
         )
-        self.http_requests = Counter(
+        self.http_requests = CounterSeries(
             "pxetwist_http_requests",
             "HTTP responses, by status code and whether the body was generated",
             ["status", "generated"],
-            registry=r,
         )
-        self.http_bytes = Counter("pxetwist_http_sent_bytes", "HTTP body bytes sent", registry=r)
-        self.policy_decisions = Counter(
+        self.http_bytes = CounterSeries("pxetwist_http_sent_bytes", "HTTP body bytes sent")
+        self.policy_decisions = CounterSeries(
             "pxetwist_policy_decisions",
             "Policy answers, by policy and outcome (an action; none: no opinion; error)",
             ["policy", "outcome"],
-            registry=r,
         )
-        self.policy_latency = Histogram(
+        self.policy_latency = HistogramSeries(
             "pxetwist_policy_decision_seconds",
             "Time one policy took to answer",
+            POLICY_BUCKETS,
             ["policy"],
-            buckets=POLICY_BUCKETS,
-            registry=r,
         )
-        self.sessions = Counter(
+        self.sessions = CounterSeries(
             "pxetwist_boot_sessions",
             "Boot sessions finished, by final state and the stage they reached",
             ["state", "stage"],
-            registry=r,
         )
-        self.boot_duration = Histogram(
+        self.boot_duration = HistogramSeries(
             "pxetwist_boot_duration_seconds",
             "Time from a boot session's first DISCOVER to the booted OS",
-            buckets=BOOT_BUCKETS,
-            registry=r,
+            BOOT_BUCKETS,
         )
-        self._children: dict[tuple[object, ...], Any] = {}
+        self._families: tuple[CounterSeries | HistogramSeries, ...] = (
+            self.dhcp_packets, self.dhcp_replies, self.dhcp_dropped, self.lease_commit,
+            self.tftp_transfers, self.tftp_refused, self.tftp_bytes, self.tftp_retransmits,
+            self.tftp_errors, self.http_requests, self.http_bytes, self.policy_decisions,
+            self.policy_latency, self.sessions, self.boot_duration,
+        )  # fmt: skip
+        self._keys: dict[tuple[object, ...], tuple[str, ...]] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
-        self._policy_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._status = _Capped(40)
         self._ended = _Capped(16)
         self._names = _Capped(32)
@@ -181,6 +236,12 @@ class BootMetrics:
             EventProtocol.TFTP: self._tftp,
             EventProtocol.HTTP: self._http,
         }
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        for series in self._families:
+            yield series.family()
 
     # -- the bus -------------------------------------------------------------------------------
 
@@ -192,69 +253,67 @@ class BootMetrics:
     def _dhcp(self, event: BootEvent) -> None:
         details = event.details
         outcome = event.outcome
-        key = ("dhcp", details.get("message_type"), details.get("arch"), outcome)
-        child = self._children.get(key)
-        if child is None:
-            message_type = details.get("message_type")
-            child = self._children[key] = self.dhcp_packets.labels(
-                message_type=str(message_type).lower() if message_type else "invalid",
-                arch=arch_label(details.get("arch")),
-                answer=_ANSWERS[outcome],
+        message_type = details.get("message_type")
+        arch = details.get("arch")
+        raw: tuple[object, ...] = ("dhcp", message_type, arch, outcome)
+        key = self._keys.get(raw)
+        if key is None:
+            key = self._keys[raw] = (
+                str(message_type).lower() if message_type else "invalid",
+                arch_label(arch),
+                _ANSWERS[outcome],
             )
-        child.inc()
+        self.dhcp_packets.add(key)
         reply = details.get("reply")
         if reply and reply != "none":
-            reply_key = ("reply", reply)
-            child = self._children.get(reply_key)
-            if child is None:
-                child = self._children[reply_key] = self.dhcp_replies.labels(
-                    reply=self._names(reply)
-                )
-            child.inc()
+            raw = ("reply", reply)
+            key = self._keys.get(raw)
+            if key is None:
+                key = self._keys[raw] = (self._names(reply),)
+            self.dhcp_replies.add(key)
         if outcome is Outcome.DROPPED:
-            self.dhcp_dropped.labels(reason=drop_reason(details.get("reason"))).inc()
+            self.dhcp_dropped.add((drop_reason(details.get("reason")),))
 
     def _tftp(self, event: BootEvent) -> None:
         details = event.details
         outcome = event.outcome.value
         if event.stage is EventStage.TFTP_REQUEST:
-            self.tftp_refused.labels(outcome=outcome).inc()
-            self.tftp_errors.labels(kind="refused").inc()
+            self.tftp_refused.add((outcome,))
+            self.tftp_errors.add(("refused",))
             return
-        self.tftp_transfers.labels(outcome=outcome, ended=self._ended(details.get("ended"))).inc()
+        self.tftp_transfers.add((outcome, self._ended(details.get("ended"))))
         sent = details.get("bytes")
         if isinstance(sent, int) and sent > 0:
-            self.tftp_bytes.inc(sent)
+            self.tftp_bytes.add((), sent)
         again = details.get("retransmits")
         if isinstance(again, int) and again > 0:
-            self.tftp_retransmits.inc(again)
+            self.tftp_retransmits.add((), again)
         if event.outcome is not Outcome.OK:
-            self.tftp_errors.labels(kind="transfer").inc()
+            self.tftp_errors.add(("transfer",))
 
     def _http(self, event: BootEvent) -> None:
         details = event.details
         status = details.get("status")
-        self.http_requests.labels(
-            status=self._status(status if status is not None else "none"),
-            generated="true" if details.get("generated") else "false",
-        ).inc()
+        self.http_requests.add(
+            (
+                self._status(status if status is not None else "none"),
+                "true" if details.get("generated") else "false",
+            )
+        )
         sent = details.get("bytes")
         if isinstance(sent, int) and sent > 0:
-            self.http_bytes.inc(sent)
+            self.http_bytes.add((), sent)
 
     # -- other sources -------------------------------------------------------------------------
 
     def policy_answered(self, policy: str, outcome: str, seconds: float) -> None:
-        """One policy's answer (the chain's monitor): on every request, so children cached."""
-        children = self._policy_children.get((policy, outcome))
-        if children is None:
-            name = self._names(policy)
-            children = self._policy_children[policy, outcome] = (
-                self.policy_latency.labels(policy=name),
-                self.policy_decisions.labels(policy=name, outcome=self._names(outcome)),
-            )
-        children[0].observe(seconds)
-        children[1].inc()
+        """One policy's answer (the chain's monitor): on every request, so keys are cached."""
+        raw = ("policy", policy, outcome)
+        key = self._keys.get(raw)
+        if key is None:
+            key = self._keys[raw] = (self._names(policy), self._names(outcome))
+        self.policy_decisions.add(key)
+        self.policy_latency.observe(seconds, key[:1])
 
     def lease_committed(self, seconds: float, writes: int) -> None:
         self.lease_commit.observe(seconds)
@@ -272,7 +331,7 @@ class BootMetrics:
             self.session_finished(state, session.stage.value, end - session.started)
 
     def session_finished(self, state: str, stage: str, duration: float | None) -> None:
-        self.sessions.labels(state=self._names(state), stage=self._names(stage)).inc()
+        self.sessions.add((self._names(state), self._names(stage)))
         if state == "booted" and duration is not None:
             self.boot_duration.observe(duration)
 
