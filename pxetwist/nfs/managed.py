@@ -73,6 +73,10 @@ _DBUS_POLICY = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Conf
 """
 
 
+class _Superseded(Exception):
+    """A start given up because pxetwist is stopping or started Ganesha again meanwhile."""
+
+
 class _Child(ProcessProtocol):
     """One supervised process: its output goes to the log, its end fires ``ended``."""
 
@@ -196,6 +200,7 @@ class ManagedGanesha:
                 ],
             )
             yield self._wait_for(lambda: self.socket.exists(), 10.0, "the private DBus socket")
+            self._still_wanted(generation)
             enter = [self.binaries["nsenter"], "-t", str(holder.pid), "-m", "--"]
             if self.serves_v3:
                 rpcbind = self._spawn("rpcbind", [*enter, self.binaries["rpcbind"], "-f", "-w"])
@@ -203,6 +208,7 @@ class ManagedGanesha:
                 yield self._wait_for(
                     lambda: socket.exists() or not rpcbind.running, 10.0, "rpcbind"
                 )
+            self._still_wanted(generation)
             self.write_config(self.config_path)
             self._spawn(
                 "ganesha.nfsd",
@@ -222,6 +228,8 @@ class ManagedGanesha:
                 env={"DBUS_SYSTEM_BUS_ADDRESS": self.bus_address},
             )
             yield self._wait_ready()
+        except _Superseded:
+            return None
         except Exception as error:
             if generation == self._generation and not self.stopping:
                 log.error("nfs: starting Ganesha failed: {error}", error=str(error))
@@ -238,6 +246,11 @@ class ManagedGanesha:
         )
         yield defer.maybeDeferred(self.on_ready, self.bus)
         return None
+
+    def _still_wanted(self, generation: int) -> None:
+        """Stop a start that :meth:`stop` (or a newer start) overtook while it waited."""
+        if self.stopping or generation != self._generation:
+            raise _Superseded()
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> _Child:
         child = _Child(name)
