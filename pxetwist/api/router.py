@@ -140,6 +140,13 @@ class Router(Resource):
         try:
             route, params, token = self._admit(request)
         except ApiError as error:
+            if error.status == 403:
+                log.warn(
+                    "api: refused {method} {path}: {reason}",
+                    method=(request.method or b"").decode("ascii", "replace"),
+                    path=(request.path or b"").decode("utf-8", "replace"),
+                    reason=error.message,
+                )
             return self._error(request, error)
         api_request = ApiRequest(request, params, _query(request), token)
         answer: Deferred[Reply] = maybeDeferred(route.handler, api_request)  # type: ignore[call-overload]
@@ -147,9 +154,21 @@ class Router(Resource):
         request.notifyFinish().addErrback(lambda _: finished.__setitem__(0, True))
 
         def send(reply: Reply) -> None:
+            audit(reply.status)
             if not finished[0]:
                 request.write(write_json(request, reply.status, reply.body, reply.headers))
                 request.finish()
+
+        def audit(status: int) -> None:
+            # Changes are logged with the token's name: who changed what, and how it went.
+            if route.access is Access.WRITE:
+                log.info(
+                    "api: {token} {method} {path} -> {status}",
+                    token=token.name,
+                    method=route.method,
+                    path=unquote((request.path or b"").decode("utf-8", "replace")),
+                    status=status,
+                )
 
         def fail(failure: Failure) -> None:
             error = failure.value
@@ -161,6 +180,7 @@ class Router(Resource):
                     path=route.template,
                 )
                 error = ApiError(500, f"internal error: {type(error).__name__}")
+            audit(error.status)
             if not finished[0]:
                 request.write(self._error(request, error))
                 request.finish()

@@ -453,3 +453,32 @@ class NfsExportTests(ApiTestCase):
         self.assertEqual([e["export_id"] for e in body], [5])
         status, body, _ = yield self.call("GET", "/api/v1/nfs/exports", params={"mac": "zz"})
         self.assertEqual((status, body["field"]), (400, "mac"))
+
+
+class AuditTests(ApiTestCase):
+    @defer.inlineCallbacks
+    def test_changes_are_logged_with_the_token_name(self) -> Gen:
+        from typing import cast
+
+        from twisted.logger import ILogObserver, globalLogPublisher
+
+        seen: list[dict[str, Any]] = []
+
+        def observer(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "pxetwist.api.router":
+                seen.append(event)
+
+        typed = cast(ILogObserver, observer)
+        globalLogPublisher.addObserver(typed)
+        self.addCleanup(globalLogPublisher.removeObserver, typed)
+        yield self.call("POST", "/api/v1/machines", WRITE, body=NEW)
+        yield self.call("POST", "/api/v1/machines", WRITE, body={"mac": "x"})
+        yield self.call("DELETE", "/api/v1/machines/52:54:00:77:00:99", READ)
+        yield self.call("GET", "/api/v1/machines", READ)
+        changes = [
+            (e.get("token"), e.get("method"), e.get("status")) for e in seen if "status" in e
+        ]
+        self.assertEqual(changes, [("admin", "POST", 201), ("admin", "POST", 400)])
+        refused = [e["reason"] for e in seen if "reason" in e]
+        self.assertEqual(len(refused), 1)
+        self.assertIn("read-only", refused[0])
