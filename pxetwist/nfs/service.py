@@ -285,6 +285,7 @@ class NfsService(Service):
         """Leases expire without a packet: look at every machine that holds exports.  And ask
         Ganesha which clients it has served, for the ``nfs-mount`` events."""
         self._poll_clients()
+        self._verify_external()
         if self._seen_dirty and not self.book.authoritative:
             self._save_seen()
         now = self.reactor.seconds()
@@ -295,6 +296,27 @@ class NfsService(Service):
         }
         if stale:
             self._soon(stale)
+
+    def _verify_external(self) -> None:
+        """An operator's Ganesha that restarted has lost what we added over DBus: add it again."""
+        bus = self.bus
+        if bus is None or self.managed is not None or not self.applied or self._lock.locked:
+            return
+        d = bus.show_exports()
+        d.addCallbacks(self._external_exports, lambda _: None)
+
+    def _external_exports(self, exports: dict[int, str]) -> None:
+        lost = [i for i, grant in self.applied.items() if exports.get(i) != grant.pseudo]
+        if not lost:
+            return
+        log.warn(
+            "nfs: Ganesha no longer has {count} of our exports (restarted?); adding them again",
+            count=len(lost),
+        )
+        for export_id in lost:
+            del self.applied[export_id]
+        d = self._sync()
+        d.addErrback(lambda f: log.failure("nfs: restoring exports failed", f))
 
     def _poll_clients(self) -> None:
         bus = self.bus

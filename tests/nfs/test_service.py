@@ -40,7 +40,8 @@ class FakeBus:
     def __init__(self, reactor: Any, address: str) -> None:
         self.address = address
         self.calls: list[tuple[str, int]] = []
-        self.exports: dict[int, str] = {1500: "/stale"}  # left over from a previous run
+        self.exports: dict[int, str] = {1500: "10.9.9.9"}  # left over from a previous run
+        self.pseudos: dict[int, str] = {1500: "/stale"}
         self.clients: dict[str, list[str]] = {}
         self.refuse = ""  # AddExport of a block naming this path fails, as Ganesha would
 
@@ -48,7 +49,7 @@ class FakeBus:
         return succeed(dict(self.clients))
 
     def show_exports(self) -> Deferred[dict[int, str]]:
-        return succeed(dict(self.exports))
+        return succeed(dict(self.pseudos))
 
     def add_export(self, block_file: str, export_id: int) -> Deferred[None]:
         text = Path(block_file).read_text()
@@ -58,11 +59,15 @@ class FakeBus:
             raise GaneshaBusError("AddExport: Error while parsing", refused=True)
         self.calls.append(("add", export_id))
         self.exports[export_id] = client.group(1)
+        pseudo = re.search(r'Pseudo = "([^"]+)";', text)
+        assert pseudo is not None
+        self.pseudos[export_id] = pseudo.group(1)
         return succeed(None)
 
     def remove_export(self, export_id: int) -> Deferred[None]:
         self.calls.append(("remove", export_id))
         del self.exports[export_id]
+        del self.pseudos[export_id]
         return succeed(None)
 
     def close(self) -> None:
@@ -276,3 +281,15 @@ class ServiceTests(SynchronousTestCase):
         failed = [e for e in self.events if e.outcome is Outcome.FAILED]
         self.assertEqual([e.details["path"] for e in failed], ["images/base"])
         self.assertIn("Error while parsing", str(failed[0].details["error"]))
+
+    def test_operator_ganesha_restarted_gets_its_exports_again(self) -> None:
+        service, bus = self.start()
+        request = attrs.evolve(make_request(A, arch=7), stage=Stage.PROXY_4011)
+        self.context.sightings.record(request, IPv4Address("10.77.0.10"))
+        self.clock.advance(0)
+        [grant] = service.exports_of(MacAddress.parse(A))
+        bus.exports.clear()  # the operator's Ganesha restarted from its own config
+        bus.pseudos.clear()
+        self.clock.advance(CHECK_INTERVAL)
+        self.assertEqual(bus.pseudos, {grant.export_id: grant.pseudo})
+        self.assertEqual(bus.calls[-1], ("add", grant.export_id))
