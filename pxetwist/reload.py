@@ -50,6 +50,7 @@ _AT_START: tuple[tuple[str, Callable[[Config], object]], ...] = (
     ("tftp.workers", lambda c: c.tftp.workers),
     ("tftp.single_port", lambda c: c.tftp.single_port),
     ("http.enabled", lambda c: c.http.enabled),
+    ("sessions.enabled", lambda c: c.sessions.enabled),
     ("api", lambda c: (c.api.enabled, c.api.host, c.api.port)),
 )
 

@@ -89,7 +89,15 @@ def diagnose(session: Session) -> str:
     failure = _failure(last) if last is not None else None
     if failure is not None:
         parts.append(failure)
-    template = _STAGE_HINTS.get(session.stage)
+    stage = session.stage
+    if (
+        last is not None
+        and last.stage is BootStage.DHCP_REQUEST
+        and stage is BootStage.DHCP_OFFER
+        and last.outcome is Outcome.IGNORED
+    ):
+        stage = BootStage.DHCP_REQUEST  # proxyDHCP: the client took another server's address
+    template = _STAGE_HINTS.get(stage)
     if template is not None and failure is None:
         parts.append(
             template.format(

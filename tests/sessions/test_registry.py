@@ -210,6 +210,13 @@ class StuckTests(SynchronousTestCase):
         self.assertEqual(state, SessionState.STUCK)
         self.assertIn("another DHCP server", hint)
 
+    def test_proxy_offer_then_another_servers_address_and_nothing_next(self) -> None:
+        _state, hint = self.judged(
+            dhcp(1.0, reply="proxy"),
+            dhcp(2.0, EventStage.REQUEST, outcome=Outcome.IGNORED, reply="none", decision=None),
+        )
+        self.assertIn("another DHCP server owns the addresses", hint)
+
     def test_nbp_and_nothing_next(self) -> None:
         state, hint = self.judged(*full_boot()[:3])
         self.assertEqual(state, SessionState.STUCK)
