@@ -396,7 +396,7 @@ def run(args: argparse.Namespace) -> int:
             )
         if args.server_address is not None:
             config = attrs.evolve(config, server_address=args.server_address)
-        server = config.server_address or IPv4Address("192.0.2.1")
+        server = config.reachable_address(IPv4Address("192.0.2.1"))  # a documentation address
         network = args.network or _guess_network(config, server)
         result = explain(
             config,

@@ -98,7 +98,7 @@ class V1:
                 choices = ", ".join(m.value for m in DhcpMode)
                 raise ApiError(400, f"{query['mode']!r} is not one of {choices}", "mode") from None
         config = self.context.config()
-        server = config.server_address or IPv4Address("192.0.2.1")
+        server = config.reachable_address(IPv4Address("192.0.2.1"))  # a documentation address
         network = next(
             (s.network for s in config.dhcp.subnets if server in s.network),
             IPv4Network(f"{server}/24", strict=False),
