@@ -44,6 +44,8 @@ class WheelTests(SynchronousTestCase):
         self.assertIn("pxetwist/tap.py", names)
         self.assertIn("pxetwist/data/pxe.yaml", names)
         self.assertIn("pxetwist/py.typed", names)
+        for served in ("openapi.json", "web/index.html", "web/app.js", "web/app.css"):
+            self.assertIn(f"pxetwist/api/{served}", names)  # the API and dashboard serve them
         self.assertNotIn("twisted/__init__.py", names)
         self.assertNotIn("twisted/plugins/__init__.py", names)
         self.assertFalse(any(name.startswith("tests/") for name in names))
