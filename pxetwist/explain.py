@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,11 @@ from pxetwist.dhcp.options import MessageType, OptionCode, encode_arches
 from pxetwist.dhcp.packet import DhcpPacket, MalformedPacket, decode, encode
 from pxetwist.nfs.exports import explain_exports
 from pxetwist.policy.chain import PolicyChain, decide_offline
+from pxetwist.policy.decision import BootDecision
 from pxetwist.policy.placeholders import expand_nfs, expand_placeholders
 from pxetwist.policy.plugins import PluginError, build_policies
 from pxetwist.policy.reach import client_fetches, serving_context
+from pxetwist.policy.request import BootRequest
 from pxetwist.policy.values import InvalidMacAddress, MacAddress
 
 #: Budget for encoding a client packet given as a value: a request is never trimmed.
@@ -119,6 +122,25 @@ def _is_text(value: bytes) -> bool:
     return bool(stripped) and all(32 <= byte < 127 for byte in stripped)
 
 
+def _boot_once_gate(config: Config) -> Callable[[BootRequest, BootDecision], BootDecision]:
+    """The server's boot-once gate over what ``data_dir`` records: a machine whose one boot is
+    used up is explained with the local-boot answer it gets (and why)."""
+    from pxetwist.sessions.bootonce import BootOnce
+    from pxetwist.sessions.store import SessionStore
+
+    used = []
+    if config.sessions_path.exists():
+        try:
+            store = SessionStore(config.sessions_path, readonly=True)
+            try:
+                used = store.used_boots()
+            finally:
+                store.close()
+        except sqlite3.Error:
+            pass  # unreadable: explain as if no boot were used up
+    return BootOnce(used).gate
+
+
 def explain(
     config: Config,
     packet: DhcpPacket | bytes,
@@ -131,7 +153,9 @@ def explain(
     if mode is not None:
         config = attrs.evolve(config, dhcp=attrs.evolve(config.dhcp, mode=mode))
     clock = Clock()
-    chain = PolicyChain(tuple(build_policies(config)), clock, config.policy.timeout)
+    chain = PolicyChain(
+        tuple(build_policies(config)), clock, config.policy.timeout, gate=_boot_once_gate(config)
+    )
     engine = DhcpEngine(config, LeaseTable(pools_for(config)), [server])
     interface = Interface("explain", server, network)
     data = packet if isinstance(packet, bytes) else encode(packet, max_size=_ANY_SIZE)

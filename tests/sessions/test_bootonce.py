@@ -130,3 +130,43 @@ class ConfirmationTests(SynchronousTestCase):
         taken = once.take_unsaved()
         once.requeue(taken)
         self.assertEqual(once.unsaved, tuple(taken))
+
+
+class ExplainTests(SynchronousTestCase):
+    def test_explain_shows_the_local_answer_of_a_used_up_machine(self) -> None:
+        import io
+        import tempfile
+        from contextlib import redirect_stdout
+        from pathlib import Path
+
+        from pxetwist import cli
+        from pxetwist.sessions.store import SessionStore
+
+        base = Path(tempfile.mkdtemp(prefix="pxt-explain-once-"))
+        config = base / "pxe.yaml"
+        config.write_text(
+            f"data_dir: {base}/data\npolicy: {{plugin_dirs: []}}\n"
+            f"machines: [{{mac: '{MAC}', kernel: debian/linux, boot_once: true}}]\n"
+        )
+
+        def explained() -> str:
+            out = io.StringIO()
+            with redirect_stdout(out):
+                self.assertEqual(
+                    cli.main(
+                        ["explain", "--config", str(config), "--mac", str(MAC), "--arch", "0"]
+                    ),
+                    0,
+                )
+            return out.getvalue()
+
+        self.assertIn("decision: boot by policy static", explained())
+        store = SessionStore(base / "data" / "sessions.sqlite")
+        store.save(
+            [], [UsedBoot(str(MAC), 1000.0, "kernel and initrd served")], keep=5, max_sessions=9
+        )
+        store.close()
+        text = explained()
+        self.assertIn("decision: local by policy static", text)
+        self.assertIn("boot once used up", text)
+        self.assertIn("outcome: ignored: nothing to boot", text)  # proxyDHCP: no boot file
