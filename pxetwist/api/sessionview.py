@@ -17,6 +17,8 @@ from zope.interface import implementer
 
 from pxetwist.api.sources import IBootOnce, INfsView, ISessionView
 from pxetwist.policy.values import MacAddress
+from pxetwist.sessions.cli import load_sessions
+from pxetwist.sessions.model import Session
 from pxetwist.sessions.recorder import SessionRecorder
 from pxetwist.sessions.store import SessionStore, UsedBoot
 
@@ -34,16 +36,38 @@ class NoSessions:
 
 @implementer(ISessionView)
 class RecorderSessions:
-    def __init__(self, recorder: SessionRecorder) -> None:
-        self.recorder = recorder
+    """The registry's sessions (each machine's current and last few), and when more are asked
+    for than memory holds, the older ones from ``sessions.sqlite`` (read on a thread, judged as
+    ``pxetwist sessions`` judges them), so the API shows the history a restart kept."""
 
-    def sessions(self, mac: MacAddress | None, limit: int) -> Sequence[dict[str, Any]]:
+    def __init__(
+        self,
+        recorder: SessionRecorder,
+        in_thread: Callable[..., Deferred[Any]] = deferToThread,
+    ) -> None:
+        self.recorder = recorder
+        self._in_thread = in_thread
+
+    def sessions(
+        self, mac: MacAddress | None, limit: int
+    ) -> Sequence[dict[str, Any]] | Deferred[Sequence[dict[str, Any]]]:
         registry = self.recorder.registry
         if registry is None:
             return []
-        found = registry.sessions(mac)
-        found.sort(key=lambda session: session.updated, reverse=True)
-        return [session.as_json() for session in found[:limit]]
+        memory = sorted(registry.sessions(mac), key=lambda s: s.updated, reverse=True)
+        if len(memory) >= limit:
+            return [session.as_json() for session in memory[:limit]]
+
+        def merge(stored: list[Session]) -> Sequence[dict[str, Any]]:
+            by_id = {session.id: session for session in stored}
+            by_id.update((session.id, session) for session in memory)  # memory is newer
+            merged = sorted(by_id.values(), key=lambda s: s.updated, reverse=True)
+            return [session.as_json() for session in merged[:limit]]
+
+        stored: Deferred[list[Session]] = self._in_thread(
+            load_sessions, self.recorder.config, mac, limit
+        )
+        return stored.addCallback(merge)
 
     def stuck(self) -> Sequence[dict[str, Any]]:
         registry = self.recorder.registry

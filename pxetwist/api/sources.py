@@ -48,8 +48,10 @@ class ILeaseView(Interface):
 class ISessionView(Interface):
     """Boot sessions (issue 13), as the JSON the ``pxetwist sessions --json`` contract gives."""
 
-    def sessions(mac: MacAddress | None, limit: int) -> Sequence[dict[str, Any]]:
-        """Sessions newest first, optionally of one machine."""
+    def sessions(
+        mac: MacAddress | None, limit: int
+    ) -> Sequence[dict[str, Any]] | Deferred[Sequence[dict[str, Any]]]:
+        """Sessions newest first (by their latest event), optionally of one machine."""
 
     def stuck() -> Sequence[dict[str, Any]]:
         """Sessions now marked stuck, longest stuck first."""

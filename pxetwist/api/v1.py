@@ -15,7 +15,7 @@ from ipaddress import AddressValueError, IPv4Address, IPv4Network
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 from pxetwist import __version__
 from pxetwist.api.machines import MachinesApi, parse_mac
@@ -26,6 +26,7 @@ from pxetwist.config import Config, ConfigError
 from pxetwist.config.model import DhcpMode
 from pxetwist.dhcp.leases import Lease, LeaseState
 from pxetwist.policy.plugins import PluginError
+from pxetwist.policy.values import MacAddress
 
 PREFIX = "/api/v1"
 
@@ -190,7 +191,7 @@ class V1:
 
     # -- sessions ------------------------------------------------------------------------------
 
-    def sessions(self, request: ApiRequest) -> Reply:
+    def sessions(self, request: ApiRequest) -> Deferred[Reply]:
         mac = parse_mac(request.query["mac"]) if request.query.get("mac") else None
         limit = _int_param(request, "limit", 100, 1, 10000)
         state = request.query.get("state") or None
@@ -198,15 +199,22 @@ class V1:
             raise ApiError(
                 400, f"{state!r} is not one of in-progress, booted, stuck, failed", "state"
             )
-        found = list(self.context.sessions.sessions(mac, limit if state is None else 10000))
-        if state is not None:
-            found = [s for s in found if s.get("state") == state][:limit]
-        return Reply(200, found)
 
-    def machine_sessions(self, request: ApiRequest) -> Reply:
+        def chosen(found: Sequence[dict[str, Any]]) -> Reply:
+            if state is None:
+                return Reply(200, list(found))
+            return Reply(200, [s for s in found if s.get("state") == state][:limit])
+
+        return self._sessions(mac, limit if state is None else 10000).addCallback(chosen)
+
+    def machine_sessions(self, request: ApiRequest) -> Deferred[Reply]:
         mac = parse_mac(request.params.get("mac"))
         limit = _int_param(request, "limit", 20, 1, 1000)
-        return Reply(200, list(self.context.sessions.sessions(mac, limit)))
+        return self._sessions(mac, limit).addCallback(lambda found: Reply(200, list(found)))
+
+    def _sessions(self, mac: MacAddress | None, limit: int) -> Deferred[Sequence[dict[str, Any]]]:
+        found = self.context.sessions.sessions(mac, limit)
+        return found if isinstance(found, Deferred) else succeed(found)
 
     def stuck(self, request: ApiRequest) -> Reply:
         return Reply(200, list(self.context.sessions.stuck()))

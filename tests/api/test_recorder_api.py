@@ -8,11 +8,11 @@ from typing import Any
 
 from twisted.internet import defer, reactor
 
-from pxetwist.api.sessionview import RecorderBootOnce
-from pxetwist.events import BootEvent, EventProtocol, EventStage, Outcome
+from pxetwist.api.sessionview import RecorderBootOnce, RecorderSessions
+from pxetwist.events import BootEvent, BootEventBus, EventProtocol, EventStage, Outcome
 from pxetwist.metrics import BootMetrics
 from pxetwist.policy.values import MacAddress
-from pxetwist.sessions.recorder import in_this_thread
+from pxetwist.sessions.recorder import SessionRecorder, in_this_thread
 from pxetwist.sessions.store import SessionStore, UsedBoot
 from tests.api.support import WRITE, ApiTestCase
 
@@ -137,3 +137,17 @@ class RecorderApiTests(ApiTestCase):
             "POST", "/api/v1/machines/52:54:00:00:00:01/boot-once", WRITE
         )
         self.assertEqual((status, body["field"]), (404, "mac"))
+
+    @defer.inlineCallbacks
+    def test_sessions_kept_across_a_restart(self) -> Gen:
+        self.boot(reactor.seconds() - 100, os_up=True)
+        yield self.recorder.flush()  # stored in data_dir/sessions.sqlite
+        # A restarted server: a new recorder with nothing in memory, the same store.
+        restarted = SessionRecorder(self.config, BootEventBus(), None, reactor)
+        self.context.sessions = RecorderSessions(restarted)
+        status, body, _ = yield self.call("GET", f"/api/v1/sessions/{MAC}")
+        self.assertEqual(status, 200)
+        self.assertEqual([(s["state"], s["stage"]) for s in body], [("booted", "os-up")])
+        self.assertEqual([e["protocol"] for e in body[0]["events"]], ["dhcp", "dhcp", "tftp", "os"])
+        status, body, _ = yield self.call("GET", "/api/v1/sessions", params={"state": "booted"})
+        self.assertEqual([s["mac"] for s in body], [MAC])
