@@ -1,0 +1,504 @@
+#!/usr/bin/env python3
+"""Boot storm: N simulated PXE machines at once against pxetwist and dnsmasq + nginx, one run.
+
+Run as root from the repository root::
+
+    sudo .venv/bin/python bench/storm/run.py --clients 500 --repeats 3 --pin 0:1
+
+Each run starts one server fresh in the lab's server namespace, lets ``--procs`` client
+processes (``bench/storm/client.py``, asyncio) in the client namespace boot ``--clients``
+machines, and stops the server by PID.  Servers alternate run by run (the order flips every
+repeat) so the machine's noise falls on both.  Every machine does a relayed DHCP exchange
+with PXE options (BIOS or x86-64 UEFI, ``--uefi-share``), downloads its NBP over TFTP
+(blksize 1468, lockstep) and then a kernel and an initrd over HTTP; every ``--sample``-th
+machine checks SHA-256.  ``--ramps`` lists the start spreads to run (0 = all at once, 5 = the
+machines start evenly over 5 s, ...).
+
+Servers:
+
+* ``pxetwist``: ``twistd -n pxe`` on its defaults (SQLite leases, sessions, TFTP workers
+  ``auto``, log budget, log to a file); the config only names the interface, the pool, the
+  roots and the two boot files.
+* ``dnsmasq+nginx``: dnsmasq for DHCP and TFTP with every limit raised (``tftp-max=10000``,
+  ``dhcp-lease-max``, ``no-ping``, ``quiet-dhcp``, leases in memory, 65,536 descriptors),
+  nginx (2 workers, 16,384 connections each, ``sendfile``, no access log) for HTTP.
+
+Reported per server (median over the repeats): machines booted and failures by stage and
+reason, the storm's total time (first start to last initrd byte), p50/p95/max boot time per
+machine, per-stage medians, retransmissions, the server's CPU seconds (the process and all its
+descendants: TFTP workers, nginx workers) and CPU per boot, and the clients' own CPU (to show
+they are not the bottleneck).  Ratios are pxetwist / reference.
+
+Only the lab's namespaces are targets; every client process is bounded by ``--deadline``;
+everything is stopped by PID and the lab removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from pxetwist.lab import SRV_IF, NetLab  # noqa: E402
+
+SERVERS = ("pxetwist", "dnsmasq+nginx")
+REFERENCE = "dnsmasq+nginx"
+POOL = ("10.77.1.0", "10.77.254.254")
+HTTP_PORT = 8080
+TWISTD = REPO / ".venv" / "bin" / "twistd"
+CLIENT = Path(__file__).resolve().with_name("client.py")
+FILES = {"bios.nbp": "nbp", "uefi.nbp": "nbp", "vmlinuz": "kernel", "initrd.img": "initrd"}
+
+
+# -- CPU of a process tree -------------------------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, user + system CPU seconds) of a live process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    # fields[1] = ppid; [11], [12] = utime, stime; [13], [14] = reaped children's
+    return int(fields[1]), (
+        int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    ) / tick
+
+
+def tree_cpu(root: int) -> dict[int, float]:
+    """CPU seconds of ``root`` and every live descendant (reaped children included)."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = _stat(int(name))
+            if st is not None:
+                parents[int(name)], cpu[int(name)] = st
+    tree = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parents.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return {pid: cpu[pid] for pid in tree if pid in cpu}
+
+
+def cpu_since(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(after[pid] - before.get(pid, 0.0) for pid in after)
+
+
+# -- servers ---------------------------------------------------------------------------------
+
+
+def raise_nofile() -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, hard), hard))
+
+
+def pxetwist_argv(lab: NetLab, wd: Path, root: Path, profile: Path | None) -> list[str]:
+    (wd / "data").mkdir()
+    config = wd / "pxe.yaml"
+    config.write_text(
+        f"""\
+interfaces: [{SRV_IF}]
+data_dir: {wd}/data
+dhcp:
+  mode: authoritative
+  subnets:
+    - network: {lab.subnet}
+      range: [{POOL[0]}, {POOL[1]}]
+      lease_time: 1h
+tftp: {{root: {root}}}
+http: {{root: {root}, port: {HTTP_PORT}}}
+boot: {{bios: bios.nbp, efi-x86_64: uefi.nbp}}
+policy: {{plugin_dirs: []}}
+"""
+    )
+    argv = [str(TWISTD), "-n", "--pidfile=", "-l", str(wd / "pxetwist.log")]
+    if profile is not None:
+        argv += ["--profile", str(profile), "--profiler", "cprofile", "--savestats"]
+    return [*argv, "pxe", "-c", str(config)]
+
+
+def reference_argv(lab: NetLab, wd: Path, root: Path) -> tuple[list[str], list[str]]:
+    (wd / "tmp").mkdir()
+    nginx = wd / "nginx.conf"
+    nginx.write_text(
+        f"""worker_processes 2;
+worker_rlimit_nofile 65536;
+pid {wd}/nginx.pid;
+error_log {wd}/nginx-error.log;
+events {{ worker_connections 16384; multi_accept on; }}
+http {{
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_requests 100000;
+  default_type application/octet-stream;
+  access_log off;
+  client_body_temp_path {wd}/tmp; proxy_temp_path {wd}/tmp;
+  fastcgi_temp_path {wd}/tmp; uwsgi_temp_path {wd}/tmp; scgi_temp_path {wd}/tmp;
+  server {{ listen {lab.srv_ip}:{HTTP_PORT} backlog=65535 reuseport; root {root}; }}
+}}
+"""
+    )
+    dnsmasq = wd / "dnsmasq.conf"
+    dnsmasq.write_text(
+        "\n".join(
+            [
+                "port=0",
+                f"interface={SRV_IF}",
+                "bind-interfaces",
+                "dhcp-authoritative",
+                "no-ping",
+                "quiet-dhcp",
+                "leasefile-ro",
+                "dhcp-lease-max=1000000",
+                f"dhcp-range={POOL[0]},{POOL[1]},{lab.subnet.netmask},1h",
+                f"log-facility={wd / 'dnsmasq.log'}",
+                "enable-tftp",
+                f"tftp-root={root}",
+                "tftp-max=10000",
+                "dhcp-match=set:efi64,option:client-arch,7",
+                "dhcp-boot=tag:efi64,uefi.nbp",
+                "dhcp-boot=tag:!efi64,bios.nbp",
+            ]
+        )
+        + "\n"
+    )
+    return (
+        ["nginx", "-p", str(wd), "-e", str(wd / "nginx-error.log"), "-c", str(nginx),
+         "-g", "daemon off;"],
+        ["dnsmasq", "--keep-in-foreground", f"--conf-file={dnsmasq}", "--user=root", "--pid-file="],
+    )  # fmt: skip
+
+
+class Servers:
+    """One server (pxetwist, or dnsmasq and nginx) for one run."""
+
+    def __init__(self, kind: str, lab: NetLab, wd: Path, root: Path, args: argparse.Namespace):
+        self.kind = kind
+        self.lab = lab
+        self.procs: list[subprocess.Popen[Any]] = []
+        pin = ["taskset", "-c", args.server_cpus] if args.server_cpus else []
+        err = open(wd / "server.err", "w")  # noqa: SIM115 - the lab closes it with the process
+        if kind == "pxetwist":
+            profile = Path(args.profile) / f"pxetwist-{wd.name}.prof" if args.profile else None
+            argvs = [pxetwist_argv(lab, wd, root, profile)]
+            kwargs: dict[str, Any] = {"cwd": str(REPO)}
+        else:
+            argvs = list(reference_argv(lab, wd, root))
+            kwargs = {"preexec_fn": raise_nofile}
+        for argv in argvs:
+            self.procs.append(
+                lab.spawn(lab.srv, [*pin, *argv], stdout=err, stderr=subprocess.STDOUT, **kwargs)
+            )
+        for proto, port in (("tcp", HTTP_PORT), ("udp", 69), ("udp", 67)):
+            lab.wait_port(lab.srv, proto, port, timeout=30)  # type: ignore[arg-type]
+        if kind == "pxetwist":
+            wait_workers(wd / "pxetwist.log", timeout=30)
+        time.sleep(0.5)
+        for proc in self.procs:
+            if proc.poll() is not None:
+                raise SystemExit(f"{kind} exited early: {(wd / 'server.err').read_text()}")
+
+    def cpu(self) -> dict[int, float]:
+        out: dict[int, float] = {}
+        for proc in self.procs:
+            out.update(tree_cpu(proc.pid))
+        return out
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            self.lab.stop(proc, grace=20)
+
+
+def wait_workers(log: Path, timeout: float) -> None:
+    """Transfer workers start after the port is bound and say when they are ready; wait for
+    them (bounded).  With one CPU (``--pin`` to one), ``workers: auto`` starts none."""
+    started_at = time.monotonic()
+    while time.monotonic() - started_at < timeout:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        started = re.search(r"tftp: (\d+) transfer worker processes", text)
+        if started is not None:
+            if len(re.findall(r"tftp: transfer worker \d+ ready", text)) >= int(started[1]):
+                return
+        elif time.monotonic() - started_at > 5:
+            return
+        time.sleep(0.1)
+    raise SystemExit("pxetwist's transfer workers did not start; see its log")
+
+
+# -- one storm -------------------------------------------------------------------------------
+
+
+def storm(kind: str, ramp: float, lab: NetLab, files: dict[str, Any], root: Path,
+          args: argparse.Namespace, index: int) -> dict[str, Any]:  # fmt: skip
+    wd = Path(tempfile.mkdtemp(prefix=f"storm-{kind.replace('+', '-')}-"))
+    wd.chmod(0o755)
+    servers = Servers(kind, lab, wd, root, args)
+    clients: list[tuple[subprocess.Popen[Any], Path]] = []
+    try:
+        start_at = time.time() + 1.0 + 0.2 * args.procs
+        per, extra = divmod(args.clients, args.procs)
+        first = 0
+        before = servers.cpu()
+        pin = ["taskset", "-c", args.client_cpus] if args.client_cpus else []
+        for k in range(args.procs):
+            count = per + (1 if k < extra else 0)
+            spec = {
+                "first": first, "count": count, "total": args.clients,
+                "giaddr": args.giaddrs[k], "server": lab.srv_ip, "tftp_port": 69,
+                "http_port": HTTP_PORT, "start_at": start_at, "ramp": ramp,
+                "deadline": args.deadline, "uefi_share": args.uefi_share,
+                "sample": args.sample, "files": files, "kernel": "vmlinuz",
+                "initrd": "initrd.img", "keepalive": args.keepalive,
+                "tftp_timeout": 2.0, "tftp_retries": 5,
+            }  # fmt: skip
+            first += count
+            (wd / f"spec{k}.json").write_text(json.dumps(spec))
+            out = wd / f"out{k}.json"
+            argv = [*pin, sys.executable, str(CLIENT), "--spec", str(wd / f"spec{k}.json"),
+                    "--out", str(out)]  # fmt: skip
+            with (wd / f"client{k}.err").open("w") as err:
+                clients.append((lab.spawn(lab.cli, argv, stderr=err), out))
+        limit = args.deadline + ramp + 60
+        for proc, _ in clients:
+            try:
+                proc.wait(max(1.0, start_at + limit - time.time()))
+            except subprocess.TimeoutExpired:
+                lab.stop(proc)
+        after = servers.cpu()
+    finally:
+        for proc, _ in clients:
+            lab.stop(proc)
+        servers.stop()
+    records: list[dict[str, Any]] = []
+    client_cpu = 0.0
+    for k, (_, out) in enumerate(clients):
+        if out.exists():
+            data = json.loads(out.read_text())
+            records += data["records"]
+            client_cpu += data["cpu"]
+        else:
+            err = (wd / f"client{k}.err").read_text(errors="replace")[-2000:]
+            print(f"client process {k} left no results:\n{err}", file=sys.stderr)
+    result = summarise(kind, ramp, records, cpu_since(before, after), client_cpu, args.clients)
+    result["run"] = index
+    if args.keep:
+        print(f"  kept {wd}", file=sys.stderr)
+    else:
+        shutil.rmtree(wd, ignore_errors=True)
+    return result
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summarise(kind: str, ramp: float, records: list[dict[str, Any]], server_cpu: float,
+              client_cpu: float, wanted: int) -> dict[str, Any]:  # fmt: skip
+    ok = [r for r in records if "end" in r]
+    failures = Counter(f"{r['failed'][0]}: {r['failed'][1]}" for r in records if "failed" in r)
+    missing = wanted - len(records)
+    if missing:
+        failures["client: no record"] += missing
+    boot = [r["end"] - r["start"] for r in ok]
+    stages = {
+        "dhcp": [r["ack"] - r["start"] for r in ok],
+        "tftp": [r["nbp"] - r["ack"] for r in ok],
+        "http": [r["end"] - r["nbp"] for r in ok],
+    }
+    starts = [r["start"] for r in records if "start" in r]
+    return {
+        "server": kind,
+        "ramp": ramp,
+        "booted": len(ok),
+        "failed": sum(failures.values()),
+        "failures": dict(failures),
+        "total": (max(r["end"] for r in ok) - min(starts)) if ok and starts else float("nan"),
+        "p50": percentile(boot, 0.5),
+        "p95": percentile(boot, 0.95),
+        "max": max(boot) if boot else float("nan"),
+        "stages": {k: statistics.median(v) if v else float("nan") for k, v in stages.items()},
+        "dhcp_retransmits": sum(r.get("dhcp_retransmits", 0) for r in records),
+        "tftp_retransmits": sum(r.get("tftp_retransmits", 0) for r in records),
+        "sampled": sum(1 for r in ok if r.get("sampled")),
+        "server_cpu": server_cpu,
+        "cpu_per_boot_ms": 1000 * server_cpu / max(1, len(ok)),
+        "client_cpu": client_cpu,
+    }
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def med(runs: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def table(results: dict[tuple[str, float], list[dict[str, Any]]], kinds: list[str]) -> str:
+    lines = [
+        "| ramp | server | booted | failures | total s | p50 s | p95 s | max s | DHCP / TFTP / "
+        "HTTP s (p50) | retrans. DHCP / TFTP | server CPU s | CPU ms/boot | client CPU s "
+        "| total vs ref | CPU/boot vs ref |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (kind, ramp), runs in results.items():
+        ref = results.get((REFERENCE, ramp))
+        stages = " / ".join(
+            f"{statistics.median(r['stages'][s] for r in runs):.2f}"
+            for s in ("dhcp", "tftp", "http")
+        )
+        fails: Counter[str] = Counter()
+        for r in runs:
+            fails.update(r["failures"])
+        fail_text = "; ".join(f"{k} x{v}" for k, v in fails.most_common()) or "0"
+
+        def ratio(
+            key: str,
+            runs: list[dict[str, Any]] = runs,
+            ref: list[dict[str, Any]] | None = ref,
+            kind: str = kind,
+        ) -> str:
+            if ref is None or kind == REFERENCE or not med(ref, key):
+                return "-"
+            return f"{med(runs, key) / med(ref, key):.2f}"
+
+        lines.append(
+            f"| {ramp:g} | {kind} | {'/'.join(str(r['booted']) for r in runs)} | {fail_text} "
+            f"| {med(runs, 'total'):.2f} | {med(runs, 'p50'):.2f} | {med(runs, 'p95'):.2f} "
+            f"| {med(runs, 'max'):.2f} | {stages} | {med(runs, 'dhcp_retransmits'):.0f} / "
+            f"{med(runs, 'tftp_retransmits'):.0f} | {med(runs, 'server_cpu'):.2f} "
+            f"| {med(runs, 'cpu_per_boot_ms'):.2f} | {med(runs, 'client_cpu'):.2f} "
+            f"| {ratio('total')} | {ratio('cpu_per_boot_ms')} |"
+        )
+    return "\n".join(lines)
+
+
+def write_file(path: Path, size: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("wb") as f:
+        left = size
+        while left:
+            chunk = os.urandom(min(left, 1 << 20))
+            f.write(chunk)
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=500, help="machines per storm")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per server and ramp")
+    parser.add_argument("--ramps", default="0", help="start spreads in s, e.g. 0,5,30")
+    parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--procs", type=int, default=2, help="client processes (1-20)")
+    parser.add_argument("--pin", help="servers:clients CPU lists for taskset, e.g. 0:1")
+    parser.add_argument("--uefi-share", type=float, default=0.5, help="share of UEFI machines")
+    parser.add_argument("--sample", type=int, default=10, help="every n-th machine: SHA-256")
+    parser.add_argument("--nbp-kib", type=int, default=1024)
+    parser.add_argument("--kernel-mib", type=int, default=32)
+    parser.add_argument("--initrd-mib", type=int, default=8)
+    parser.add_argument(
+        "--keepalive", action="store_true", help="both HTTP files on one connection"
+    )
+    parser.add_argument("--deadline", type=float, default=300, help="s per storm after the ramp")
+    parser.add_argument("--profile", help="cProfile each pxetwist run (twistd --profile) into DIR")
+    parser.add_argument("--json", help="write every run's summary here")
+    parser.add_argument("--keep", action="store_true", help="keep each run's work directory")
+    args = parser.parse_args()
+    kinds = [k for k in args.servers.split(",") if k]
+    for kind in kinds:
+        if kind not in SERVERS:
+            parser.error(f"unknown server {kind}; known: {', '.join(SERVERS)}")
+    if not 1 <= args.procs <= 20 or not 1 <= args.clients <= 60000:
+        parser.error("--procs 1..20, --clients 1..60000")
+    if not 0 < args.deadline <= 3600:
+        parser.error("--deadline 1..3600")
+    ramps = [float(x) for x in args.ramps.split(",") if x]
+    if any(not 0 <= r <= 600 for r in ramps):
+        parser.error("ramps 0..600 s")
+    if os.geteuid() != 0:
+        parser.error("run as root: the lab builds network namespaces")
+    args.server_cpus, _, args.client_cpus = (args.pin or "").partition(":")
+    if args.server_cpus and not args.client_cpus:
+        args.client_cpus = args.server_cpus
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+
+    ram = Path("/dev/shm")
+    root = Path(tempfile.mkdtemp(prefix="storm-root-", dir=ram if ram.is_dir() else None))
+    root.chmod(0o755)
+    sizes = {
+        "bios.nbp": args.nbp_kib << 10,
+        "uefi.nbp": (args.nbp_kib << 10) + 4321,
+        "vmlinuz": args.kernel_mib << 20,
+        "initrd.img": args.initrd_mib << 20,
+    }
+    files = {name: (size, write_file(root / name, size)) for name, size in sizes.items()}
+    results: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    all_runs: list[dict[str, Any]] = []
+    started = time.monotonic()
+    try:
+        with NetLab(clients=0) as lab:
+            # one giaddr per client process: extra addresses on the client side of the lab
+            base = ipaddress.IPv4Address(lab.cli_ip)
+            args.giaddrs = [lab.cli_ip] + [str(base + 8 + k) for k in range(1, args.procs)]
+            for address in args.giaddrs[1:]:
+                lab.run(lab.cli, ["ip", "addr", "add", f"{address}/{lab.prefixlen}", "dev", "br0"],
+                        check=True)  # fmt: skip
+            for ramp in ramps:
+                for i in range(args.repeats):
+                    order = kinds if i % 2 == 0 else kinds[::-1]
+                    for kind in order:
+                        r = storm(kind, ramp, lab, files, root, args, i)
+                        results.setdefault((kind, ramp), []).append(r)
+                        all_runs.append(r)
+                        print(
+                            f"{kind:14s} ramp={ramp:g} run={i}: booted {r['booted']}/"
+                            f"{args.clients} total {r['total']:.2f}s p50 {r['p50']:.2f}s p95 "
+                            f"{r['p95']:.2f}s server CPU {r['server_cpu']:.2f}s "
+                            f"({r['cpu_per_boot_ms']:.2f} ms/boot) client CPU "
+                            f"{r['client_cpu']:.2f}s failures {r['failures'] or 0}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    ordered = {k: results[k] for k in sorted(results, key=lambda k: (k[1], kinds.index(k[0])))}
+    print(
+        f"\n{' '.join(sys.argv)}  ({time.monotonic() - started:.0f} s, {args.clients} machines, "
+        f"NBP {args.nbp_kib} KiB, kernel {args.kernel_mib} MiB, initrd {args.initrd_mib} MiB, "
+        f"{'pinned ' + args.pin if args.pin else 'not pinned'}, median of {args.repeats})\n"
+    )
+    print(table(ordered, kinds))
+    if args.json:
+        Path(args.json).write_text(json.dumps(all_runs, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
