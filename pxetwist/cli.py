@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pxetwist import explain
 from pxetwist.api import commands as api_commands
 from pxetwist.api.client import add_remote_arguments
+from pxetwist.db import cli as db_cli
 from pxetwist.sessions import cli as sessions_cli
 
 
@@ -51,7 +52,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     reload_parser.add_argument("--config", "-c", help="the server's YAML config (for data_dir)")
     add_remote_arguments(reload_parser)
+    db_parser = commands.add_parser(
+        "db",
+        help="the shared PostgreSQL database: `pxetwist db upgrade` migrates its schema",
+        description=db_cli.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    db_cli.add_arguments(db_parser)
     args = parser.parse_args(argv)
+    if args.command == "db":
+        return db_cli.run(args)
     if args.command == "explain":
         return explain.run(args)
     if args.command == "sessions":

@@ -17,6 +17,7 @@ TEST_PKGS=(
   busybox-static udhcpc isc-dhcp-client dhcpcd-base       # real DHCP clients (static busybox: e2e initrd)
   curl tftp-hpa atftp atftpd                              # real TFTP/HTTP clients, atftpd reference
   dnsmasq-base kea-dhcp4-server kea-admin kea-common nginx  # reference servers, perfdhcp
+  postgresql-15                                           # shared lease database (throw-away clusters)
   qemu-system-x86 ipxe-qemu seabios ovmf                  # real firmware
   qemu-system-arm qemu-efi-aarch64 u-boot-qemu            # ARM64 firmware: AAVMF, U-Boot
   ipxe pxelinux syslinux-common grub-efi-amd64-signed shim-signed

@@ -318,7 +318,18 @@ class DhcpEngine:
         The one place a reply is encoded, so ``pxetwist explain`` shows the very bytes the
         server sends.  A reply that cannot be encoded at all is reported and not sent.
         """
-        outcome = self._decide(exchange, now)
+        return self._encoded(exchange, self._decide(exchange, now), now)
+
+    def claim_lost(self, exchange: Exchange, now: float) -> Outcome:
+        """The shared lease database gave the address of this REQUEST to another server's
+        client first (issue 15): a NAK, so that the client starts again with a DISCOVER."""
+        self.leases.forget_offer(
+            exchange.incoming.packet.client_id, exchange.incoming.packet.mac, now
+        )
+        outcome = self._nak(exchange.incoming, "address taken by another server")
+        return self._encoded(exchange, attrs.evolve(outcome, durable=()), now)
+
+    def _encoded(self, exchange: Exchange, outcome: Outcome, now: float) -> Outcome:
         datagrams: list[Datagram] = []
         dropped: tuple[int, ...] = ()
         for reply in outcome.replies:

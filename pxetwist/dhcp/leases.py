@@ -556,6 +556,31 @@ class LeaseTable:
                 if lease.state is LeaseState.OFFERED and lease.expires > now:
                     self._put(state, a, attrs.evolve(lease, expires=now), persist=False)
 
+    def adopt(self, lease: Lease, now: float) -> None:
+        """Take in a record another server stored in a shared lease database (issue 15).
+
+        Never persisted again (it is in the database already). A BOUND record wins its address
+        over a local offer and takes its client's other records in the pool away (the client
+        moved to the other server); a removal drops the local record unless it is an offer
+        still held here. Records for addresses outside every pool are ignored.
+        """
+        self._latest_now = max(self._latest_now, now)
+        a = int(lease.address)
+        state = self._pool_of(a)
+        if state is None:
+            return
+        held = state.leases.get(a)
+        if lease.is_removal:
+            if held is not None and not (held.state is LeaseState.OFFERED and held.expires > now):
+                self._remove(state, a, now, persist=False)
+            return
+        if lease.network != state.network:
+            lease = attrs.evolve(lease, network=state.network)
+        if lease.state is LeaseState.BOUND:
+            for other in self._others(state, a, lease.client_id, lease.mac):
+                self._remove(state, other, now, persist=False)
+        self._put(state, a, lease, persist=False)
+
     def take_changes(self) -> list[Lease]:
         """What must be persisted since the last call, oldest change first.
 
@@ -746,7 +771,7 @@ class LeaseTable:
             self._changes.pop(address, None)
             self._changes[address] = lease
 
-    def _remove(self, state: _PoolState, address: int, now: float) -> None:
+    def _remove(self, state: _PoolState, address: int, now: float, *, persist: bool = True) -> None:
         old = state.leases.pop(address, None)
         if old is None:
             return
@@ -755,7 +780,8 @@ class LeaseTable:
         state.unknown.pop(address, None)
         self._push(state, now, address)
         self._changes.pop(address, None)
-        self._changes[address] = removal(old.address, state.network, now)
+        if persist:
+            self._changes[address] = removal(old.address, state.network, now)
 
     def _unindex(self, state: _PoolState, address: int, lease: Lease) -> None:
         if lease.client_id is not None and state.by_client_id.get(lease.client_id) == address:

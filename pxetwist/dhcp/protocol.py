@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from pxetwist.dhcp.engine import DhcpEngine
 from pxetwist.dhcp.exchange import Datagram, Exchange, Interface, Outcome
+from pxetwist.dhcp.pgstore import AddressClaimed, StoreUnavailable
 from pxetwist.dhcp.store import ILeaseStore
 from pxetwist.events import BootEventBus
 from pxetwist.events import Outcome as EventOutcome
@@ -87,7 +88,7 @@ class DhcpEndpoint:
             return
         request = received.request
         if request is None:
-            self._finish(self.engine.answer(received, now))
+            self._finish(self.engine.answer(received, now), received)
             return
         # The DHCP event of every packet names the policy and its decision; the chain need not
         # log it a second time.
@@ -98,12 +99,14 @@ class DhcpEndpoint:
             )
             return
         try:
-            self._finish(self.engine.answer(received.decided(decision), now))
+            exchange = received.decided(decision)
+            self._finish(self.engine.answer(exchange, now), exchange)
         except Exception:
             self._unexpected(Failure(), received)
 
     def _decided_later(self, decision: BootDecision | None, exchange: Exchange) -> None:
-        self._finish(self.engine.answer(exchange.decided(decision), self.clock.seconds()))
+        decided = exchange.decided(decision)
+        self._finish(self.engine.answer(decided, self.clock.seconds()), decided)
 
     def _unexpected(self, failure: Failure, exchange: Exchange) -> None:
         log.failure(
@@ -112,12 +115,15 @@ class DhcpEndpoint:
             peer=f"{exchange.incoming.source[0]}:{exchange.incoming.source[1]}",
         )
 
-    def _finish(self, outcome: Outcome) -> None:
+    def _finish(self, outcome: Outcome, exchange: Exchange | None = None) -> None:
         for seen_request, address in outcome.seen:
             self.sightings.record(seen_request, address)
         if outcome.durable and self.store is not None:
             self.store.write(outcome.durable).addCallbacks(
-                self._deliver, self._not_stored, callbackArgs=(outcome,), errbackArgs=(outcome,)
+                self._deliver,
+                self._not_stored,
+                callbackArgs=(outcome,),
+                errbackArgs=(outcome, exchange),
             )
         else:
             self._deliver(None, outcome)
@@ -132,9 +138,24 @@ class DhcpEndpoint:
             else:
                 self._send(datagram)
 
-    def _not_stored(self, failure: Failure, outcome: Outcome) -> None:
+    def _not_stored(
+        self, failure: Failure, outcome: Outcome, exchange: Exchange | None = None
+    ) -> None:
+        if failure.check(AddressClaimed) and exchange is not None:
+            # Another server's lease won the address in the shared database: NAK, and the
+            # client starts again (issue 15; RFC 2131 §4.3.2).
+            self._deliver(None, self.engine.claim_lost(exchange, self.clock.seconds()))
+            return
+        if failure.check(StoreUnavailable):
+            # The store logs each change of its state once; nothing per packet here.
+            self._deliver(None, self._withheld(outcome))
+            return
         if self._may_log("store"):
             log.failure("lease not stored; replies withheld until the store works", failure)
+        self._deliver(None, self._withheld(outcome))
+
+    @staticmethod
+    def _withheld(outcome: Outcome) -> Outcome:
         event = outcome.event
         if event is not None:
             event = attrs.evolve(
@@ -142,7 +163,7 @@ class DhcpEndpoint:
                 outcome=EventOutcome.FAILED,
                 details={**event.details, "reply": "none", "reason": "lease not stored"},
             )
-        self._deliver(None, Outcome(outcome.verdict, "lease not stored", event=event))
+        return Outcome(outcome.verdict, "lease not stored", event=event)
 
     def _may_log(self, kind: str) -> bool:
         now = self.clock.seconds()

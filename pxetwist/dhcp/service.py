@@ -11,7 +11,8 @@ from twisted.logger import Logger
 from pxetwist.config.model import Config, DhcpMode
 from pxetwist.context import IServerReactor, ServerContext, Settings
 from pxetwist.dhcp.engine import PXE_PORT, SERVER_PORT, DhcpEngine, Interface, pools_for
-from pxetwist.dhcp.leases import LeaseTable
+from pxetwist.dhcp.leases import Lease, LeaseTable
+from pxetwist.dhcp.pgstore import ISharedLeaseStore
 from pxetwist.dhcp.protocol import DhcpEndpoint
 from pxetwist.dhcp.sockets import DatagramReader, open_udp_socket
 from pxetwist.dhcp.store import ILeaseStore, IStoreReactor, open_lease_store
@@ -163,12 +164,20 @@ class DhcpService(Service):
             self.table.restore(leases, self.reactor.seconds())
             for endpoint in self.endpoints:
                 endpoint.store = self.store
+            if ISharedLeaseStore.providedBy(self.store):
+                self.store.watch(self._adopt)  # type: ignore[attr-defined]
             log.info(
                 "loaded {count} leases from {url}", count=len(leases), url=config.lease_store_url
             )
         super().startService()
         for reader in self.readers:
             self.reactor.addReader(reader)
+
+    def _adopt(self, leases: list[Lease]) -> None:
+        """Leases other servers stored in the shared database: into the table (issue 15)."""
+        now = self.reactor.seconds()
+        for lease in leases:
+            self.table.adopt(lease, now)
 
     def stopService(self) -> Any:
         super().stopService()

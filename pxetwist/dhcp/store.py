@@ -21,7 +21,7 @@ Durability (``synchronous``), SQLite in WAL mode:
   the clients down too.
 
 ``memory:`` (:class:`MemoryLeaseStore`) keeps nothing across restarts: tests and demos only.
-A shared PostgreSQL store for several servers can implement the same interface later.
+Several servers share :class:`~pxetwist.dhcp.pgstore.PostgresLeaseStore` (``postgresql://``).
 """
 
 from __future__ import annotations
@@ -432,7 +432,8 @@ def open_lease_store(url: str, reactor: IStoreReactor) -> ILeaseStore:
       relative to the working directory), optionally ``?synchronous=normal``; parent
       directories are created.
     * ``memory:``: nothing survives a restart.
-    * ``postgresql://...``: reserved for a shared store, not implemented yet.
+    * ``postgresql://user@host/database`` (any libpq URL): the store several servers share
+      (:mod:`pxetwist.dhcp.pgstore`); the database decides who gets an address.
     """
     scheme, colon, rest = url.partition(":")
     scheme = scheme.strip().lower()
@@ -444,9 +445,13 @@ def open_lease_store(url: str, reactor: IStoreReactor) -> ILeaseStore:
         return MemoryLeaseStore()
     if scheme in ("postgresql", "postgres"):
         # Never echo the URL: it may carry a password.
-        raise ValueError(
-            "PostgreSQL lease stores are not implemented yet; use sqlite:/path/leases.sqlite"
-        )
+        try:
+            from pxetwist.dhcp.pgstore import PostgresLeaseStore
+        except ImportError as error:  # pragma: no cover - depends on the install
+            raise ValueError(
+                "a postgresql:// lease store needs psycopg 3: pip install 'pxetwist[postgresql]'"
+            ) from error
+        return PostgresLeaseStore(url, reactor)
     if scheme != "sqlite":
         raise ValueError(
             f"unknown lease store {scheme!r}: use sqlite:/path/leases.sqlite or memory:"

@@ -136,3 +136,54 @@ class UnlimitedTests(EndpointCase):
             self.discover(n)
         self.clock.advance(2.0)
         self.assertEqual(len(self.lines_logged()), 20)
+
+
+class _SharedStoreLosing(MemoryLeaseStore):
+    """A shared store whose claims fail as the database would decide (issue 15)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def write(self, changes: Any) -> Any:
+        from twisted.internet.defer import fail
+
+        return fail(self.error)
+
+
+class SharedStoreTests(EndpointCase):
+    """A REQUEST whose address another server claimed first gets a NAK; with the database
+    unreachable nothing is sent (no ACK without a committed lease)."""
+
+    def request(self) -> None:
+        packet = DhcpPacket(
+            xid=77,
+            chaddr=bytes.fromhex("525400000009"),
+            options=[
+                (OptionCode.MESSAGE_TYPE, bytes((MessageType.REQUEST,))),
+                (OptionCode.REQUESTED_IP, IPv4Address("10.9.1.5").packed),
+            ],
+        )
+        self.endpoint.datagram_received(encode(packet), ("0.0.0.0", 68), None)
+
+    def sent_types(self) -> list[MessageType | None]:
+        from pxetwist.dhcp.packet import decode
+
+        return [decode(data).message_type for data, _ in self.socket.sent]
+
+    def test_claim_lost_is_a_nak(self) -> None:
+        from pxetwist.dhcp.pgstore import AddressClaimed
+
+        self.endpoint.store = _SharedStoreLosing(AddressClaimed("10.9.1.5"))
+        self.request()
+        self.assertEqual(self.sent_types(), [MessageType.NAK])
+        self.assertIn(b"another server", self.socket.sent[0][0])
+
+    def test_database_unreachable_sends_nothing(self) -> None:
+        from pxetwist.dhcp.pgstore import StoreUnavailable
+
+        self.endpoint.store = _SharedStoreLosing(StoreUnavailable("down"))
+        self.request()
+        self.request()
+        self.assertEqual(self.sent_types(), [])
+        self.assertEqual(self.events[-1].details.get("reason"), "lease not stored")

@@ -422,10 +422,12 @@ class OpenLeaseStoreTests(TestCase):
         assert isinstance(store, SQLiteLeaseStore)
         self.assertEqual((store.path, store.synchronous), (path, "NORMAL"))
 
-    def test_postgresql_is_not_there_yet(self) -> None:
+    def test_postgresql_unreachable_is_a_clear_error_without_the_password(self) -> None:
         with self.assertRaises(ValueError) as caught:
-            open_lease_store("postgresql://dhcp:s3cret@db.example/leases", reactor)
-        self.assertIn("not implemented yet", str(caught.exception))
+            open_lease_store(
+                "postgresql://dhcp:s3cret@/leases?host=/nonexistent-pxetwist-socket", reactor
+            )
+        self.assertIn("cannot use the lease database", str(caught.exception))
         self.assertNotIn("s3cret", str(caught.exception))
 
     def test_bad_urls(self) -> None:
