@@ -33,6 +33,9 @@ class NoSessions:
     def stuck(self) -> Sequence[dict[str, Any]]:
         return []
 
+    def latest(self, limit: int) -> Sequence[dict[str, Any]]:
+        return []
+
 
 @implementer(ISessionView)
 class RecorderSessions:
@@ -69,17 +72,24 @@ class RecorderSessions:
         )
         return stored.addCallback(merge)
 
-    def stuck(self) -> Sequence[dict[str, Any]]:
+    def _latest(self) -> list[Session]:
         registry = self.recorder.registry
         if registry is None:
             return []
-        latest: dict[MacAddress, Any] = {}
+        latest: dict[MacAddress, Session] = {}
         for session in registry.sessions():
             if session.mac not in latest:  # newest first: the machine's current attempt
                 latest[session.mac] = session
-        stuck = [s for s in latest.values() if s.state.value == "stuck"]
+        return list(latest.values())
+
+    def stuck(self) -> Sequence[dict[str, Any]]:
+        stuck = [s for s in self._latest() if s.state.value == "stuck"]
         stuck.sort(key=lambda session: session.updated)
         return [session.as_json() for session in stuck]
+
+    def latest(self, limit: int) -> Sequence[dict[str, Any]]:
+        found = sorted(self._latest(), key=lambda session: session.updated, reverse=True)
+        return [session.as_json() for session in found[:limit]]
 
 
 def _reset_in_store(recorder: SessionRecorder, mac: MacAddress) -> UsedBoot | None:

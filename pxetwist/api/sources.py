@@ -56,6 +56,9 @@ class ISessionView(Interface):
     def stuck() -> Sequence[dict[str, Any]]:
         """Sessions now marked stuck, longest stuck first."""
 
+    def latest(limit: int) -> Sequence[dict[str, Any]]:
+        """Each machine's latest session (from memory: cheap enough to poll), newest first."""
+
 
 class IBootOnce(Interface):
     """Boot-once state (issue 13): a machine netboots once, then boots locally until reset."""

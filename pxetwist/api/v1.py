@@ -59,6 +59,23 @@ def lease_json(lease: Lease, now: float) -> dict[str, object]:
     }
 
 
+def _without_events(session: dict[str, Any]) -> dict[str, Any]:
+    """A session without its event list, but with its last event (what it is doing now)."""
+    events = session.get("events") or []
+    light = {key: value for key, value in session.items() if key != "events"}
+    light["last_event"] = events[-1] if events else None
+    return light
+
+
+def _bool_param(request: ApiRequest, name: str, default: bool) -> bool:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return default
+    if text not in ("true", "false"):
+        raise ApiError(400, f"{text!r} is not true or false", name)
+    return text == "true"
+
+
 def _int_param(request: ApiRequest, name: str, default: int, low: int, high: int) -> int:
     text = request.query.get(name)
     if text is None or text == "":
@@ -146,16 +163,14 @@ class V1:
             except ValueError:
                 raise ApiError(400, f"{query['subnet']!r} is not a network", "subnet") from None
         limit = _int_param(request, "limit", 1_000_000, 1, 1_000_000)
-        active = query.get("active")
-        if active not in (None, "", "true", "false"):
-            raise ApiError(400, f"{active!r} is not true or false", "active")
+        active = _bool_param(request, "active", False) if query.get("active") else None
         found = [
             lease_json(lease, now)
             for lease in view.leases()
             if (mac is None or lease.mac == mac)
             and (state is None or lease.state is state)
             and (network is None or lease.address in network)
-            and (not active or lease.is_active(now) == (active == "true"))
+            and (active is None or lease.is_active(now) == active)
         ]
         found.sort(key=lambda item: IPv4Address(str(item["address"])))
         return Reply(200, found[:limit])
@@ -200,11 +215,20 @@ class V1:
                 400, f"{state!r} is not one of in-progress, booted, stuck, failed", "state"
             )
 
-        def chosen(found: Sequence[dict[str, Any]]) -> Reply:
-            if state is None:
-                return Reply(200, list(found))
-            return Reply(200, [s for s in found if s.get("state") == state][:limit])
+        latest = _bool_param(request, "latest", False)
+        events = _bool_param(request, "events", True)
 
+        def chosen(found: Sequence[dict[str, Any]]) -> Reply:
+            if state is not None:
+                found = [s for s in found if s.get("state") == state][:limit]
+            if not events:
+                found = [_without_events(s) for s in found]
+            return Reply(200, list(found))
+
+        if latest:
+            if mac is not None:
+                raise ApiError(400, "latest lists every machine; ask /sessions/MAC", "latest")
+            return succeed(chosen(self.context.sessions.latest(limit if state is None else 10**6)))
         return self._sessions(mac, limit if state is None else 10000).addCallback(chosen)
 
     def machine_sessions(self, request: ApiRequest) -> Deferred[Reply]:

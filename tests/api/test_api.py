@@ -310,11 +310,20 @@ class LeaseAndSessionTests(ApiTestCase):
         self.assertEqual([s["mac"] for s in body], [a])
         status, body, _ = yield self.call("GET", "/api/v1/sessions", params={"state": "booted"})
         self.assertEqual([s["mac"] for s in body], [b])
+        status, body, _ = yield self.call(
+            "GET", "/api/v1/sessions", params={"latest": "true", "events": "false"}
+        )
+        self.assertEqual([(s["mac"], s["state"]) for s in body], [(b, "booted"), (a, "stuck")])
+        self.assertNotIn("events", body[0])
+        self.assertEqual(body[0]["last_event"]["stage"], "os-up")
         for params, field in (
             ({"limit": "0"}, "limit"),
             ({"limit": "x"}, "limit"),
             ({"state": "asleep"}, "state"),
             ({"mac": "q"}, "mac"),
+            ({"latest": "yes"}, "latest"),
+            ({"events": "0"}, "events"),
+            ({"latest": "true", "mac": a}, "latest"),
         ):
             status, body, _ = yield self.call("GET", "/api/v1/sessions", params=params)
             self.assertEqual((status, body["field"]), (400, field))

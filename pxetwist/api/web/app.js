@@ -80,7 +80,7 @@ function badge(state) {
 
 function resultText(session) {
   if (!session) return "never seen";
-  const last = session.events && session.events[session.events.length - 1];
+  const last = session.last_event || (session.events && session.events[session.events.length - 1]);
   if (session.state === "booted") {
     const secs = session.seconds !== undefined ? session.seconds : session.updated - session.started;
     return "booted in " + duration(secs);
@@ -221,7 +221,7 @@ async function explain(event) {
 async function refresh() {
   try {
     const [health, machines, sessions, pools, leases] = await Promise.all([
-      api("/api/v1/health"), api("/api/v1/machines"), api("/api/v1/sessions?limit=500"),
+      api("/api/v1/health"), api("/api/v1/machines"), api("/api/v1/sessions?latest=true&events=false&limit=5000"),
       api("/api/v1/pools"), api("/api/v1/leases?active=true&limit=200")]);
     $("health").textContent = "v" + health.version + " · dhcp " + health.dhcp_mode + " · chain "
       + health.policy_chain.join(" → ") + " · up " + duration(health.uptime_seconds);
