@@ -17,8 +17,9 @@ from twisted.web.server import Site
 from pxetwist.api import dashboard
 from pxetwist.api.leaseview import TableLeaseView
 from pxetwist.api.metricsweb import MetricsResource
+from pxetwist.api.nfsview import NfsExports
 from pxetwist.api.router import Router
-from pxetwist.api.sessionview import NfsExports, NoSessions, RecorderBootOnce, RecorderSessions
+from pxetwist.api.sessionview import NoSessions, RecorderBootOnce, RecorderSessions
 from pxetwist.api.tokens import TokenSet
 from pxetwist.api.v1 import V1, ApiContext
 from pxetwist.config import Config, ConfigError

@@ -426,7 +426,7 @@ class NfsExportTests(ApiTestCase):
         from pathlib import Path
         from types import SimpleNamespace
 
-        from pxetwist.api.sessionview import NfsExports
+        from pxetwist.api.nfsview import NfsExports
         from pxetwist.nfs.render import ExportGrant
         from pxetwist.policy.decision import NfsAccess
 
