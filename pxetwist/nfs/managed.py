@@ -12,9 +12,10 @@ Three processes, started in this order and supervised as one (nfs-notes has why 
 3. ``ganesha.nfsd -F`` with the ``ganesha.conf`` pxetwist writes, holding every export granted
    at that moment, so a restarted Ganesha comes back with its exports.
 
-If any of them exits, the others are stopped and all three started again after a back-off (1 s
-doubling to 30 s, back to 1 s once a start has stayed up a minute).  :meth:`stop` stops every
-process by PID: SIGTERM, then SIGKILL after a grace (Ganesha needs 2-3 s).
+If any of them exits, the others are stopped and all three started again: at once the first
+time, then after a back-off (1 s doubling to 30 s; back to "at once" after a minute up).
+:meth:`stop` stops every process by PID: SIGTERM, then SIGKILL after a grace (Ganesha needs
+2-3 s).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ log = Logger()
 
 STOP_GRACE = 8.0  # seconds between SIGTERM and SIGKILL
 READY_TIMEOUT = 45.0  # seconds for Ganesha to answer on the bus after it is started
-BACKOFF_FIRST = 1.0
+BACKOFF_FIRST = 0.0  # a crash after a stable run: start again at once (roots hang meanwhile)
+BACKOFF_MIN = 1.0  # then 1 s, doubling
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0  # seconds up after which the back-off starts again from BACKOFF_FIRST
 
@@ -283,7 +285,7 @@ class ManagedGanesha:
         if self.reactor.seconds() - self._started_at >= STABLE_AFTER:
             self._backoff = BACKOFF_FIRST
         delay = self._backoff
-        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        self._backoff = min(max(self._backoff * 2, BACKOFF_MIN), BACKOFF_MAX)
         log.warn("nfs: starting Ganesha again in {delay:.0f} s", delay=delay)
 
         def again() -> None:
