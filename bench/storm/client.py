@@ -370,6 +370,7 @@ class Machine:
                 next_server = opts[66].decode(errors="replace").strip("\0")
             if next_server != spec["server"]:
                 raise Failed("dhcp", f"next server {next_server} is not the lab server")
+            address = socket.inet_ntoa(ack[16:20])  # yiaddr: from now on the machine's own
             name = boot.split(b"\0", 1)[0].decode(errors="replace").lstrip("/")
             if name not in spec["files"]:
                 raise Failed("dhcp", f"unexpected boot file {name!r}")
@@ -380,7 +381,7 @@ class Machine:
             request = b"\0\1" + name.encode() + b"\0octet\0blksize\0001468\0tsize\0000\0"
             transport, tftp = await loop.create_datagram_endpoint(
                 lambda: TftpDownload(request, 512, hasher, done),
-                local_addr=(spec["giaddr"], 0),
+                local_addr=(address, 0),
             )
             self.procs.tftp.add(tftp)
             try:
@@ -401,7 +402,7 @@ class Machine:
                         proto.transport.close()
                     _, proto = await loop.create_connection(
                         HttpGet, spec["server"], spec["http_port"],
-                        local_addr=(spec["giaddr"], 0),
+                        local_addr=(address, 0),
                     )  # fmt: skip
                 hasher = self.hasher()
                 size = await proto.get("/" + path, spec["server"], hasher, spec["keepalive"])

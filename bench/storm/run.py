@@ -59,7 +59,12 @@ from pxetwist.lab import SRV_IF, NetLab  # noqa: E402
 
 SERVERS = ("pxetwist", "dnsmasq+nginx")
 REFERENCE = "dnsmasq+nginx"
-POOL = ("10.77.1.0", "10.77.254.254")
+#: The machines' network, behind a relay: the server reaches it through the client namespace
+#: (a route via its address), where the whole network is local (``ip route add local``), so
+#: every machine's TFTP and HTTP come from its own leased address and the server's neighbour
+#: table holds one entry, the relay's, as in a routed data centre.
+RELAY_NET = ipaddress.IPv4Network("10.79.0.0/16")
+POOL = ("10.79.1.0", "10.79.254.254")
 HTTP_PORT = 8080
 TWISTD = REPO / ".venv" / "bin" / "twistd"
 CLIENT = Path(__file__).resolve().with_name("client.py")
@@ -125,7 +130,7 @@ data_dir: {wd}/data
 dhcp:
   mode: authoritative
   subnets:
-    - network: {lab.subnet}
+    - network: {RELAY_NET}
       range: [{POOL[0]}, {POOL[1]}]
       lease_time: 1h
 tftp: {{root: {root}}}
@@ -172,7 +177,7 @@ http {{
                 "quiet-dhcp",
                 "leasefile-ro",
                 "dhcp-lease-max=1000000",
-                f"dhcp-range={POOL[0]},{POOL[1]},{lab.subnet.netmask},1h",
+                f"dhcp-range={POOL[0]},{POOL[1]},{RELAY_NET.netmask},1h",
                 f"log-facility={wd / 'dnsmasq.log'}",
                 "enable-tftp",
                 f"tftp-root={root}",
@@ -464,12 +469,12 @@ def main() -> int:
     started = time.monotonic()
     try:
         with NetLab(clients=0) as lab:
-            # one giaddr per client process: extra addresses on the client side of the lab
-            base = ipaddress.IPv4Address(lab.cli_ip)
-            args.giaddrs = [lab.cli_ip] + [str(base + 8 + k) for k in range(1, args.procs)]
-            for address in args.giaddrs[1:]:
-                lab.run(lab.cli, ["ip", "addr", "add", f"{address}/{lab.prefixlen}", "dev", "br0"],
-                        check=True)  # fmt: skip
+            # one relay address (giaddr) per client process, on the machines' network
+            args.giaddrs = [str(RELAY_NET.network_address + 1 + k) for k in range(args.procs)]
+            lab.run(lab.cli, ["ip", "route", "add", "local", str(RELAY_NET), "dev", "lo"],
+                    check=True)  # fmt: skip
+            lab.run(lab.srv, ["ip", "route", "add", str(RELAY_NET), "via", lab.cli_ip],
+                    check=True)  # fmt: skip
             for ramp in ramps:
                 for i in range(args.repeats):
                     order = kinds if i % 2 == 0 else kinds[::-1]
