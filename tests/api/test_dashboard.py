@@ -252,6 +252,24 @@ class DashboardBrowserTests(ApiTestCase):
         self.assertEqual(states, ["stuck", "in-progress", "booted"])
         banner = yield self.in_browser(lambda: driver.find_element(By.ID, "stuck-banner").text)
         self.assertIn(f"{stuck} at nbp", banner)
+
+        def filtered(text: str) -> Any:
+            field = driver.find_element(By.ID, "machine-filter")
+            field.clear()
+            field.send_keys(text)
+            return driver.execute_script(STATES)
+
+        only = yield self.in_browser(lambda: filtered("node1"))
+        self.assertEqual(only, ["booted"])
+        only = yield self.in_browser(lambda: filtered("stuck nbp"))
+        self.assertEqual(only, ["stuck"])
+        count = yield self.in_browser(lambda: driver.find_element(By.ID, "machine-count").text)
+        self.assertEqual(count, "(1 of 3)")
+        yield self.in_browser(lambda: filtered(""))  # (clear() fires no input event: next poll)
+        everything = yield self.in_browser(
+            lambda: self.wait_for(driver, stuck_first, "all rows again")
+        )
+        self.assertEqual(len(everything), 3)
         OUTPUT.mkdir(parents=True, exist_ok=True)
         shot = OUTPUT / "dashboard.png"
         saved = yield self.in_browser(lambda: driver.save_screenshot(str(shot)))

@@ -7,6 +7,8 @@ const ORDER = { stuck: 0, failed: 1, "in-progress": 2, booted: 3, idle: 4 };
 let token = sessionStorage.getItem(TOKEN_KEY);
 let selected = null;
 let timers = [];
+let lastRows = [];
+const SHOWN = 300; // rows drawn at once: a fleet is searched with the filter, not scrolled
 
 const $ = (id) => document.getElementById(id);
 
@@ -107,9 +109,23 @@ function mergeMachines(machines, sessions) {
   return list;
 }
 
+function matches(row, words) {
+  const m = row.machine || {};
+  const s = row.session || {};
+  const text = [row.mac, m.name, m.group, row.state, s.stage].filter(Boolean).join(" ").toLowerCase();
+  return words.every((word) => text.includes(word));
+}
+
 function renderMachines(rows) {
+  lastRows = rows;
+  const words = $("machine-filter").value.toLowerCase().split(/\s+/).filter(Boolean);
+  const chosen = words.length ? rows.filter((row) => matches(row, words)) : rows;
+  const shown = chosen.slice(0, SHOWN);
+  const more = $("machines-more");
+  more.hidden = chosen.length <= SHOWN;
+  more.textContent = chosen.length - SHOWN + " more; use the filter to find one";
   const body = $("machines").querySelector("tbody");
-  body.replaceChildren(...rows.map((row) => {
+  body.replaceChildren(...shown.map((row) => {
     const m = row.machine || {};
     const s = row.session;
     const label = m.name ? el("div", { class: "name" }, m.name) : null;
@@ -126,13 +142,16 @@ function renderMachines(rows) {
     return tr;
   }));
   $("machines-empty").hidden = rows.length > 0;
-  $("machine-count").textContent = rows.length ? "(" + rows.length + ")" : "";
+  $("machine-count").textContent = !rows.length ? ""
+    : words.length ? "(" + chosen.length + " of " + rows.length + ")" : "(" + rows.length + ")";
   const stuck = rows.filter((r) => r.state === "stuck");
   const banner = $("stuck-banner");
   banner.hidden = stuck.length === 0;
+  const named = stuck.slice(0, 5).map((r) => (r.machine && r.machine.name ? r.machine.name : r.mac)
+    + " at " + r.session.stage);
+  if (stuck.length > named.length) named.push("and " + (stuck.length - named.length) + " more");
   banner.textContent = stuck.length === 0 ? "" : stuck.length + " machine" + (stuck.length > 1 ? "s" : "")
-    + " stuck: " + stuck.map((r) => (r.machine && r.machine.name ? r.machine.name : r.mac)
-      + " at " + r.session.stage).join("; ") + " (select one for the likely reason)";
+    + " stuck: " + named.join("; ") + " (select one for the likely reason)";
 }
 
 // -- one machine's boot, live ----------------------------------------------------------------
@@ -267,5 +286,6 @@ $("login-form").addEventListener("submit", async (event) => {
 });
 $("signout").addEventListener("click", () => signOut(""));
 $("explain-form").addEventListener("submit", explain);
+$("machine-filter").addEventListener("input", () => renderMachines(lastRows));
 
 if (token) start(); else signOut("");
