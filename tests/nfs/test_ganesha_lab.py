@@ -24,7 +24,6 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import ClassVar
 
 import yaml
 from twisted.trial.unittest import SynchronousTestCase
@@ -55,53 +54,40 @@ def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-unty
 
 
 class ReservedMachineTests(SynchronousTestCase):
-    """One server for the class: a machine with a reservation and two exports."""
+    """A machine with a reservation and two exports; each test gets its own lab and server."""
 
-    lab: ClassVar[NetLab]
-    server: ClassVar[NfsLabServer]
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        _require()
-        cls.lab = NetLab(clients=2).up()
-        try:
-            cls.lab.run("c1", ["ip", "addr", "add", f"{MACHINE_IP}/16", "dev", "eth0"], check=True)
-            cls.lab.run("c2", ["ip", "addr", "add", f"{OTHER_IP}/16", "dev", "eth0"], check=True)
-            cls.server = NfsLabServer(
-                cls.lab,
-                {
-                    "nfs": {"versions": VERSIONS},
-                    "machines": [
-                        {
-                            "mac": MAC,
-                            "address": MACHINE_IP,
-                            "nfs": [
-                                {"path": "images/base", "access": "ro"},
-                                {"path": "hosts/{mac}", "access": "rw", "create": True},
-                            ],
-                        }
-                    ],
-                },
-            )
-            base = cls.server.root / "images" / "base"
-            base.mkdir(parents=True)
-            (base / "release").write_text("base image 1\n")
-            (base / "shadow").write_text("root only\n")
-            (base / "shadow").chmod(0o600)
-            cls.server.start()
-            cls.server.wait_log("nfs: granted hosts/", timeout=90)
-            cls.server.wait_log("nfs: granted images/base", timeout=30)
-        except BaseException:
-            cls.tearDownClass()
-            raise
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        server = getattr(cls, "server", None)
-        if server is not None:
-            server.stop()
-            shutil.rmtree(server.workdir, ignore_errors=True)
-        cls.lab.down()
+    def setUp(self) -> None:
+        _require(self)
+        self.lab = NetLab(clients=2).up()
+        self.addCleanup(self.lab.down)
+        self.lab.run("c1", ["ip", "addr", "add", f"{MACHINE_IP}/16", "dev", "eth0"], check=True)
+        self.lab.run("c2", ["ip", "addr", "add", f"{OTHER_IP}/16", "dev", "eth0"], check=True)
+        self.server = NfsLabServer(
+            self.lab,
+            {
+                "nfs": {"versions": VERSIONS},
+                "machines": [
+                    {
+                        "mac": MAC,
+                        "address": MACHINE_IP,
+                        "nfs": [
+                            {"path": "images/base", "access": "ro"},
+                            {"path": "hosts/{mac}", "access": "rw", "create": True},
+                        ],
+                    }
+                ],
+            },
+        )
+        self.addCleanup(shutil.rmtree, self.server.workdir, True)
+        base = self.server.root / "images" / "base"
+        base.mkdir(parents=True)
+        (base / "release").write_text("base image 1\n")
+        (base / "shadow").write_text("root only\n")
+        (base / "shadow").chmod(0o600)
+        self.addCleanup(self.server.stop)
+        self.server.start()
+        self.server.wait_log("nfs: granted hosts/", timeout=90)
+        self.server.wait_log("nfs: granted images/base", timeout=30)
 
     def url(self, relative: str, path: str = "", version: str = "3") -> str:
         return nfs_url(self.lab.srv_ip, self.server.pseudo(MAC, relative), path, version)
@@ -151,8 +137,7 @@ class ReservedMachineTests(SynchronousTestCase):
         self.assertNotEqual(refused.returncode, 0, refused.stdout)
         self.assertFalse((self.server.root / "images" / "base" / "note").exists())
 
-    def test_z_killed_ganesha_restarted_with_exports(self) -> None:
-        # named to run last in the class: it restarts the server's Ganesha
+    def test_killed_ganesha_restarted_with_exports(self) -> None:
         before = self.server.ganesha_pid()
         assert before is not None, self.server.tail()
         os.kill(before, signal.SIGKILL)
