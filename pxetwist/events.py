@@ -101,6 +101,10 @@ class LazyDetails(Mapping[str, object]):
         # reads only these, such as sessions asking "is this a PXE client?", costs nothing.
         self._known = known
 
+    def resolved(self) -> Mapping[str, object]:
+        """The details as a plain frozen mapping (for ``**`` at C speed)."""
+        return self._details()
+
     def _details(self) -> Mapping[str, object]:
         value = self._value
         if value is None:
@@ -262,12 +266,14 @@ class LogObserver:
         if not event.message:
             return
         budget = self._budgets.get(event.protocol)
-        if budget is not None and not budget.admit(
-            f"{event.stage.value} {event.outcome.value}",
-            event.time,
-            warn=event.level >= LogLevel.warn,
-        ):
+        if budget is not None and not budget.admit(event.time):
+            budget.count(
+                f"{event.stage.value} {event.outcome.value}",
+                event.time,
+                warn=event.level >= LogLevel.warn,
+            )
             return
+        details = event.details
         self._loggers[event.protocol].emit(
             event.level,
             event.message,
@@ -275,5 +281,5 @@ class LogObserver:
             client=event.client,
             outcome=event.outcome.value,
             stage=event.stage.value,
-            **event.details,
+            **(details.resolved() if isinstance(details, LazyDetails) else details),
         )

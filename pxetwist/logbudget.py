@@ -31,23 +31,24 @@ class LogBudget:
         self._summary: IDelayedCall | None = None
         self.suppressed = 0  # lines left out since the start, for tests and metrics
 
-    def admit(self, kind: str, now: float, *, warn: bool = False) -> bool:
-        """Whether a line of ``kind`` may be written now; if not, it is counted for the summary."""
+    def admit(self, now: float) -> bool:
+        """Whether one more line may be written now; if not, :meth:`count` it instead."""
         if not self.lines:
             return True
         if now - self._window_start >= self.interval:
             self._window_start = now
             self._window_lines = 0
         self._window_lines += 1
-        if self._window_lines <= self.lines:
-            return True
+        return self._window_lines <= self.lines
+
+    def count(self, kind: str, now: float, *, warn: bool = False) -> None:
+        """A line of ``kind`` that :meth:`admit` refused: it goes into the interval's summary."""
         self._unlogged[kind] = self._unlogged.get(kind, 0) + 1
         self._warn = self._warn or warn
         self.suppressed += 1
         if self._summary is None:
             delay = max(0.0, self._window_start + self.interval - now)
             self._summary = self.clock.callLater(delay, self._sum_up)
-        return False
 
     def _sum_up(self) -> None:
         """One line for the lines of the last interval that were not written."""

@@ -106,7 +106,7 @@ def request_for(offer: bytes, pxe: bool) -> bytes:
     return encode(packet)
 
 
-def config_text(work: Path) -> str:
+def config_text(work: Path, log_lines: int) -> str:
     return f"""\
 interfaces: [srv0]
 data_dir: {work}/state
@@ -120,6 +120,7 @@ dhcp:
   discover_rate_limit: 0  # measure the server, not its per-relay limit (one relay here)
 tftp: {{enabled: false, root: {work}}}
 http: {{enabled: false, root: {work}}}
+log_budget: {{lines: {log_lines}}}
 """
 
 
@@ -129,6 +130,9 @@ def main() -> int:
     parser.add_argument("--pxe", action="store_true", help="PXE ROM clients, not plain ones")
     parser.add_argument("--memory", action="store_true", help="memory: store, not SQLite")
     parser.add_argument("--profile", type=int, metavar="N", help="cProfile: print top N")
+    parser.add_argument(
+        "--log-lines", type=int, default=1000, help="log_budget.lines (0: log every packet)"
+    )
     parser.add_argument("--sort", default="tottime", help="cProfile sort key")
     parser.add_argument(
         "--metrics", action="store_true", help="with the Prometheus metrics observing (issue 14)"
@@ -138,7 +142,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="dhcp-hotpath-"))
     log_file = open(work / "pxetwist.log", "a")  # noqa: SIM115 - lives as long as the process
     globalLogBeginner.beginLoggingTo([textFileLogObserver(log_file)], redirectStandardIO=False)
-    config = parse_config(config_text(work), "<bench>", work)
+    config = parse_config(config_text(work, args.log_lines), "<bench>", work)
     table = LeaseTable(pools_for(config))
     engine = DhcpEngine(config, table, [SERVER])
     chain = PolicyChain(tuple(build_policies(config)), reactor, config.policy.timeout)

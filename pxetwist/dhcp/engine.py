@@ -269,7 +269,7 @@ class DhcpEngine:
         client asks: a policy may ``ignore`` a machine altogether, even a plain DHCP client.
         """
         packet = incoming.packet
-        options = dict(packet.options)
+        options = packet.option_map
         kind = options.get(OptionCode.MESSAGE_TYPE)
         if kind is None or kind[0] not in _ASKING:
             return None

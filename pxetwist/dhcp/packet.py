@@ -190,20 +190,26 @@ class DhcpPacket:
     Not part of equality: two packets with the same content are equal however they were framed.
     """
 
+    _values: Mapping[int, bytes] = attrs.field(init=False, eq=False, repr=False)
+    """The options by code, built once: the engine asks a request for a dozen of them."""
+
     def __attrs_post_init__(self) -> None:
         _check(self)
+        object.__setattr__(self, "_values", dict(self.options))
 
     # -- generic option access -----------------------------------------------------------------
 
     def get(self, code: int) -> bytes | None:
         """The raw value of option ``code``, or ``None`` if the packet does not carry it."""
-        for option_code, value in self.options:
-            if option_code == code:
-                return value
-        return None
+        return self._values.get(code)
 
     def __contains__(self, code: int) -> bool:
-        return self.get(code) is not None
+        return code in self._values
+
+    @property
+    def option_map(self) -> Mapping[int, bytes]:
+        """The options by code (read-only; the same values as ``options``)."""
+        return self._values
 
     def with_option(self, code: int, value: bytes) -> DhcpPacket:
         """A copy with option ``code`` set to ``value``: replaced in place, or appended."""
@@ -477,6 +483,11 @@ def _scan(
     return False, joined
 
 
+def _address(value: int) -> ipaddress.IPv4Address:
+    """A header address; 0.0.0.0, most of a request's four, is one shared value."""
+    return _ZERO if value == 0 else ipaddress.IPv4Address(value)
+
+
 def decode(data: bytes | bytearray | memoryview) -> DhcpPacket:
     """Parse one DHCP datagram (the UDP payload).
 
@@ -546,10 +557,10 @@ def decode(data: bytes | bytearray | memoryview) -> DhcpPacket:
             xid=xid,
             secs=secs,
             flags=flags,
-            ciaddr=ipaddress.IPv4Address(ciaddr),
-            yiaddr=ipaddress.IPv4Address(yiaddr),
-            siaddr=ipaddress.IPv4Address(siaddr),
-            giaddr=ipaddress.IPv4Address(giaddr),
+            ciaddr=_address(ciaddr),
+            yiaddr=_address(yiaddr),
+            siaddr=_address(siaddr),
+            giaddr=_address(giaddr),
             chaddr=chaddr,
             sname=sname,
             file=file,

@@ -37,7 +37,7 @@ from pxetwist.dhcp.packet import DhcpPacket
 from pxetwist.events import BootEvent, EventProtocol, EventStage, LazyDetails
 from pxetwist.events import Outcome as EventOutcome
 from pxetwist.policy.request import BootRequest
-from pxetwist.policy.values import Firmware
+from pxetwist.policy.values import BootAction, Firmware, Stage
 
 _ZERO = IPv4Address(0)
 _PXE_PORT = 4011
@@ -145,52 +145,84 @@ def _details(
     decision = exchange.decision
     port = incoming.local_port
     reply_kind = "none"
-    address: IPv4Address | None = None
+    address: str | None = None
     boot_file: str | None = None
     reply_to: str | None = None
     if outcome.replies:
         reply = outcome.replies[0]
         sent = reply.packet
-        kind_sent = sent.message_type
-        reply_to = f"{reply.address}:{reply.port}"
+        kind_sent = _MESSAGE_TYPES[sent.options[0][1][0]]  # make_reply puts option 53 first
+        reply_to = f"{_text(reply.address)}:{reply.port}"
         if sent.yiaddr != _ZERO:
-            address = sent.yiaddr
-            reply_kind = _REPLY_KINDS.get(kind_sent, "none") if kind_sent else "none"
+            address = _text(sent.yiaddr)
+            reply_kind = _REPLY_KINDS.get(kind_sent, "none")
         elif kind_sent is MessageType.NAK:
             reply_kind = "nak"
         elif kind_sent is MessageType.ACK and port != _PXE_PORT:
             reply_kind = "ack"  # an INFORM's ACK
         else:
             reply_kind = "proxy"
-        raw_file = sent.get(OptionCode.BOOTFILE)
-        if raw_file is not None:
-            boot_file = raw_file.rstrip(b"\0").decode("utf-8", "replace")
-        elif sent.file:
-            boot_file = sent.file.decode("utf-8", "replace")
-    arch = request.arch if request is not None else None
-    firmware = request.firmware if request is not None else None
+        for code, value in reversed(sent.options):  # the boot file is among the last
+            if code == OptionCode.BOOTFILE:
+                boot_file = value.rstrip(b"\0").decode("utf-8", "replace")
+                break
+        else:
+            if sent.file:
+                boot_file = sent.file.decode("utf-8", "replace")
+    firmware: Firmware | None = None
+    arch = None
+    stage = None
+    if request is not None:
+        firmware = request.firmware
+        arch = request.arch
+        stage = _VALUES[request.stage]
     details: dict[str, object] = {
-        "message_type": kind.name if kind is not None else "BOOTP",
+        "message_type": _NAMES[kind] if kind is not None else "BOOTP",
         "reply": reply_kind,
-        "address": str(address) if address is not None else None,
+        "address": address,
         "file": boot_file,
-        "policy": decision.policy if decision is not None else None,
-        "policy_reason": decision.reason if decision is not None else None,
-        "action": decision.action.value if decision is not None else None,
+        "policy": None,
+        "policy_reason": None,
+        "action": None,
         "reason": outcome.reason,
         "arch": int(arch) if arch is not None else None,
-        "firmware": firmware.value if firmware is not None else None,
+        "firmware": _VALUES[firmware] if firmware is not None else None,
         "pxe": firmware is not None and firmware is not Firmware.PLAIN,
         "xid": f"{packet.xid:08x}",
         "interface": incoming.interface.name,
         "port": port,
-        "relay": str(packet.giaddr) if packet.giaddr != _ZERO else None,
+        "relay": _text(packet.giaddr) if packet.giaddr != _ZERO else None,
         "reply_to": reply_to,
-        "boot_stage": request.stage.value if request is not None else None,
+        "boot_stage": stage,
     }
+    if decision is not None:
+        details["policy"] = decision.policy
+        details["policy_reason"] = decision.reason
+        details["action"] = _VALUES[decision.action]
     if echo_dropped:
         details["echo_dropped"] = list(echo_dropped)
     return details
+
+
+_ADDRESS_TEXT: dict[IPv4Address, str] = {}
+
+
+def _text(address: IPv4Address) -> str:
+    """``str(address)``, remembered: replies go to few addresses (broadcast, relays)."""
+    text = _ADDRESS_TEXT.get(address)
+    if text is None:
+        if len(_ADDRESS_TEXT) >= 4096:
+            _ADDRESS_TEXT.clear()
+        text = _ADDRESS_TEXT[address] = str(address)
+    return text
+
+
+_NAMES = {kind: kind.name for kind in MessageType}
+_VALUES: dict[object, str] = {
+    **{firmware: firmware.value for firmware in Firmware},
+    **{stage: stage.value for stage in Stage},
+    **{action: action.value for action in BootAction},
+}
 
 
 def invalid_event(
