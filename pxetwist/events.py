@@ -237,6 +237,9 @@ class BootEventBus:
                     self._failing.discard(observer)
 
 
+_WARNINGS = frozenset({LogLevel.warn, LogLevel.error, LogLevel.critical})
+
+
 @implementer(IBootEventObserver)
 class LogObserver:
     """Writes each event as the readable log line its protocol used to write itself.
@@ -270,7 +273,7 @@ class LogObserver:
             budget.count(
                 f"{event.stage.value} {event.outcome.value}",
                 event.time,
-                warn=event.level >= LogLevel.warn,
+                warn=event.level in _WARNINGS,
             )
             return
         details = event.details

@@ -28,6 +28,7 @@ from pxetwist.dhcp.exchange import (
     Outcome,
     Reply,
     Verdict,
+    is_zero,
 )
 from pxetwist.dhcp.leases import LeaseTable, Pool
 from pxetwist.dhcp.limits import DiscoverLimiter
@@ -238,7 +239,7 @@ class DhcpEngine:
         mac = packet.mac
         if mac is not None and mac in self._known:
             return None  # a listed machine is never held back by strangers on its segment
-        relayed = packet.giaddr != ZERO
+        relayed = not is_zero(packet.giaddr)
         source = f"relay {packet.giaddr}" if relayed else f"interface {incoming.interface.name}"
         allowed, report = self._limiter.take(source, now)
         if allowed:
@@ -282,7 +283,7 @@ class DhcpEngine:
             stage = Stage.PROXY
         else:
             stage = Stage.DHCP
-        giaddr = packet.giaddr if packet.giaddr != ZERO else None
+        giaddr = packet.giaddr if not is_zero(packet.giaddr) else None
         # Only options the packet carries are decoded: most clients send few of these.
         return BootRequest(
             mac=mac,
@@ -298,7 +299,7 @@ class DhcpEngine:
             ipxe_encap=options.get(OptionCode.IPXE_ENCAP),
             relay_address=giaddr,
             relay_info=options.get(OptionCode.RELAY_AGENT_INFO),
-            client_address=packet.ciaddr if packet.ciaddr != ZERO else None,
+            client_address=packet.ciaddr if not is_zero(packet.ciaddr) else None,
             server_address=self.server_address(incoming),
             interface=incoming.interface.name,
             ipxe_user_classes=self.config.dhcp.ipxe_user_classes,
@@ -451,7 +452,7 @@ class DhcpEngine:
             options=options,
         )
         host, port = incoming.source
-        client = packet.ciaddr if packet.ciaddr != ZERO else IPv4Address(host)
+        client = packet.ciaddr if not is_zero(packet.ciaddr) else IPv4Address(host)
         return Outcome(
             Verdict.ANSWERED,
             f"boot server ACK to {client}: {decision.reason}",
@@ -465,7 +466,7 @@ class DhcpEngine:
                     _BOOT_KEEP,
                 ),
             ),
-            seen=((request, client if client != ZERO else None),),
+            seen=((request, client if not is_zero(client) else None),),
         )
 
     # -- authoritative DHCP (§1.4) -------------------------------------------------------------
@@ -496,7 +497,7 @@ class DhcpEngine:
             hint = packet.link_selection
         if hint is not None:
             return self._subnet_containing(hint, None)
-        if packet.giaddr != ZERO:
+        if not is_zero(packet.giaddr):
             return self._subnet_containing(packet.giaddr, None)
         return self._subnet_containing(incoming.interface.address, incoming.interface.name)
 
@@ -546,14 +547,14 @@ class DhcpEngine:
                 return Outcome(Verdict.IGNORED, f"client chose server {server_id}")
             address = requested if requested is not None else packet.ciaddr
             state = "selecting"
-        elif requested is not None and packet.ciaddr == ZERO:
+        elif requested is not None and is_zero(packet.ciaddr):
             address, state = requested, "init-reboot"
-        elif packet.ciaddr != ZERO:
+        elif not is_zero(packet.ciaddr):
             address = packet.ciaddr
             state = "renewing" if not incoming.to_broadcast else "rebinding"
         else:
             return self._nak(incoming, "REQUEST without an address")
-        if address == ZERO or address not in subnet.network:
+        if is_zero(address) or address not in subnet.network:
             if state == "rebinding":
                 return Outcome(Verdict.IGNORED, f"rebinding {address}: not our network")
             return self._nak(incoming, f"{state} {address}: wrong network for {subnet.network}")
@@ -596,7 +597,7 @@ class DhcpEngine:
                 (OptionCode.MESSAGE, reason.encode()[:200]),
             ],
         )
-        if packet.giaddr != ZERO:
+        if not is_zero(packet.giaddr):
             destination, port = packet.giaddr, SERVER_PORT
         else:
             destination, port = BROADCAST, CLIENT_PORT
@@ -638,7 +639,7 @@ class DhcpEngine:
     def _inform(self, exchange: Exchange, subnet: Subnet) -> Outcome:
         incoming = exchange.incoming
         packet = incoming.packet
-        if packet.ciaddr == ZERO:
+        if is_zero(packet.ciaddr):
             return Outcome(Verdict.DROPPED, "INFORM without ciaddr")
         reply = self._address_reply(exchange, MessageType.ACK, None, subnet, lease_times=False)
         return Outcome(
@@ -743,9 +744,9 @@ class DhcpEngine:
         if decision is not None and decision.quirks.force_broadcast:
             force_broadcast = True
         max_size = packet.max_reply_size(incoming.interface.mtu)
-        if packet.giaddr != ZERO:
+        if not is_zero(packet.giaddr):
             address, port = packet.giaddr, SERVER_PORT
-        elif packet.ciaddr != ZERO and not force_broadcast:
+        elif not is_zero(packet.ciaddr) and not force_broadcast:
             address, port = packet.ciaddr, CLIENT_PORT
         else:
             # Unicast to yiaddr needs an ARP entry the client cannot answer yet; RFC 2131 §4.1

@@ -15,13 +15,19 @@ import attrs
 
 from pxetwist.dhcp.leases import Lease
 from pxetwist.dhcp.options import OptionCode
-from pxetwist.dhcp.packet import ESSENTIAL_OPTIONS, DhcpPacket, PacketTooLarge, encode
+from pxetwist.dhcp.packet import (
+    ESSENTIAL_OPTIONS,
+    ZERO_ADDRESS,
+    DhcpPacket,
+    PacketTooLarge,
+    encode,
+)
 from pxetwist.events import BootEvent
 from pxetwist.policy.decision import BootDecision
 from pxetwist.policy.request import BootRequest
 
 BROADCAST = IPv4Address("255.255.255.255")
-ZERO = IPv4Address(0)
+ZERO = ZERO_ADDRESS
 CLIENT_PORT = 68
 SERVER_PORT = 67
 PXE_PORT = 4011
@@ -30,6 +36,11 @@ PXE_PORT = 4011
 #: when a client sends them so long that the reply cannot fit its budget with them, the reply
 #: goes out without them rather than not at all (issue 18 defect 7).  97 goes first.
 _ECHOED = (OptionCode.CLIENT_UUID, OptionCode.CLIENT_ID)
+
+
+def is_zero(address: IPv4Address) -> bool:
+    """``address == 0.0.0.0``, without ``IPv4Address.__eq__`` for the shared zero."""
+    return address is ZERO or address == ZERO
 
 
 @attrs.frozen

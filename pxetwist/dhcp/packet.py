@@ -40,6 +40,7 @@ __all__ = [
     "ESSENTIAL_OPTIONS",
     "MAGIC_COOKIE",
     "MIN_PACKET_SIZE",
+    "ZERO_ADDRESS",
     "DhcpPacket",
     "MalformedPacket",
     "Options",
@@ -85,6 +86,8 @@ _MAX_SNAME: Final = 63  # 64 bytes on the wire, always NUL-terminated (§7.9)
 _MAX_FILE: Final = 127  # 128 bytes on the wire, always NUL-terminated
 _BROADCAST_FLAG: Final = 0x8000
 _ZERO: Final = ipaddress.IPv4Address(0)
+ZERO_ADDRESS: Final = _ZERO
+"""0.0.0.0, one shared value: decoded headers use it, so ``is`` finds it before ``==``."""
 
 # Options with a typed accessor get their shape checked when a packet is built or decoded. The
 # engine can then trust those accessors. Everything else stays raw bytes, so an odd value in an

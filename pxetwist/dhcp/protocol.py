@@ -68,6 +68,7 @@ class DhcpEndpoint:
         self._addresses: dict[IPv4Address, str] = {}  # str() of reply destinations
         self._failures_logged: dict[str, float] = {}  # kind -> when last logged
         self.send_failures = 0
+        self.unexpected_errors = 0
 
     def datagram_received(
         self, data: bytes, source: tuple[str, int], destination: IPv4Address | None
@@ -109,11 +110,16 @@ class DhcpEndpoint:
         self._finish(self.engine.answer(decided, self.clock.seconds()), decided)
 
     def _unexpected(self, failure: Failure, exchange: Exchange) -> None:
-        log.failure(
-            "unexpected error answering {peer}",
-            failure=failure,
-            peer=f"{exchange.incoming.source[0]}:{exchange.incoming.source[1]}",
-        )
+        """A bug, not bad input: logged with its traceback, but not once per packet."""
+        self.unexpected_errors += 1
+        if self._may_log("unexpected"):
+            log.failure(
+                "unexpected error answering {peer} ({count} so far; logged every {every:g} s)",
+                failure=failure,
+                peer=f"{exchange.incoming.source[0]}:{exchange.incoming.source[1]}",
+                count=self.unexpected_errors,
+                every=_FAILURE_LOG_INTERVAL,
+            )
 
     def _finish(self, outcome: Outcome, exchange: Exchange | None = None) -> None:
         for seen_request, address in outcome.seen:

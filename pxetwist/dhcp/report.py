@@ -31,7 +31,7 @@ from types import MappingProxyType
 
 from twisted.logger import LogLevel
 
-from pxetwist.dhcp.exchange import Exchange, Outcome, Verdict
+from pxetwist.dhcp.exchange import Exchange, Outcome, Verdict, is_zero
 from pxetwist.dhcp.options import MessageType, OptionCode
 from pxetwist.dhcp.packet import DhcpPacket
 from pxetwist.events import BootEvent, EventProtocol, EventStage, LazyDetails
@@ -39,7 +39,6 @@ from pxetwist.events import Outcome as EventOutcome
 from pxetwist.policy.request import BootRequest
 from pxetwist.policy.values import BootAction, Firmware, Stage
 
-_ZERO = IPv4Address(0)
 _PXE_PORT = 4011
 _STAGES = {
     MessageType.DISCOVER: EventStage.DISCOVER,
@@ -87,13 +86,13 @@ def packet_event(
     else:
         stage = _STAGES.get(kind, EventStage.INVALID) if kind is not None else EventStage.INVALID
     result = _OUTCOMES[outcome.verdict]
-    client = packet.ciaddr if packet.ciaddr != _ZERO else None
+    client = packet.ciaddr if not is_zero(packet.ciaddr) else None
     if outcome.replies:
         sent = outcome.replies[0].packet
         if sent.options[0][1][0] == MessageType.NAK:  # make_reply puts option 53 first
             result = EventOutcome.REFUSED
         elif client is None:
-            if sent.yiaddr != _ZERO and sent.options[0][1][0] == MessageType.ACK:
+            if not is_zero(sent.yiaddr) and sent.options[0][1][0] == MessageType.ACK:
                 client = sent.yiaddr  # the address the client has from now on
             elif port == _PXE_PORT and incoming.source[0] != "0.0.0.0":
                 client = IPv4Address(incoming.source[0])
@@ -108,7 +107,7 @@ def packet_event(
             partial(_details, exchange, outcome, kind, echo_dropped),
             known=_known(request),
         ),
-        message=_MESSAGES[packet.giaddr != _ZERO, exchange.decision is not None],
+        message=_MESSAGES[not is_zero(packet.giaddr), exchange.decision is not None],
         level=LogLevel.warn if result is EventOutcome.DROPPED else LogLevel.info,
     )
 
@@ -153,7 +152,7 @@ def _details(
         sent = reply.packet
         kind_sent = _MESSAGE_TYPES[sent.options[0][1][0]]  # make_reply puts option 53 first
         reply_to = f"{_text(reply.address)}:{reply.port}"
-        if sent.yiaddr != _ZERO:
+        if not is_zero(sent.yiaddr):
             address = _text(sent.yiaddr)
             reply_kind = _REPLY_KINDS.get(kind_sent, "none")
         elif kind_sent is MessageType.NAK:
@@ -191,7 +190,7 @@ def _details(
         "xid": f"{packet.xid:08x}",
         "interface": incoming.interface.name,
         "port": port,
-        "relay": _text(packet.giaddr) if packet.giaddr != _ZERO else None,
+        "relay": _text(packet.giaddr) if not is_zero(packet.giaddr) else None,
         "reply_to": reply_to,
         "boot_stage": stage,
     }

@@ -110,6 +110,8 @@ class DatagramReader:
         self.shed_above = shed_above
         self.clock = clock
         self.shed = 0  # DISCOVERs dropped unread since the start
+        self.errors = 0  # handler failures since the start
+        self._error_log_at = float("-inf")
         self._shed_logged = 0
         self._shed_log_at = 0.0
         # Packets arrive for a handful of destinations (our address, broadcasts): parse each
@@ -132,7 +134,10 @@ class DatagramReader:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as error:
-                log.warn("dhcp socket receive failed: {error}", error=error)
+                now = self.clock()
+                if now - self._error_log_at >= 10.0:
+                    self._error_log_at = now
+                    log.warn("dhcp socket receive failed: {error}", error=error)
                 break
             destination: IPv4Address | None = None
             for level, kind, value in ancillary:
@@ -155,7 +160,16 @@ class DatagramReader:
             try:
                 handler(data, source, destination)
             except Exception:
-                log.failure("unexpected error handling a datagram from {peer}", peer=source)
+                self.errors += 1
+                now = self.clock()
+                if now - self._error_log_at >= 10.0:  # a bug, not bad input: not per packet
+                    self._error_log_at = now
+                    log.failure(
+                        "unexpected error handling a datagram from {peer} ({count} so far; "
+                        "logged every 10 s)",
+                        peer=source,
+                        count=self.errors,
+                    )
 
     def _backlogged(self) -> bool:
         """More than ``shed_above`` of the receive buffer is taken: behind for a while now.

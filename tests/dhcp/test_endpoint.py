@@ -187,3 +187,21 @@ class SharedStoreTests(EndpointCase):
         self.request()
         self.assertEqual(self.sent_types(), [])
         self.assertEqual(self.events[-1].details.get("reason"), "lease not stored")
+
+
+class BugTests(EndpointCase):
+    """A bug that raises on every packet is logged with its traceback, not once per packet."""
+
+    def test_an_error_on_every_packet_is_logged_every_ten_seconds(self) -> None:
+        def broken(*args: object, **kwargs: object) -> None:
+            raise ZeroDivisionError("a bug")
+
+        self.endpoint.engine.answer = broken  # type: ignore[method-assign,assignment]
+        for n in range(50):
+            self.discover(n)
+        self.assertEqual(self.endpoint.unexpected_errors, 50)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.clock.advance(10)
+        self.discover(99)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertIn("(51 so far; logged every 10 s)", self.lines_logged()[-1])
