@@ -455,7 +455,7 @@ class DhcpEngine:
         client = packet.ciaddr if not is_zero(packet.ciaddr) else IPv4Address(host)
         return Outcome(
             Verdict.ANSWERED,
-            f"boot server ACK to {client}: {decision.reason}",
+            f"boot server ACK: {decision.reason}",
             replies=(
                 Reply(
                     reply,
