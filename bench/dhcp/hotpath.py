@@ -9,6 +9,7 @@ and no perfdhcp sharing the CPU, and optionally profiles it with cProfile::
     .venv/bin/python bench/dhcp/hotpath.py --pxe            # PXE ROM clients (option 93/60)
     .venv/bin/python bench/dhcp/hotpath.py --profile 30     # top 30 functions by own time
     .venv/bin/python bench/dhcp/hotpath.py --pxe --metrics  # with the metrics observing
+    .venv/bin/python bench/dhcp/hotpath.py --pxe --sessions # with boot sessions recording
 
 Requests look like perfdhcp's in relay mode (giaddr set, hops 1, unicast). They are fed 64 per
 reactor turn, as the socket reader drains them; logging goes to a file through the same
@@ -137,6 +138,11 @@ def main() -> int:
     parser.add_argument(
         "--metrics", action="store_true", help="with the Prometheus metrics observing (issue 14)"
     )
+    parser.add_argument(
+        "--sessions",
+        action="store_true",
+        help="with boot sessions recording (issue 13): the recorder, its store and its thread",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="dhcp-hotpath-"))
@@ -162,6 +168,14 @@ def main() -> int:
         metrics = BootMetrics()  # as the API service wires it: a bus observer, a chain monitor
         events.subscribe(metrics)
         chain = attrs.evolve(chain, monitor=metrics.policy_answered)
+    recorder = None
+    if args.sessions:
+        from pxetwist.sessions.recorder import SessionRecorder
+
+        sightings = SightingRegistry(reactor.seconds)
+        recorder = SessionRecorder(config, events, sightings, reactor)
+        recorder.startService()
+        chain = attrs.evolve(chain, gate=recorder.bootonce.gate)
     endpoint = DhcpEndpoint(
         sock=sock,  # type: ignore[arg-type]
         interface=Interface("srv0", SERVER, NETWORK, 1500),
@@ -211,7 +225,10 @@ def main() -> int:
         timings["request_cpu"] = time.thread_time() - timings.pop("c0")
         kinds = {decode(data).message_type for data, _ in sock.sent}
         assert kinds == {MessageType.ACK}, kinds
-        store.close().addBoth(lambda _: reactor.stop())
+        closing = store.close()
+        if recorder is not None:
+            closing.addBoth(lambda _: recorder.stopService())
+        closing.addBoth(lambda _: reactor.stop())
 
     def start() -> None:
         timings["t0"] = time.perf_counter()

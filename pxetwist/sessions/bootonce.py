@@ -43,6 +43,9 @@ from pxetwist.sessions.model import BootStage
 from pxetwist.sessions.store import UsedBoot
 
 NOTES_LIMIT: Final = 65536  # machines whose last decision's files are remembered
+FILES_CACHE_LIMIT: Final = 4096  # distinct (program, kernel, initrds) normalized and kept
+
+_Told = tuple[str | None, str | None, tuple[str, ...]]  # a decision's program, kernel, initrds
 
 
 @attrs.define
@@ -71,7 +74,8 @@ class BootOnce:
     def __init__(self, used: Iterable[UsedBoot] = ()) -> None:
         self._used: dict[MacAddress, UsedBoot] = {}
         self._armed: dict[MacAddress, _Progress] = {}
-        self._notes: OrderedDict[MacAddress, BootFiles] = OrderedDict()
+        self._notes: OrderedDict[MacAddress, _Told] = OrderedDict()
+        self._files_cache: dict[_Told, BootFiles] = {}
         self._unsaved: list[UsedBoot] = []
         self.replace_used(used)
 
@@ -82,16 +86,18 @@ class BootOnce:
         mac = request.mac
         if decision.action is not BootAction.BOOT:
             return decision
-        files = BootFiles.from_decision(decision)
+        told = (decision.program, decision.kernel, decision.initrds)
         notes = self._notes
-        if notes.get(mac) != files:
-            notes[mac] = files
+        if notes.get(mac) != told:
+            notes[mac] = told
             notes.move_to_end(mac)
             if len(notes) > NOTES_LIMIT:
                 notes.popitem(last=False)
         if not decision.boot_once:
-            self._armed.pop(mac, None)
+            if self._armed:
+                self._armed.pop(mac, None)
             return decision
+        files = self._files(told)
         used = self._used.get(mac)
         if used is not None:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(used.used_at))
@@ -115,7 +121,20 @@ class BootOnce:
 
     def files_for(self, mac: MacAddress) -> BootFiles | None:
         """What the machine's last network-boot decision told it to fetch (for sessions)."""
-        return self._notes.get(mac)
+        told = self._notes.get(mac)
+        return None if told is None else self._files(told)
+
+    def _files(self, told: _Told) -> BootFiles:
+        """Normalized once per distinct decision: a fleet boots a handful of images."""
+        files = self._files_cache.get(told)
+        if files is None:
+            if len(self._files_cache) >= FILES_CACHE_LIMIT:
+                self._files_cache.clear()
+            program, kernel, initrds = told
+            files = self._files_cache[told] = BootFiles.from_decision(
+                BootDecision(program=program, kernel=kernel, initrds=initrds)
+            )
+        return files
 
     # -- the bus observer -----------------------------------------------------------------
 
