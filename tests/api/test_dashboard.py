@@ -23,7 +23,7 @@ from twisted.trial.unittest import SkipTest
 
 from pxetwist.events import BootEvent, EventProtocol, EventStage, Outcome
 from pxetwist.policy.values import MacAddress
-from tests.api.support import READ, ApiTestCase
+from tests.api.support import READ, WRITE, ApiTestCase
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -295,3 +295,88 @@ class DashboardBrowserTests(ApiTestCase):
         self.assertIn("refused", message)
         hidden = yield self.in_browser(lambda: driver.find_element(By.ID, "app").is_displayed())
         self.assertFalse(hidden)
+
+
+#: Click the element a selector finds (its text, or null when there is none).
+CLICK = (
+    "const e = document.querySelector(arguments[0]); if (!e) return null;"
+    " e.click(); return e.textContent"
+)
+#: Its text, or (second argument true) whether it is armed for its second click.
+TEXT = (
+    "const e = document.querySelector(arguments[0]); if (!e) return null;"
+    " return arguments[1] ? e.dataset.armed === 'yes' : e.textContent"
+)
+
+
+class DashboardActionTests(ApiTestCase):
+    timeout = 240
+
+    @defer.inlineCallbacks
+    def test_write_token_releases_a_lease_and_resets_boot_once(self) -> Gen:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.bind_lease("52:54:00:aa:00:01", "10.77.1.5")
+        self.boot_once.used.add(MacAddress.parse(MAC))
+        driver = yield threads.deferToThread(browser)
+        self.addCleanup(lambda: threads.deferToThread(driver.quit))
+        wait = WebDriverWait(driver, 30, poll_frequency=0.2)
+        release = '#leases tr[data-address="10.77.1.5"] button'
+        reset = "#machine-actions button"
+
+        def click_twice(selector: str) -> str:
+            # by script: the page redraws its lists at every poll (no stale elements)
+            wait.until(lambda d: d.execute_script(CLICK, selector) is not None)
+            wait.until(lambda d: d.execute_script(TEXT, selector, True))
+            first = str(driver.execute_script(TEXT, selector, False))
+            driver.execute_script(CLICK, selector)
+            return first
+
+        def act() -> tuple[str, str]:
+            driver.get(self.base + "/")
+            wait.until(lambda d: d.find_element(By.ID, "token").is_displayed())
+            driver.find_element(By.ID, "token").send_keys(WRITE)
+            driver.find_element(By.CSS_SELECTOR, "#login-form button").click()
+            asked = click_twice(release)
+            wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, release))
+            wait.until(
+                lambda d: d.find_elements(By.CSS_SELECTOR, f'#machines tr[data-mac="{MAC}"]')
+            )
+            driver.find_element(By.CSS_SELECTOR, f'#machines tr[data-mac="{MAC}"]').click()
+            confirm = click_twice(reset)
+            wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, reset))
+            return asked, confirm
+
+        asked, confirm = yield threads.deferToThread(act)
+        self.assertEqual((asked, confirm), ("release it?", "netboot it once more?"))
+        self.assertEqual([lease.state.value for lease in self.table.leases()], ["released"])
+        self.assertEqual(self.boot_once.resets, [MacAddress.parse(MAC)])
+
+    @defer.inlineCallbacks
+    def test_read_token_gets_no_buttons(self) -> Gen:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.bind_lease("52:54:00:aa:00:01", "10.77.1.5")
+        self.boot_once.used.add(MacAddress.parse(MAC))
+        driver = yield threads.deferToThread(browser)
+        self.addCleanup(lambda: threads.deferToThread(driver.quit))
+
+        def look() -> int:
+            wait = WebDriverWait(driver, 30, poll_frequency=0.2)
+            driver.get(self.base + "/")
+            wait.until(lambda d: d.find_element(By.ID, "token").is_displayed())
+            driver.find_element(By.ID, "token").send_keys(READ)
+            driver.find_element(By.CSS_SELECTOR, "#login-form button").click()
+            wait.until(
+                lambda d: d.find_elements(By.CSS_SELECTOR, '#leases tr[data-address="10.77.1.5"]')
+            )
+            driver.find_element(By.CSS_SELECTOR, f'#machines tr[data-mac="{MAC}"]').click()
+            wait.until(lambda d: d.find_element(By.ID, "timeline-mac").text == MAC)
+            return len(
+                driver.find_elements(By.CSS_SELECTOR, "#leases button, #machine-actions button")
+            )
+
+        buttons = yield threads.deferToThread(look)
+        self.assertEqual(buttons, 0)

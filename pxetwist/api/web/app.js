@@ -8,6 +8,7 @@ let token = sessionStorage.getItem(TOKEN_KEY);
 let selected = null;
 let timers = [];
 let lastRows = [];
+let access = "read"; // the token's, from /health: write tokens get the action buttons
 const SHOWN = 300; // rows drawn at once: a fleet is searched with the filter, not scrolled
 
 const $ = (id) => document.getElementById(id);
@@ -27,12 +28,38 @@ function el(tag, props, ...children) {
   return node;
 }
 
-async function api(path) {
-  const response = await fetch(path, { headers: { Authorization: "Bearer " + token } });
+async function api(path, method) {
+  const response = await fetch(path, {
+    method: method || "GET", headers: { Authorization: "Bearer " + token } });
   if (response.status === 401) { signOut("The token was refused."); throw new Error("401"); }
-  const body = await response.json();
+  const body = response.status === 204 ? null : await response.json();
   if (!response.ok) throw new Error(body.message || response.statusText);
   return body;
+}
+
+// A button that asks to be clicked twice before it acts (no modal dialogs).  Its first click
+// is remembered by key for ten seconds, across the redraws of the polling loop.
+const armed = new Set();
+function twoStep(key, label, confirmLabel, action) {
+  const button = el("button", { type: "button", class: "small" },
+    armed.has(key) ? confirmLabel : label);
+  if (armed.has(key)) button.dataset.armed = "yes";
+  button.addEventListener("click", async (event) => {
+    event.stopPropagation();
+    if (!armed.has(key)) {
+      armed.add(key);
+      setTimeout(() => armed.delete(key), 10000);
+      button.dataset.armed = "yes";
+      button.textContent = confirmLabel;
+      return;
+    }
+    armed.delete(key);
+    button.disabled = true;
+    try { await action(); } catch (error) { button.textContent = error.message; return; }
+    refresh();
+    refreshTimeline();
+  });
+  return button;
 }
 
 function ago(seconds) {
@@ -162,6 +189,7 @@ function select(mac) {
     tr.classList.toggle("selected", tr.dataset.mac === mac);
   }
   $("explain-mac").value = mac;
+  $("machine-actions").replaceChildren();
   refreshTimeline();
 }
 
@@ -176,6 +204,7 @@ async function refreshTimeline() {
     $("timeline-summary").textContent = "No boot seen yet; waiting for this machine…";
     $("stages").replaceChildren();
     $("timeline").replaceChildren();
+    renderActions(mac);
     return;
   }
   $("timeline-summary").replaceChildren(badge(session.state), " at ",
@@ -194,6 +223,7 @@ async function refreshTimeline() {
       el("span", { class: "detail" }, describe(e)))));
   const list = $("timeline");
   list.scrollTop = list.scrollHeight;
+  renderActions(mac);
 }
 
 // -- leases, pools, explain ------------------------------------------------------------------
@@ -213,10 +243,25 @@ function renderPools(pools) {
 function renderLeases(leases) {
   const shown = leases;
   $("leases").querySelector("tbody").replaceChildren(...shown.map((l) =>
-    el("tr", {}, el("td", { class: "mono" }, l.address), el("td", { class: "mono" }, l.mac || "—"),
+    el("tr", { dataset: { address: l.address } },
+      el("td", { class: "mono" }, l.address), el("td", { class: "mono" }, l.mac || "—"),
       el("td", {}, l.state), el("td", { class: "sub" },
-        l.expires === null ? "never" : new Date(l.expires * 1000).toLocaleString()))));
+        l.expires === null ? "never" : new Date(l.expires * 1000).toLocaleString()),
+      el("td", {}, access === "write" ? twoStep("release " + l.address, "release", "release it?", () =>
+        api("/api/v1/leases/" + encodeURIComponent(l.address), "DELETE")) : null))));
   $("leases-empty").hidden = shown.length > 0;
+}
+
+async function renderActions(mac) {
+  const box = $("machine-actions");
+  if (access !== "write") { box.replaceChildren(); return; }
+  let state = null;
+  try { state = await api("/api/v1/machines/" + encodeURIComponent(mac) + "/boot-once"); } catch (e) { }
+  if (mac !== selected) return;
+  box.replaceChildren(state && state.used
+    ? twoStep("reset " + mac, "reset boot once", "netboot it once more?", () =>
+        api("/api/v1/machines/" + encodeURIComponent(mac) + "/boot-once/reset", "POST"))
+    : "");
 }
 
 async function explain(event) {
@@ -242,6 +287,7 @@ async function refresh() {
     const [health, machines, sessions, pools, leases] = await Promise.all([
       api("/api/v1/health"), api("/api/v1/machines"), api("/api/v1/sessions?latest=true&events=false&limit=5000"),
       api("/api/v1/pools"), api("/api/v1/leases?active=true&limit=200")]);
+    access = health.token.access;
     $("health").textContent = "v" + health.version + " · dhcp " + health.dhcp_mode + " · chain "
       + health.policy_chain.join(" → ") + " · up " + duration(health.uptime_seconds);
     renderMachines(mergeMachines(machines, sessions));
