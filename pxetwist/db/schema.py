@@ -37,6 +37,18 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX leases_one_binding_per_client
         ON leases (network, client_key) WHERE state = 'bound';
     CREATE INDEX leases_changed_in ON leases (changed_in);
+    CREATE INDEX leases_mac ON leases (network, mac);
+    CREATE INDEX leases_client_id ON leases (network, client_id);
+
+    -- One client, as the engine's Lease.matches() (protocol-reference §1.7): the client
+    -- identifier decides when both sides have one, otherwise the MAC does.
+    CREATE FUNCTION pxetwist_same_client(
+        held_client_id bytea, held_mac text, p_client_id bytea, p_mac text
+    ) RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
+        SELECT (p_client_id IS NOT NULL AND held_client_id = p_client_id)
+            OR (p_mac IS NOT NULL AND held_mac = p_mac
+                AND (p_client_id IS NULL OR held_client_id IS NULL))
+    $$;
 
     -- The atomic claim: apply one lease change if the address is not another client's live
     -- lease; false when it is (or when this client was bound elsewhere meanwhile).
@@ -58,14 +70,27 @@ MIGRATIONS: tuple[str, ...] = (
                AND NOT (state = 'bound' AND expires > p_now);
             RETURN true;
         END IF;
+        IF p_state = 'bound' AND EXISTS (
+            SELECT 1 FROM leases
+             WHERE network = p_network AND address <> p_address AND state = 'bound'
+               AND expires > p_now AND server IS DISTINCT FROM p_server
+               AND (mac = p_mac OR client_id = p_client_id)
+               AND pxetwist_same_client(client_id, mac, p_client_id, p_mac)
+        ) THEN
+            -- Another server bound this client to another address that is still live: the
+            -- client keeps that one (NAK; its next DISCOVER is offered it), never two.
+            RETURN false;
+        END IF;
         BEGIN
             IF p_state = 'bound' THEN
-                -- The client moves here: its other records in the network go.
+                -- The client moves here (this server moved it): its other records go.
                 UPDATE leases SET state = 'removed', client_key = NULL, client_id = NULL,
                        mac = NULL, hostname = NULL, expires = p_now, server = p_server,
                        changed_in = xact
-                 WHERE network = p_network AND client_key = p_client_key
-                   AND address <> p_address AND state <> 'declined';
+                 WHERE network = p_network AND address <> p_address
+                   AND state NOT IN ('declined', 'removed')
+                   AND (mac = p_mac OR client_id = p_client_id)
+                   AND pxetwist_same_client(client_id, mac, p_client_id, p_mac);
             END IF;
             INSERT INTO leases AS held (address, network, client_key, client_id, mac, state,
                                         expires, hostname, server, changed_in)
@@ -76,7 +101,7 @@ MIGRATIONS: tuple[str, ...] = (
                 client_id = EXCLUDED.client_id, mac = EXCLUDED.mac, state = EXCLUDED.state,
                 expires = EXCLUDED.expires, hostname = EXCLUDED.hostname,
                 server = EXCLUDED.server, changed_in = EXCLUDED.changed_in
-             WHERE held.client_key IS NOT DISTINCT FROM EXCLUDED.client_key
+             WHERE pxetwist_same_client(held.client_id, held.mac, p_client_id, p_mac)
                 OR held.state IN ('released', 'removed')
                 OR held.expires <= p_now;
             GET DIAGNOSTICS applied = ROW_COUNT;

@@ -23,8 +23,9 @@ offering addresses the other server bound.
 
 **Losing the database.** A commit that fails for want of a connection fails its writes (no
 ACK without a durable lease), the store turns *unavailable*: one log line, ``write()`` fails at
-once, reconnection with back-off (0.25 s doubling to 5 s). When it is back: one log line, the
-changes that could not be stored are written (catch-up), the others' changes are read.  Boot
+once, reconnection with back-off (0.25 s doubling to 2 s). When it is back: one log line, and the
+lease table is rebuilt from the database (catch-up: the bindings made in memory meanwhile
+were never ACKed, and the other servers went on, or not, while this one could not see them).  Boot
 replies that need no lease (proxy mode, port 4011) never touch the store and keep going.
 
 **Why a thread and not psycopg's asyncio connection.** Using ``AsyncConnection`` would mean
@@ -39,8 +40,9 @@ bench README): the reactor thread spends a few microseconds per write while the 
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
@@ -61,7 +63,7 @@ from pxetwist.policy.values import MacAddress
 log = Logger()
 
 SYNC_INTERVAL = 1.0  # seconds between polls for the other servers' changes
-_BACKOFF_FIRST, _BACKOFF_MAX = 0.25, 5.0
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.25, 2.0
 
 
 class AddressClaimed(Exception):
@@ -75,8 +77,10 @@ class StoreUnavailable(Exception):
 class ISharedLeaseStore(ILeaseStore):
     """A lease store several servers share: it reports the others' changes."""
 
-    def watch(callback: Callable[[list[Lease]], None]) -> None:
-        """Call ``callback`` on the reactor thread with leases other servers stored."""
+    def watch(callback: Callable[[list[Lease], bool], None]) -> None:
+        """Call ``callback(leases, complete)`` on the reactor thread with leases other servers
+        stored; ``complete`` means every lease of the database (after an outage): the table
+        is to be rebuilt from them."""
 
 
 def client_key(lease: Lease) -> bytes | None:
@@ -164,7 +168,8 @@ class PostgresLeaseStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.url = url
-        self.server = server or f"pxetwist-{uuid.uuid4().hex[:12]}"
+        # Which process wrote a row: host and PID (a restarted server is a new writer).
+        self.server = server or f"{socket.gethostname()}/{os.getpid()}"
         self._reactor = reactor
         self._clock = clock
         self.sync_interval = sync_interval
@@ -180,7 +185,9 @@ class PostgresLeaseStore:
         self._closing = False
         self._closed = False
         self._close_waiters: list[Deferred[None]] = []
-        self._watchers: list[Callable[[list[Lease]], None]] = []
+        self._watchers: list[Callable[[list[Lease], bool], None]] = []
+        self._reload_wanted = False
+        self._own_too = False  # the next poll also returns this server's rows (after a reload)
         self._sync_call: IDelayedCall | None = None
         self._sync_wanted = False
         self._since: int | None = None  # poll rows changed in transactions >= this
@@ -219,7 +226,7 @@ class PostgresLeaseStore:
                 log.error("unreadable lease row {row!r}: {error}", row=row, error=str(error))
         return leases
 
-    def watch(self, callback: Callable[[list[Lease]], None]) -> None:
+    def watch(self, callback: Callable[[list[Lease], bool], None]) -> None:
         self._watchers.append(callback)
         if self._sync_call is None and not self._closing:
             self._sync_call = self._reactor.callLater(self.sync_interval, self._want_sync)
@@ -230,7 +237,8 @@ class PostgresLeaseStore:
         if not changes:
             return succeed(None)
         if not self.available:
-            self._pending.extend(changes)  # caught up when the database is back
+            # Nothing is queued: no client was told about these changes, and the table is
+            # rebuilt from the database when it is back.
             return fail(StoreUnavailable("the lease database is unreachable"))
         self._pending.extend(changes)
         waiter: Deferred[None] = Deferred()
@@ -282,17 +290,18 @@ class PostgresLeaseStore:
         waiters = self._waiters
         self._pending, self._waiters = [], []
         sync = self._sync_wanted and bool(self._watchers) and not self._closing
+        reload = self._reload_wanted and sync
         self._sync_wanted = False
         if not batch and not sync:
             return
         self._in_flight = True
         if not self._threads.started:
             self._threads.start()
-        done = deferToThreadPool(self._reactor, self._threads, self._work, batch, sync)
-        done.addBoth(self._done, batch, waiters, sync)
+        done = deferToThreadPool(self._reactor, self._threads, self._work, batch, sync, reload)
+        done.addBoth(self._done, batch, waiters, sync, reload)
 
     def _work(
-        self, batch: dict[IPv4Address, Lease], sync: bool
+        self, batch: dict[IPv4Address, Lease], sync: bool, reload: bool = False
     ) -> tuple[float, set[IPv4Address], list[Lease]]:
         """Worker thread: commit the batch (one transaction), then poll if asked."""
         started = time.perf_counter()
@@ -313,16 +322,24 @@ class PostgresLeaseStore:
         seconds = time.perf_counter() - started
         changed: list[Lease] = []
         if sync or lost:
-            changed = self._poll(connection)
+            changed = self._poll(connection, reload)
         return seconds, lost, changed
 
-    def _poll(self, connection: Any) -> list[Lease]:
+    def _poll(self, connection: Any, everything: bool = False) -> list[Lease]:
         with connection.transaction():
             since = int(connection.execute(_SNAPSHOT).fetchone()[0])
-            rows = connection.execute(
-                f"{_SELECT} FROM leases WHERE changed_in >= %s AND server IS DISTINCT FROM %s",
-                (self._since or 0, self.server),
-            ).fetchall()
+            if everything:
+                query = f"{_SELECT} FROM leases WHERE state <> 'removed'"
+                rows = connection.execute(query).fetchall()
+            else:
+                # After a reload, this server's own commits since then are read back once:
+                # the writes queued while the reload ran are not in the rebuilt table.
+                rows = connection.execute(
+                    f"{_SELECT} FROM leases WHERE changed_in >= %s"
+                    " AND (server IS DISTINCT FROM %s OR %s)",
+                    (self._since or 0, self.server, self._own_too),
+                ).fetchall()
+        self._own_too = everything
         self._since = since
         return [_lease(row) for row in rows]
 
@@ -332,10 +349,12 @@ class PostgresLeaseStore:
         batch: dict[IPv4Address, Lease],
         waiters: list[tuple[Deferred[None], tuple[Lease, ...]]],
         sync: bool,
+        reload: bool = False,
     ) -> None:
         self._in_flight = False
         if isinstance(result, Failure):
-            self._pending[:0] = batch.values()  # caught up at the next commit that works
+            # Not queued again: their replies are withheld, so no client knows of them; the
+            # table is rebuilt from the database once it answers again.
             if result.value is not None and _is_connection_error(result.value):
                 self._went_down(result)
                 error: Failure = Failure(StoreUnavailable(str(result.value)))
@@ -364,10 +383,12 @@ class PostgresLeaseStore:
                     self.on_commit(seconds, len(waiters))
                 except Exception:
                     log.failure("lease store commit observer failed")
-            if changed:
+            if reload:
+                self._reload_wanted = False
+            if changed or reload:
                 for watcher in self._watchers:
                     try:
-                        watcher(changed)
+                        watcher(changed, reload)
                     except Exception:
                         log.failure("lease store watcher failed")
             if sync and not self._closing:
@@ -419,12 +440,11 @@ class PostgresLeaseStore:
             return
         self.available = True
         log.info(
-            "lease database reachable again after {seconds:.1f} s; storing {count} lease "
-            "changes made meanwhile and reading the other servers' changes",
+            "lease database reachable again after {seconds:.1f} s; new leases again, the "
+            "lease table is reloaded from it",
             seconds=time.monotonic() - self._down_since,
-            count=len(self._pending),
         )
-        self._sync_wanted = bool(self._watchers)
+        self._sync_wanted = self._reload_wanted = bool(self._watchers)
         if self._pending or self._waiters or self._sync_wanted:
             self._schedule()
         elif self._closing:

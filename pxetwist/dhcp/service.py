@@ -173,9 +173,13 @@ class DhcpService(Service):
         for reader in self.readers:
             self.reactor.addReader(reader)
 
-    def _adopt(self, leases: list[Lease]) -> None:
-        """Leases other servers stored in the shared database: into the table (issue 15)."""
+    def _adopt(self, leases: list[Lease], complete: bool) -> None:
+        """Leases other servers stored in the shared database: into the table (issue 15);
+        ``complete`` (after a database outage): the table is rebuilt from them."""
         now = self.reactor.seconds()
+        if complete:
+            self.table.restore(leases, now)
+            return
         for lease in leases:
             self.table.adopt(lease, now)
 

@@ -834,3 +834,45 @@ class RandomInterleavingTests(SynchronousTestCase):
                 max_examples=200, stateful_step_count=40, deadline=None, database=None
             ),
         )
+
+
+class AdoptTests(SynchronousTestCase):
+    """Records another server stored in the shared database (issue 15)."""
+
+    def test_a_foreign_binding_wins_over_a_local_offer_and_is_not_persisted(self) -> None:
+        table = make_table()
+        offer = table.offer(None, mac(1), NET, None, NOW, HOLD)
+        assert offer is not None
+        foreign = Lease(offer.address, NET, None, mac(2), LeaseState.BOUND, NOW + LEASE)
+        table.adopt(foreign, NOW)
+        self.assertEqual(table.find_address(offer.address, NOW), foreign)
+        self.assertEqual(table.take_changes(), [])
+        # The next offer for client 1 is another address.
+        again = table.offer(None, mac(1), NET, None, NOW, HOLD)
+        assert again is not None
+        self.assertNotEqual(again.address, offer.address)
+
+    def test_a_client_moved_to_the_other_server_leaves_one_record(self) -> None:
+        table = make_table()
+        mine = dora(table, mac(3))
+        table.take_changes()
+        moved = Lease(ip(19), NET, None, mac(3), LeaseState.BOUND, NOW + LEASE)
+        table.adopt(moved, NOW)
+        self.assertIsNone(table.find_address(mine.address, NOW))
+        self.assertEqual(table.find_client(None, mac(3), NOW), moved)
+        self.assertEqual(table.take_changes(), [])
+
+    def test_a_removal_keeps_a_local_offer_and_drops_anything_else(self) -> None:
+        table = make_table()
+        offer = table.offer(None, mac(4), NET, None, NOW, HOLD)
+        assert offer is not None
+        table.adopt(removal(offer.address, NET, NOW), NOW)
+        self.assertEqual(table.find_address(offer.address, NOW), offer)
+        released = Lease(ip(18), NET, None, mac(5), LeaseState.RELEASED, NOW)
+        table.adopt(released, NOW)
+        table.adopt(removal(ip(18), NET, NOW), NOW)
+        self.assertNotIn(ip(18), [lease.address for lease in table.leases()])
+        # Outside every pool: ignored.
+        table.adopt(Lease(IPv4Address("10.1.1.1"), IPv4Network("10.1.1.0/24"), None, mac(6),
+                          LeaseState.BOUND, NOW + LEASE), NOW)  # fmt: skip
+        self.assertEqual(table.take_changes(), [])

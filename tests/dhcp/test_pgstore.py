@@ -154,8 +154,12 @@ class StoreTests(PostgresTestCase):
         failure = yield b.write([bound(10, client=2)]).addCallbacks(lambda _: None, lambda f: [f])
         self.assertTrue(failure and failure[0].check(AddressClaimed), failure)
         self.assertEqual(self.rows(url)["10.0.0.10"][2], str(mac(1)))
-        # The same client moving to the other server keeps one live binding, not two.
-        yield b.write([bound(11, client=1)])
+        # The same client bound elsewhere by the other server while its binding is live: it
+        # keeps the one it has (never two live bindings).
+        failure = yield b.write([bound(11, client=1)]).addCallbacks(lambda _: None, lambda f: [f])
+        self.assertTrue(failure and failure[0].check(AddressClaimed), failure)
+        # The server that bound it may move it (the client asked for another address).
+        yield a.write([bound(11, client=1)])
         self.assertEqual(list(self.rows(url)), ["10.0.0.11"])
         # A release of an address that is another client's now changes nothing.
         yield a.write([bound(11, client=3, state=LeaseState.RELEASED, expires=time.time())])
@@ -163,6 +167,11 @@ class StoreTests(PostgresTestCase):
         # A removal never deletes another client's live binding.
         yield a.write([removal(NET.network_address + 11, NET, time.time())])
         self.assertIn("10.0.0.11", self.rows(url))
+        # One machine, option 61 at one server and none at the other (a PXE ROM, then
+        # iPXE): the same client, as the engine's matching rule says.
+        yield a.write([bound(13, client=6, client_id=b"\x01pxe")])
+        yield b.write([bound(13, client=6)])
+        self.assertEqual(self.rows(url)["10.0.0.13"][2:], (str(mac(6)), "b"))
         # An expired binding is free for anyone.
         yield a.write([bound(12, client=4, expires=time.time() - 5)])
         yield b.write([bound(12, client=5)])
@@ -224,7 +233,7 @@ class StoreTests(PostgresTestCase):
         b.load()
         table = LeaseTable([Pool(NET, NET.network_address + 10, NET.network_address + 20)])
 
-        def adopt(leases: list[Lease]) -> None:
+        def adopt(leases: list[Lease], complete: bool) -> None:
             for lease in leases:
                 table.adopt(lease, time.time())
 
@@ -273,7 +282,10 @@ class OutageTests(PostgresTestCase):
     ) -> Generator[Any, Any, None]:
         assert self.cluster is not None
         url = self.database()
-        store = self.store(url, server="a")
+        store = self.store(url, server="a", sync_interval=0.2)
+        store.load()
+        reloads: list[list[Lease]] = []
+        store.watch(lambda leases, complete: reloads.append(leases) if complete else None)
         yield store.write([bound(1)])
         lines: list[str] = []
 
@@ -297,8 +309,11 @@ class OutageTests(PostgresTestCase):
             self.cluster.start()
         yield poll(lambda: store.available)
         yield store.write([bound(20)])
-        # Back within seconds, and the changes made meanwhile were caught up.
-        self.assertEqual(len(self.rows(url)), 12)
+        # Back within seconds; nothing that was refused got stored behind the clients' backs.
+        self.assertEqual(sorted(self.rows(url)), ["10.0.0.1", "10.0.0.20"])
+        # The table is rebuilt from the database (catch-up).
+        yield poll(lambda: bool(reloads))
+        self.assertEqual(sorted(str(lease.address) for lease in reloads[0]), ["10.0.0.1"])
         unreachable = [line for line in lines if "unreachable" in line]
         back = [line for line in lines if "reachable again" in line]
         self.assertEqual((len(unreachable), len(back)), (1, 1), lines)
