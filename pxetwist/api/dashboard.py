@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from importlib import resources
 
-from twisted.web.resource import NoResource, Resource
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 _FILES = {
@@ -43,10 +44,17 @@ class DashboardFile(Resource):
 class DashboardAssets(Resource):
     """``/ui/<name>``: the script and the style sheet."""
 
-    def getChild(self, path: bytes, request: Request) -> Resource:
+    def getChild(self, path: bytes, request: Request) -> IResource:
         if path in _FILES and path:
             return DashboardFile(path)
-        return NoResource()
+        return notFound()
+
+
+class ListenerRoot(Resource):
+    """The listener's ``/``: anything not mounted is a plain 404 (no HTML from user input)."""
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return notFound()
 
 
 def mount(root: Resource) -> None:

@@ -11,7 +11,6 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTCP
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
-from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from pxetwist.api import dashboard
@@ -72,7 +71,7 @@ class ApiService(Service):
         self.tokens = check_api_config(config)
         self.v1 = V1(context)
         self.router = Router(self.v1.routes(), lambda: self.tokens)
-        self.root = Resource()
+        self.root = dashboard.ListenerRoot()
         self.root.putChild(b"api", self.router)
         self.metrics = metrics if metrics is not None else BootMetrics()
         self.metrics_resource = MetricsResource(
