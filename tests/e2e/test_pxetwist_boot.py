@@ -43,11 +43,20 @@ PXETWIST = Path(sys.executable).with_name("pxetwist")
 
 # What pxetwist must have logged serving each scenario, per stage (regexes; {mac} filled in).
 _DHCP_AUTH = [r"DISCOVER from {mac} on srv0: offer ", r"REQUEST from {mac} on srv0: ack "]
-_HTTP_SCRIPT = [
-    r"GET /boot\.ipxe\S* 200 .* mac {mac} ipxe config: boot by static",
-    r"GET /boot/linux 200 8\d{{6}} bytes .* mac {mac}",
-    r"GET /boot/initrd\.img 200 \d+ bytes .* mac {mac}",
-]
+
+
+def _http_script(policy: str = "static") -> list[str]:
+    """The iPXE script decided by ``policy`` (the e2e machine is listed: ``static``; a machine
+    the config does not list is decided by the catch-all ``arch`` from ``defaults``), then the
+    kernel and initrd it names."""
+    return [
+        rf"GET /boot\.ipxe\S* 200 .* mac {{mac}} ipxe config: boot by {policy}",
+        r"GET /boot/linux 200 8\d{{6}} bytes .* mac {mac}",
+        r"GET /boot/initrd\.img 200 \d+ bytes .* mac {mac}",
+    ]
+
+
+_HTTP_SCRIPT = _http_script()
 
 
 def _tftp(*paths: str) -> list[str]:
@@ -329,13 +338,19 @@ class PolicyBootTests(SynchronousTestCase):
             for wrong in other:
                 self.assertNotIn(f"pxetwist.token={wrong}", words, vm.mac)
         log = server.log()
-        for mac, why in zip(
-            macs, ["machine alpha", "machine beta", "by architecture"], strict=True
+        for mac, why, policy in zip(
+            macs,
+            ["machine alpha", "machine beta", "by architecture"],
+            ["static", "static", "arch"],
+            strict=True,
         ):
             assert_logged(
                 self,
                 log,
-                [rf"DISCOVER from {{mac}} on srv0: offer .*{why}", *_HTTP_SCRIPT],
+                [
+                    rf"DISCOVER from {{mac}} on srv0: offer .*{why}.* \[{policy}: boot\]",
+                    *_http_script(policy),
+                ],
                 mac,
                 f"policy boot of {mac}",
             )
