@@ -613,11 +613,17 @@ def valid(pool: Pool, address: IPv4Address, who: MacAddress) -> bool:
     )
 
 
+def dynamic(pool: Pool, address: IPv4Address) -> bool:
+    """In the range and reserved for nobody: an address any client may be offered."""
+    return address not in pool.reservations.values() and valid(pool, address, MacAddress(b"\0" * 6))
+
+
 @attrs.define
 class Hold:
     identity: Identity
     until: float
     bound: bool
+    order: int = 0  # when it was (last) offered: lower is older
 
 
 class LeaseMachine(RuleBasedStateMachine):
@@ -627,6 +633,11 @@ class LeaseMachine(RuleBasedStateMachine):
     means two machines; the table must never allow it. The model also demands liveness: an
     offer fails only when no address is free for the client, a bind only when the address is
     not available to it.
+
+    Issue 18 defect 2 (an offer is not a lease): when no address is free, the table takes back
+    the oldest offer still held on a dynamic address of the pool for the new client, and only
+    says "no address" when there is none.  The model checks exactly that: a taken-back address
+    was nobody's binding or quarantine, nothing was free, and it was the oldest held offer.
     """
 
     @initialize()
@@ -636,6 +647,7 @@ class LeaseMachine(RuleBasedStateMachine):
         self.holds: dict[IPv4Address, Hold] = {}
         self.quarantine: dict[IPv4Address, float] = {}
         self.stored: dict[IPv4Address, Lease] = {}
+        self.offers_made = 0
 
     def active(self, address: IPv4Address) -> Hold | None:
         hold = self.holds.get(address)
@@ -664,7 +676,22 @@ class LeaseMachine(RuleBasedStateMachine):
                 and same_client(hold.identity, who)
             ):
                 del self.holds[address]
-        self.holds[lease.address] = Hold(who, lease.expires, lease.state is LeaseState.BOUND)
+        self.offers_made += 1
+        self.holds[lease.address] = Hold(
+            who, lease.expires, lease.state is LeaseState.BOUND, self.offers_made
+        )
+
+    def oldest_offer(self, pool: Pool) -> IPv4Address | None:
+        """The offer a full pool takes back: held, not bound, on a dynamic address."""
+        held = [
+            (hold.order, address)
+            for address, hold in self.holds.items()
+            if address in pool.network
+            and not hold.bound
+            and hold.until > self.now
+            and dynamic(pool, address)
+        ]
+        return min(held)[1] if held else None
 
     @rule(
         machine=st.sampled_from(MACHINES),
@@ -681,8 +708,17 @@ class LeaseMachine(RuleBasedStateMachine):
         free = [a for a in pool.network if valid(pool, a, who[1]) and self.available(a, who)]
         if lease is None:
             assert not free, f"offer refused with {free} free"
-        else:
-            assert lease.address in free, f"{lease.address} is not free for {who}"
+            oldest = self.oldest_offer(pool)
+            assert oldest is None, f"offer refused while the offer of {oldest} could be taken back"
+        elif lease.address not in free:
+            assert not free, f"{lease.address} is not free for {who}, and {free} are"
+            oldest = self.oldest_offer(pool)
+            assert lease.address == oldest, (
+                f"{lease.address} is not free for {who}: it is not the oldest held offer {oldest}"
+            )
+            del self.holds[lease.address]  # taken back from the client it was offered to
+            free.append(lease.address)
+        if lease is not None:
             assert (lease.client_id, lease.mac) == who
             assert lease.expires >= self.now + hold
             reserved = pool.reservations.get(who[1])
