@@ -378,7 +378,8 @@ class DhcpEngine:
         packet = incoming.packet
         if packet.message_type is not MessageType.DISCOVER:
             return Outcome(Verdict.IGNORED, "proxy mode answers DISCOVERs only")
-        if request is None or request.firmware is Firmware.PLAIN:
+        firmware = request.firmware if request is not None else Firmware.PLAIN
+        if request is None or firmware is Firmware.PLAIN:
             return Outcome(Verdict.IGNORED, "not a network-boot client")
         if not request.arches and not self._is_raspberry_pi(packet):
             # §2.3: a PXE DISCOVER carries option 93; without it this is no PXE client.
@@ -386,7 +387,6 @@ class DhcpEngine:
         if decision is None:
             return Outcome(Verdict.IGNORED, "no policy decided for this machine")
         server = self.server_address(incoming)
-        firmware = request.firmware
         arch = request.arch
         # A proxy offer is only a proxy offer with 60 (and 43 or a 4011 server) in it (§2.2), so
         # the omit-60/43 quirk, meant for full DHCP replies, does not apply here.
@@ -705,11 +705,12 @@ class DhcpEngine:
         if lease_times:
             options += info.lease_times
         fields: BootFields | None = None
-        if decision is not None and request is not None and request.firmware is not Firmware.PLAIN:
-            fields = self._boot(packet, request.firmware, decision, server)
+        firmware = request.firmware if request is not None else Firmware.PLAIN
+        if decision is not None and firmware is not Firmware.PLAIN:
+            fields = self._boot(packet, firmware, decision, server)
         if fields is not None:
             options += fields.options
-            if request is not None and request.firmware is Firmware.IPXE:
+            if firmware is Firmware.IPXE:
                 # 175.176 no-pxedhcp: we are the DHCP server and there is no proxy to wait for;
                 # saves iPXE its ~2-3 s ProxyDHCP wait (protocol-reference §4.2).
                 options.append((OptionCode.IPXE_ENCAP, _IPXE_NO_PROXYDHCP))
