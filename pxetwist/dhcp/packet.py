@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import threading
 import uuid
 from collections.abc import Collection, Iterable, Mapping
 from typing import Final, TypeAlias
@@ -197,7 +198,8 @@ class DhcpPacket:
     """The options by code, built once: the engine asks a request for a dozen of them."""
 
     def __attrs_post_init__(self) -> None:
-        _check(self)
+        if not getattr(_checked, "by_decode", False):
+            _check(self)
         object.__setattr__(self, "_values", dict(self.options))
 
     # -- generic option access -----------------------------------------------------------------
@@ -396,6 +398,11 @@ class DhcpPacket:
             return ()
 
 
+#: Set by :func:`decode` while it builds its packet (per thread: the flag never leaks into a
+#: packet another thread builds meanwhile).
+_checked = threading.local()
+
+
 def _check(packet: DhcpPacket) -> None:
     """Enforce the invariants documented on :class:`DhcpPacket`."""
     if packet.op != 1 and packet.op != 2:
@@ -429,6 +436,16 @@ def _check(packet: DhcpPacket) -> None:
             raise MalformedPacket(
                 "option 52 is framing: decode consumes it and encode never overloads"
             )
+    _check_values(packet.op, packet.options)
+
+
+def _check_values(op: int, options: Options) -> None:
+    """The invariants on option values: fixed lengths, the message type, option 93.
+
+    All :func:`decode` has left to check: its scan already yields each code once, in 1-254,
+    without option 52, as ``bytes``, and the header fields fit by construction.
+    """
+    for code, value in options:
         length = _EXACT_LENGTH.get(code)
         if length is not None and len(value) != length:
             raise MalformedPacket(f"option {code} must be {length} bytes, not {len(value)}")
@@ -436,10 +453,8 @@ def _check(packet: DhcpPacket) -> None:
             kind = _MESSAGE_TYPES.get(value[0])
             if kind is None:
                 raise MalformedPacket(f"unknown DHCP message type {value[0]}")
-            if kind.op != packet.op:
-                raise MalformedPacket(
-                    f"{kind.name} must have op {int(kind.op)}, not op {packet.op}"
-                )
+            if kind.op != op:
+                raise MalformedPacket(f"{kind.name} must have op {int(kind.op)}, not op {op}")
         elif code == OptionCode.CLIENT_ARCH and (not value or len(value) % 2):
             raise MalformedPacket(
                 f"option 93 must be a positive, even number of bytes, not {len(value)}"
@@ -551,6 +566,10 @@ def decode(data: bytes | bytearray | memoryview) -> DhcpPacket:
     if joined:
         quirks.append(f"{joined} repeated option instances joined (RFC 3396)")
 
+    options = tuple(found.items())
+    _check_values(op, options)
+    # The rest of DhcpPacket's invariants hold by construction here: do not check them twice.
+    _checked.by_decode = True
     try:
         return DhcpPacket(
             op=op,
@@ -567,13 +586,15 @@ def decode(data: bytes | bytearray | memoryview) -> DhcpPacket:
             chaddr=chaddr,
             sname=sname,
             file=file,
-            options=tuple(found.items()),
+            options=options,
             quirks=tuple(quirks),
         )
     except MalformedPacket:
         raise
     except ValueError as error:  # pragma: no cover - every header value fits by construction
         raise MalformedPacket(str(error)) from error
+    finally:
+        _checked.by_decode = False
 
 
 def peek_discover(data: bytes) -> bool:
