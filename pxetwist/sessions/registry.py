@@ -68,8 +68,13 @@ class _Machine:
     def __init__(self) -> None:
         self.current: Session | None = None
         self.recent: deque[Session] = deque(maxlen=RECENT_IN_MEMORY)
-        self.files: BootFiles | None = None
-        self.boot_file: str | None = None
+        self.files: BootFiles | None = None  # from a decision in the events, if any
+        self.boot_file: str | None = None  # the boot file DHCP last sent
+
+    def boot_files(self) -> BootFiles | None:
+        if self.boot_file is None:
+            return self.files
+        return (self.files or BootFiles()).with_program(self.boot_file)
 
 
 #: The details a session keeps, of any protocol (the rest: packet routing, user agents...).
@@ -168,13 +173,8 @@ class SessionRegistry:
         if decision is not None:
             machine.files = BootFiles.from_decision(decision)
         boot_file = event.details.get("file")
-        if (
-            isinstance(boot_file, str)
-            and event.outcome is Outcome.OK
-            and boot_file != (machine.boot_file)
-        ):
-            machine.boot_file = boot_file
-            machine.files = (machine.files or BootFiles()).with_program(boot_file)
+        if isinstance(boot_file, str) and event.outcome is Outcome.OK:
+            machine.boot_file = boot_file  # normalized only if a file event needs it
         session = machine.current
         if event.stage is EventStage.DISCOVER:
             if self._new_attempt(session, firmware):
@@ -231,7 +231,7 @@ class SessionRegistry:
         machine = self._machines.get(mac)
         files = self._files_for(mac) if self._files_for is not None else None
         if files is None and machine is not None:
-            files = machine.files
+            files = machine.boot_files()
         stage = event_file_stage(event, files)
         session = machine.current if machine is not None else None
         if session is None or session.state.finished:
