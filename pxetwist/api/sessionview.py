@@ -20,6 +20,7 @@ from pxetwist.policy.values import MacAddress
 from pxetwist.sessions.cli import load_sessions
 from pxetwist.sessions.model import Session
 from pxetwist.sessions.recorder import SessionRecorder
+from pxetwist.sessions.shared import reset_shared
 from pxetwist.sessions.store import SessionStore, UsedBoot
 
 
@@ -95,9 +96,10 @@ class RecorderSessions:
 def _reset_in_store(recorder: SessionRecorder, mac: MacAddress) -> UsedBoot | None:
     store = SessionStore(recorder.config.sessions_path)
     try:
-        return store.reset_boot(str(mac))
+        record = store.reset_boot(str(mac))
     finally:
         store.close()
+    return reset_shared(recorder.config, str(mac)) or record
 
 
 @implementer(IBootOnce)

@@ -124,10 +124,14 @@ MIGRATIONS: tuple[str, ...] = (
     # 2: boot-once state, shared so that every server answers a machine the same way.
     """
     CREATE TABLE boot_once_used (
-        mac       text PRIMARY KEY,
+        mac       text PRIMARY KEY,   -- 52:54:00:12:34:56
         used_at   double precision NOT NULL,
-        how       text NOT NULL
+        how       text NOT NULL,
+        session   text
     );
+    -- Bumped by every change: a server reads the table again only when it moved.
+    CREATE TABLE boot_once_version (version bigint NOT NULL);
+    INSERT INTO boot_once_version VALUES (0);
     """,
 )
 

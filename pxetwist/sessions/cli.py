@@ -32,6 +32,7 @@ from pxetwist.config.model import Config
 from pxetwist.policy.values import InvalidMacAddress, MacAddress
 from pxetwist.sessions.diagnosis import judge_silent
 from pxetwist.sessions.model import Session, SessionState, session_from_json
+from pxetwist.sessions.shared import reset_shared
 from pxetwist.sessions.store import SessionStore
 
 STATES = [state.value for state in SessionState]
@@ -191,6 +192,8 @@ def run_machines(args: argparse.Namespace) -> int:
             record = store.reset_boot(str(mac))
         finally:
             store.close()
+    # With the leases on PostgreSQL every server reads boot-once state from there.
+    record = reset_shared(config, str(mac)) or record
     if record is None:
         print(f"{mac}: boot once was not used up; its next boot is a network boot")
     else:

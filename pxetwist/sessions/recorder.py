@@ -37,6 +37,7 @@ from pxetwist.sessions.attribution import Attribution
 from pxetwist.sessions.bootonce import BootOnce
 from pxetwist.sessions.model import Session
 from pxetwist.sessions.registry import SessionRegistry
+from pxetwist.sessions.shared import PostgresBootOnce, shared_store
 from pxetwist.sessions.store import SessionRow, SessionStore, UsedBoot
 
 log = Logger()
@@ -52,8 +53,15 @@ def _write(
     keep: int,
     max_sessions: int,
     seen_version: int | None,
+    shared: PostgresBootOnce | None = None,
 ) -> tuple[int, list[UsedBoot] | None]:
-    """On the writer thread: store, then read the boot-once table if another process changed it."""
+    """On the writer thread: store, then read the boot-once table if another process changed it.
+
+    With a ``shared`` database (leases on PostgreSQL), used boots go there first and are read
+    back from there whenever any server (or ``pxetwist machines reset-boot``) changed them.
+    """
+    if shared is not None:
+        shared.save(used)
     if bodies or used:
         store.save(
             [SessionRow.from_json(body) for body in bodies],
@@ -61,6 +69,11 @@ def _write(
             keep=keep,
             max_sessions=max_sessions,
         )
+    if shared is not None:
+        version = shared.version()
+        if seen_version is not None and version == seen_version:
+            return version, None
+        return version, shared.used_boots()
     version = store.data_version()
     if seen_version is not None and version == seen_version:
         return version, None
@@ -97,6 +110,7 @@ class SessionRecorder(Service):
         self._in_thread = in_thread
         self._threads: ThreadPool | None = None
         self._store: SessionStore | None = None
+        self._shared: PostgresBootOnce | None = None
         self._loop: LoopingCall | None = None
         self._writing: Deferred[None] | None = None
         self._version: int | None = None
@@ -110,6 +124,11 @@ class SessionRecorder(Service):
         if self._store is not None:
             return
         self._store = SessionStore(self.config.sessions_path)
+        self._shared = shared_store(self.config)
+        if self._shared is not None:
+            self._version = self._shared.version()
+            self.bootonce.replace_used(self._shared.used_boots())
+            return
         self._version = self._store.data_version()
         self.bootonce.replace_used(self._store.used_boots())
 
@@ -158,7 +177,14 @@ class SessionRecorder(Service):
         used = self.bootonce.take_unsaved()
         settings = self.config.sessions
         writing = self._run(
-            _write, self._store, bodies, used, settings.keep, settings.max_sessions, self._version
+            _write,
+            self._store,
+            bodies,
+            used,
+            settings.keep,
+            settings.max_sessions,
+            self._version,
+            self._shared,
         ).addCallbacks(self._written, self._failed, errbackArgs=(bodies, used))
         self._writing = writing
         writing.addBoth(self._done_writing)
@@ -213,6 +239,9 @@ class SessionRecorder(Service):
         if self._store is not None:
             self._store.close()
             self._store = None
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
 
 
 def recorder_for(context: ServerContext) -> SessionRecorder:
