@@ -47,6 +47,28 @@ def browser(window: str) -> Any:
     )
 
 
+def click(driver: Any, selector: str, timeout: float = 60.0) -> None:
+    """Click what ``selector`` finds, as an operator would, once it is on the page.
+
+    The page redraws its lists at every poll (the machines every 2 s): a row found just before
+    a redraw is stale by the time it is clicked, so finding and clicking are retried together.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def attempt(d: Any) -> bool:
+        found = d.find_elements(By.CSS_SELECTOR, selector)
+        if not found:
+            return False
+        found[0].click()
+        return True
+
+    WebDriverWait(
+        driver, timeout, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(attempt, f"click {selector}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
@@ -71,8 +93,7 @@ def main() -> int:
         wait.until(lambda d: d.find_element(By.ID, "token").is_displayed())
         driver.find_element(By.ID, "token").send_keys(token)
         driver.find_element(By.CSS_SELECTOR, "#login-form button").click()
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, row))
-        driver.find_element(By.CSS_SELECTOR, row).click()
+        click(driver, row)
         wait.until(lambda d: d.find_element(By.ID, "timeline-mac").text == args.mac)
         Path(args.ready).write_text("watching\n")
         start = time.monotonic()

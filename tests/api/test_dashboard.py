@@ -23,12 +23,14 @@ from twisted.trial.unittest import SkipTest
 
 from pxetwist.events import BootEvent, EventProtocol, EventStage, Outcome
 from pxetwist.policy.values import MacAddress
+from tests.api.dashboard_watch import click
 from tests.api.support import READ, WRITE, ApiTestCase
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
 OUTPUT = Path(os.environ.get("PXETWIST_TEST_OUTPUT", Path(__file__).parents[2] / "test-output"))
 MAC = "52:54:00:77:00:10"  # node1 in the test config
+ROW = f'#machines tr[data-mac="{MAC}"]'
 #: The stages the timeline shows, read in one script (the page replaces the list at each poll).
 STAGES = "return [...document.querySelectorAll('#timeline li')].map((li) => li.dataset.stage)"
 STATES = "return [...document.querySelectorAll('#machines tbody tr')].map((tr) => tr.dataset.state)"
@@ -59,6 +61,17 @@ def browser() -> Any:
     ):
         options.add_argument(argument)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def waiter(driver: Any) -> Any:
+    """A wait with room for a loaded machine; it ends as soon as the page shows the thing.  An
+    element redrawn while it was read is read again at the next poll."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(
+        driver, 60, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)
+    )
 
 
 def step(
@@ -145,9 +158,7 @@ class DashboardBrowserTests(ApiTestCase):
         return result
 
     def wait_for(self, driver: Any, predicate: Callable[[Any], Any], what: str) -> Any:
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        return WebDriverWait(driver, 30, poll_frequency=0.2).until(predicate, what)
+        return waiter(driver).until(predicate, what)
 
     @defer.inlineCallbacks
     def test_watch_a_boot_live(self) -> Gen:
@@ -161,12 +172,7 @@ class DashboardBrowserTests(ApiTestCase):
             self.wait_for(driver, lambda d: d.find_element(By.ID, "token").is_displayed(), "login")
             driver.find_element(By.ID, "token").send_keys(READ)
             driver.find_element(By.CSS_SELECTOR, "#login-form button").click()
-            self.wait_for(
-                driver,
-                lambda d: d.find_elements(By.CSS_SELECTOR, f'#machines tr[data-mac="{MAC}"]'),
-                "node1 listed",
-            )
-            driver.find_element(By.CSS_SELECTOR, f'#machines tr[data-mac="{MAC}"]').click()
+            click(driver, ROW)  # node1 listed (the list is redrawn at every poll)
 
         yield self.in_browser(sign_in)
         state = yield self.in_browser(lambda: driver.execute_script(STATES)[0])
@@ -178,16 +184,7 @@ class DashboardBrowserTests(ApiTestCase):
                 driver, lambda d: d.find_element(By.ID, "app").is_displayed(), "app"
             )
         )
-        yield self.in_browser(
-            lambda: self.wait_for(
-                driver,
-                lambda d: d.find_elements(By.CSS_SELECTOR, f'#machines tr[data-mac="{MAC}"]'),
-                "node1 again",
-            )
-        )
-        yield self.in_browser(
-            lambda: driver.find_element(By.CSS_SELECTOR, f'#machines tr[data-mac="{MAC}"]').click()
-        )
+        yield self.in_browser(lambda: click(driver, ROW))  # node1 again
         seen: list[str] = []
         for number, (make, expected) in enumerate(zip(BOOT, STAGES_SEEN, strict=True), start=1):
             self.now = reactor.seconds()
@@ -315,13 +312,12 @@ class DashboardActionTests(ApiTestCase):
     @defer.inlineCallbacks
     def test_write_token_releases_a_lease_and_resets_boot_once(self) -> Gen:
         from selenium.webdriver.common.by import By
-        from selenium.webdriver.support.ui import WebDriverWait
 
         self.bind_lease("52:54:00:aa:00:01", "10.77.1.5")
         self.boot_once.used.add(MacAddress.parse(MAC))
         driver = yield threads.deferToThread(browser)
         self.addCleanup(lambda: threads.deferToThread(driver.quit))
-        wait = WebDriverWait(driver, 30, poll_frequency=0.2)
+        wait = waiter(driver)
         release = '#leases tr[data-address="10.77.1.5"] button'
         reset = "#machine-actions button"
 
@@ -340,10 +336,7 @@ class DashboardActionTests(ApiTestCase):
             driver.find_element(By.CSS_SELECTOR, "#login-form button").click()
             asked = click_twice(release)
             wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, release))
-            wait.until(
-                lambda d: d.find_elements(By.CSS_SELECTOR, f'#machines tr[data-mac="{MAC}"]')
-            )
-            driver.find_element(By.CSS_SELECTOR, f'#machines tr[data-mac="{MAC}"]').click()
+            click(driver, ROW)
             confirm = click_twice(reset)
             wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, reset))
             return asked, confirm
@@ -356,7 +349,6 @@ class DashboardActionTests(ApiTestCase):
     @defer.inlineCallbacks
     def test_read_token_gets_no_buttons(self) -> Gen:
         from selenium.webdriver.common.by import By
-        from selenium.webdriver.support.ui import WebDriverWait
 
         self.bind_lease("52:54:00:aa:00:01", "10.77.1.5")
         self.boot_once.used.add(MacAddress.parse(MAC))
@@ -364,7 +356,7 @@ class DashboardActionTests(ApiTestCase):
         self.addCleanup(lambda: threads.deferToThread(driver.quit))
 
         def look() -> int:
-            wait = WebDriverWait(driver, 30, poll_frequency=0.2)
+            wait = waiter(driver)
             driver.get(self.base + "/")
             wait.until(lambda d: d.find_element(By.ID, "token").is_displayed())
             driver.find_element(By.ID, "token").send_keys(READ)
@@ -372,7 +364,7 @@ class DashboardActionTests(ApiTestCase):
             wait.until(
                 lambda d: d.find_elements(By.CSS_SELECTOR, '#leases tr[data-address="10.77.1.5"]')
             )
-            driver.find_element(By.CSS_SELECTOR, f'#machines tr[data-mac="{MAC}"]').click()
+            click(driver, ROW)
             wait.until(lambda d: d.find_element(By.ID, "timeline-mac").text == MAC)
             return len(
                 driver.find_elements(By.CSS_SELECTOR, "#leases button, #machine-actions button")
