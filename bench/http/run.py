@@ -7,7 +7,7 @@ Run as root from the repository root::
 
 Servers, all in the lab's server namespace on its address (10.77.0.1), each on its own port and
 all running at once, so that every round measures the three back to back under the same
-machine load (this host is noisy; see /work/shared/lab/README.md):
+machine load (this host is noisy; see ../shared/lab/README.md):
 
   pxetwist     ``twistd -n pxe`` (the venv's), HTTP only: DHCP off, TFTP disabled, port 8081
   nginx        nginx, ``sendfile on; tcp_nopush on``, one worker, access log on, port 8082

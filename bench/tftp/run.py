@@ -4,7 +4,7 @@
 All three servers run at once in the lab's server namespace, each on its own port of
 10.77.0.1, so the runs of one case alternate between servers and the machine's noise spreads
 evenly over them.  Clients run in the client namespace.  Cases (the shape of
-/work/shared/lab/tftp_bench.py):
+../shared/lab/tftp_bench.py):
 
 * one download of a 64 MiB file with curl at blksize 512, 1468 and 65464 (lockstep), and with
   atftp at blksize 1468 and windowsize 1, 8, 32 (RFC 7440);

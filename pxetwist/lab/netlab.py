@@ -1,6 +1,6 @@
 """A throw-away L2 network of Linux network namespaces for integration tests and benchmarks.
 
-This is the Python twin of ``/work/shared/lab/netlab.sh``. Every :class:`NetLab` gets its
+This is the Python twin of ``../shared/lab/netlab.sh``. Every :class:`NetLab` gets its
 own namespace prefix (``pxt<pid>x<hex>``), so parallel and consecutive runs never collide,
 and a test can build as many labs as it likes::
 

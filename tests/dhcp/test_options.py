@@ -1,6 +1,6 @@
 """Tests for :mod:`pxetwist.dhcp.options`: option codes and typed value helpers.
 
-Section numbers (§) refer to /work/shared/docs/protocol-reference.md.
+Section numbers (§) refer to ../shared/docs/protocol-reference.md.
 """
 
 from __future__ import annotations

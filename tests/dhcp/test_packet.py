@@ -1,6 +1,6 @@
 """Tests for :mod:`pxetwist.dhcp.packet`: decoding, encoding and reply construction.
 
-Section numbers (§) refer to /work/shared/docs/protocol-reference.md. The V* and R* vectors are
+Section numbers (§) refer to ../shared/docs/protocol-reference.md. The V* and R* vectors are
 the hex dumps of §7.1-7.7, copied verbatim where the reference gives bytes. Header bytes it gives
 only in prose are filled in from that prose, as noted next to each vector.
 """
