@@ -150,7 +150,15 @@ async def dhcp_exchange(
 class TftpDownload(asyncio.DatagramProtocol):
     """One lockstep RRQ with blksize and tsize; the server answers from a new port (its TID)."""
 
-    def __init__(self, request: bytes, blksize: int, hasher: Any, done: asyncio.Future[int]):
+    def __init__(
+        self,
+        request: bytes,
+        blksize: int,
+        hasher: Any,
+        done: asyncio.Future[int],
+        stall: bool = False,
+    ) -> None:
+        self.stall = stall  # stop at block 1 without acknowledging it: a transfer held open
         self.request = request
         self.blksize = blksize
         self.hasher = hasher
@@ -190,6 +198,9 @@ class TftpDownload(asyncio.DatagramProtocol):
         opcode = data[1] if len(data) >= 4 and data[0] == 0 else 0
         if opcode == 3:
             block = (data[2] << 8) | data[3]
+            if self.stall:
+                self.done.set_result(-1)
+                return
             if block == (self.expected & 0xFFFF):
                 payload = data[4:]
                 self.size += len(payload)
@@ -374,19 +385,27 @@ class Machine:
             name = boot.split(b"\0", 1)[0].decode(errors="replace").lstrip("/")
             if name not in spec["files"]:
                 raise Failed("dhcp", f"unexpected boot file {name!r}")
+            if spec.get("stages") == "dhcp":
+                rec["end"] = rec["ack"]
+                return
+            stall = spec.get("stages") == "tftp-hold"
 
             stage = "tftp"
             hasher = self.hasher()
             done: asyncio.Future[int] = loop.create_future()
             request = b"\0\1" + name.encode() + b"\0octet\0blksize\0001468\0tsize\0000\0"
             transport, tftp = await loop.create_datagram_endpoint(
-                lambda: TftpDownload(request, 512, hasher, done),
+                lambda: TftpDownload(request, 512, hasher, done, stall),
                 local_addr=(address, 0),
             )
             self.procs.tftp.add(tftp)
             try:
                 tftp.send(request, (spec["server"], spec["tftp_port"]))
                 size = await done
+                if stall:
+                    rec["end"] = time.time()
+                    await asyncio.sleep(spec.get("hold", 10.0))
+                    return
             finally:
                 self.procs.tftp.discard(tftp)
                 rec["tftp_retransmits"] = tftp.retransmits
@@ -448,7 +467,8 @@ class Process:
         sweeper = asyncio.ensure_future(self.sweep())
 
         async def launch(machine: Machine) -> None:
-            delay = spec["start_at"] + spec["ramp"] * machine.index / total - time.time()
+            position = (machine.index - spec.get("base", 0)) / total
+            delay = spec["start_at"] + spec["ramp"] * position - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             await machine.boot()
