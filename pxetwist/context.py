@@ -56,7 +56,19 @@ __all__ = [
 ]
 
 
-class IServerReactor(IReactorTime, IReactorUDP, IReactorTCP, IReactorFDSet, IReactorFromThreads):
+class ITransferReactor(IReactorTime, IReactorFDSet):
+    """What TFTP transfers use of a reactor: timers and descriptors.
+
+    The main process's reactor and a transfer worker's own epoll reactor both serve as one.
+    ``timeout`` is not in a Twisted interface but every Twisted reactor has it
+    (``ReactorBase.timeout``): the lone-transfer spin loop reads it to wake for timed calls.
+    """
+
+    def timeout() -> float | None:
+        """Seconds until the reactor's next timed call, or ``None`` if there is none."""
+
+
+class IServerReactor(ITransferReactor, IReactorUDP, IReactorTCP, IReactorFromThreads):
     """The reactor as the protocol services use it, as one type (Twisted has no intersections).
 
     ``IReactorTime`` for timers, the chain's timeouts and the sighting clock; ``IReactorUDP``

@@ -24,6 +24,8 @@ from twisted.logger import Logger
 from txdbus import client as dbus_client
 from txdbus.error import DBusException, RemoteError
 
+from pxetwist.context import IServerReactor
+
 log = Logger()
 
 DESTINATION = "org.ganesha.nfsd"
@@ -49,7 +51,7 @@ class GaneshaBusError(Exception):
 class GaneshaBus:
     """One DBus connection to a Ganesha's export manager, made on first use and remade if lost."""
 
-    def __init__(self, reactor: Any, address: str) -> None:
+    def __init__(self, reactor: IServerReactor, address: str) -> None:
         self.reactor = reactor
         self.address = address
         self._connection: Any = None

@@ -30,10 +30,12 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ProcessDone
+from twisted.internet.interfaces import IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pxetwist.context import IServerReactor
 from pxetwist.nfs.bus import GaneshaBus, GaneshaBusError
 
 log = Logger()
@@ -116,7 +118,7 @@ class ManagedGanesha:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IServerReactor,
         state_dir: Path,
         *,
         serves_v3: bool,
@@ -258,7 +260,9 @@ class ManagedGanesha:
         child = _Child(name)
         environment = dict(os.environ)
         environment.update(env or {})
-        self.reactor.spawnProcess(child, argv[0], argv, env=environment, path=str(self.state_dir))
+        IReactorProcess(self.reactor).spawnProcess(
+            child, argv[0], argv, env=environment, path=str(self.state_dir)
+        )
         self.children.append(child)
         generation = self._generation
         child.ended.addCallback(self._ended, child, generation)
@@ -362,14 +366,14 @@ def _signal(child: _Child, sig: signal.Signals) -> None:
             os.kill(child.pid, sig)
 
 
-def _sleep(reactor: Any, seconds: float) -> Deferred[None]:
+def _sleep(reactor: IServerReactor, seconds: float) -> Deferred[None]:
     d: Deferred[None] = Deferred()
     reactor.callLater(seconds, d.callback, None)
     return d
 
 
 @inlineCallbacks
-def _wait_all(reactor: Any, children: list[_Child], timeout: float) -> Any:
+def _wait_all(reactor: IServerReactor, children: list[_Child], timeout: float) -> Any:
     deadline = reactor.seconds() + timeout
     while any(c.running for c in children) and reactor.seconds() < deadline:
         yield _sleep(reactor, 0.05)

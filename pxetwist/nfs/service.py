@@ -26,6 +26,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 
 from pxetwist.config.model import Config, DhcpMode
+from pxetwist.context import IServerReactor
 from pxetwist.events import BootEvent, EventProtocol, EventStage, Outcome
 from pxetwist.nfs.bus import GaneshaBus, GaneshaBusError
 from pxetwist.nfs.exports import ExportIds, ExportPlanner, planner_for, state_dir
@@ -65,7 +66,7 @@ class NfsService(Service):
     ) -> None:
         self.context = context
         self.bus_factory = bus_factory
-        self.reactor: Any = context.reactor
+        self.reactor: IServerReactor = context.reactor
         config = context.config
         self.state = state_dir(config)
         self.planner: ExportPlanner | None = None

@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import attrs
 from twisted.internet.defer import fail
@@ -49,6 +49,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from pxetwist.config.model import TftpConfig
+from pxetwist.context import ITransferReactor
 from pxetwist.events import BootEventBus, LogObserver
 from pxetwist.events import Outcome as EventOutcome
 from pxetwist.policy.render import ServingContext
@@ -142,7 +143,7 @@ class TftpServer:
         self,
         settings: ServerSettings,
         resolver: FileResolver,
-        reactor: Any,
+        reactor: ITransferReactor,
         bus: BootEventBus | None = None,
     ) -> None:
         self.settings = settings

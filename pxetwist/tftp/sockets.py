@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pxetwist.context import ITransferReactor
 from pxetwist.tftp.packet import ErrorCode, error_datagram, is_error
 
 log = Logger()
@@ -152,7 +153,7 @@ class TransferMux:
     left unread makes the reactor call again.)
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: ITransferReactor) -> None:
         self.reactor = reactor
         self._epoll = select.epoll()
         self._sockets: dict[int, TransferSocket] = {}

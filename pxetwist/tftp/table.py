@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 from twisted.logger import Logger, LogLevel
 
+from pxetwist.context import ITransferReactor
 from pxetwist.events import BootEvent, BootEventBus, EventProtocol, EventStage, Outcome
 from pxetwist.tftp.files import Resolved, close_source
 from pxetwist.tftp.session import Negotiation, TransferSummary
@@ -91,13 +92,13 @@ class TransferSlot:
         return self.key[1]
 
     @property
-    def server(self) -> Any:
+    def server(self) -> TransferTable:
         """What a :class:`~pxetwist.tftp.transfer.Transfer` run here asks for its reactor and
         for how many transfers run (a lone one is served in place)."""
         return self.table
 
     @property
-    def reactor(self) -> Any:
+    def reactor(self) -> ITransferReactor:
         return self.table.reactor
 
     def abort(self, reason: str) -> None:
@@ -122,7 +123,7 @@ class TransferTable:
     def __init__(
         self,
         limit: int,
-        reactor: Any,
+        reactor: ITransferReactor,
         bus: BootEventBus,
         log_lines_per_second: int = REQUEST_LOG_LINES_PER_SECOND,
     ) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from pxetwist.context import ITransferReactor
 from pxetwist.tftp.files import close_source
 from pxetwist.tftp.packet import (
     Ack,
@@ -35,7 +36,7 @@ class TransferServer(Protocol):
     """What a transfer needs of the server it runs in."""
 
     @property
-    def reactor(self) -> Any: ...
+    def reactor(self) -> ITransferReactor: ...
 
     @property
     def busy(self) -> int:

@@ -28,13 +28,14 @@ import socket
 import sys
 from collections import deque
 from collections.abc import Sequence
-from typing import IO, Any, Final
+from typing import IO, Final, cast
 
-from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
+from twisted.internet.interfaces import IReactorCore, IReadDescriptor, IWriteDescriptor
 from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent, globalLogBeginner
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pxetwist.context import ITransferReactor
 from pxetwist.privileges import RunAs, become
 from pxetwist.tftp.files import FileSource
 from pxetwist.tftp.handoff import (
@@ -61,7 +62,7 @@ log = Logger()
 class WorkerHost:
     """The worker's side of the control socket, and the owner of the transfers it runs."""
 
-    def __init__(self, reactor: Any, control: socket.socket) -> None:
+    def __init__(self, reactor: ITransferReactor, control: socket.socket) -> None:
         self.reactor = reactor
         self.control = control
         self.transfers: dict[int, Transfer] = {}
@@ -232,8 +233,9 @@ class WorkerHost:
         self.control.close()
         if self._mux is not None:
             self._mux.close()
-        if self.reactor.running:
-            self.reactor.stop()
+        core = IReactorCore(self.reactor)
+        if core.running:
+            core.stop()
 
 
 STOP_FLUSH: Final = 1.0
@@ -274,7 +276,7 @@ def run_worker(control_fd: int) -> None:
     from twisted.internet import reactor
 
     globalLogBeginner.beginLoggingTo([LineObserver(sys.stderr)], redirectStandardIO=False)
-    host = WorkerHost(reactor, socket.socket(fileno=control_fd))
+    host = WorkerHost(cast(ITransferReactor, reactor), socket.socket(fileno=control_fd))
     reactor.callWhenRunning(host.start)
     reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
 

@@ -44,12 +44,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.interfaces import IReactorProcess, IReadDescriptor
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pxetwist.context import ITransferReactor
 from pxetwist.privileges import RunAs
 from pxetwist.tftp.handoff import (
     MAX_MESSAGE,
@@ -109,7 +110,7 @@ class Spawner(ProcessProtocol):
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH", "")) if p
             )
-            self.pool.reactor.spawnProcess(
+            IReactorProcess(self.pool.reactor).spawnProcess(
                 self,
                 sys.executable,
                 argv,
@@ -295,7 +296,11 @@ class WorkerPool:
     """``count`` worker processes taking transfers, least busy first."""
 
     def __init__(
-        self, reactor: Any, count: int, table: TransferTable, run_as: RunAs | None = None
+        self,
+        reactor: ITransferReactor,
+        count: int,
+        table: TransferTable,
+        run_as: RunAs | None = None,
     ) -> None:
         self.reactor = reactor
         self.count = count

@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from pxetwist.bootconfig import BootConfigResolver
-from pxetwist.context import IServerReactor, ServerContext
+from pxetwist.context import IServerReactor, ITransferReactor, ServerContext
 from pxetwist.events import BootEvent, BootEventBus, EventStage
 from pxetwist.lab.tftpfuzz import mutated, oversized_request
 from pxetwist.policy.chain import PolicyChain
@@ -351,7 +351,7 @@ class ListenerMachine(RuleBasedStateMachine):
         self.server = TftpServer(
             ServerSettings(root=self.work, max_transfers=self.LIMIT, single_port=True, retries=2),
             FileResolver(BootConfigResolver(context, Renderer())),
-            self.reactor,
+            cast(ITransferReactor, self.reactor),
             self.bus,
         )
         self.listener = TftpListener(

@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pxetwist.bootconfig import BootConfigResolver
 from pxetwist.config.model import Config
-from pxetwist.context import IServerReactor, ServerContext
+from pxetwist.context import IServerReactor, ITransferReactor, ServerContext
 from pxetwist.events import BootEvent, BootEventBus, EventStage
 from pxetwist.events import Outcome as EventOutcome
 from pxetwist.netinfo import InterfaceInfo
@@ -152,7 +152,7 @@ class Harness:
                     Renderer(templates),
                 )
             ),
-            self.reactor,
+            cast(ITransferReactor, self.reactor),
             self.bus,
         )
         testcase.addCleanup(self.server.abort_all, "test over")
@@ -709,7 +709,7 @@ class RealSocketTests(SynchronousTestCase):
                     Renderer(),
                 )
             ),
-            self.reactor,
+            cast(ITransferReactor, self.reactor),
         )
         self.listener = TftpListener(
             self.server, "127.0.0.1", ServingContext("127.0.0.1", 8080, 69, None, self.root)

@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from pxetwist.context import ITransferReactor
 from pxetwist.events import BootEvent, BootEventBus, EventStage, LogObserver, Outcome
 from pxetwist.policy.render import LoaderKind
 from pxetwist.policy.values import MacAddress
@@ -38,7 +39,7 @@ class Recorder:
         self.bus.subscribe(self.events.append)
 
     def table(self, limit: int = 10) -> TransferTable:
-        return TransferTable(limit, self.clock, self.bus)
+        return TransferTable(limit, cast(ITransferReactor, self.clock), self.bus)
 
 
 class TableTests(SynchronousTestCase):
@@ -197,7 +198,9 @@ class LogBudgetTests(SynchronousTestCase):
         """Every refusal is an event (metrics count them all), but past the budget in one
         second they carry no log line; one summary line says how many and why."""
         recorder = Recorder()
-        table = TransferTable(10, recorder.clock, recorder.bus, log_lines_per_second=5)
+        table = TransferTable(
+            10, cast(ITransferReactor, recorder.clock), recorder.bus, log_lines_per_second=5
+        )
         logged: list[LogEvent] = []
         self.patch(table_module, "log", Logger(observer=cast(ILogObserver, logged.append)))
         for index in range(8):

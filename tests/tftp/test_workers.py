@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import ClassVar
+from typing import ClassVar, cast
 from unittest import mock
 
 from hypothesis import given
@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
+from pxetwist.context import ITransferReactor
 from pxetwist.lab.tftpserver import ServerLab, sha256
 from pxetwist.tftp import workers as workers_module
 from pxetwist.tftp.handoff import (
@@ -134,7 +135,7 @@ class HandoffCodecTests(SynchronousTestCase):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.addCleanup(ours.close)
         self.addCleanup(theirs.close)
-        host = WorkerHost(MemoryReactor(), ours)
+        host = WorkerHost(cast(ITransferReactor, MemoryReactor()), ours)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(sock.close)
         good = encode_message(Handoff(7, ("127.0.0.1", 9), Negotiation(), SessionLimits(), 1500))
@@ -159,7 +160,7 @@ class WorkerReportTests(SynchronousTestCase):
         self.addCleanup(theirs.close)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         reactor = MemoryReactor()
-        host = WorkerHost(reactor, ours)
+        host = WorkerHost(cast(ITransferReactor, reactor), ours)
         summary = TransferSummary(Outcome.COMPLETED, "", 1, 1, 0.1, 512, 1, 0)
         sent = 0
         while host not in reactor.getWriters():
