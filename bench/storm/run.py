@@ -63,8 +63,8 @@ REFERENCE = "dnsmasq+nginx"
 #: (a route via its address), where the whole network is local (``ip route add local``), so
 #: every machine's TFTP and HTTP come from its own leased address and the server's neighbour
 #: table holds one entry, the relay's, as in a routed data centre.
-RELAY_NET = ipaddress.IPv4Network("10.79.0.0/16")
-POOL = ("10.79.1.0", "10.79.254.254")
+RELAY_NET = ipaddress.IPv4Network("10.80.0.0/14")  # room for 100,000 leases (memory.py)
+POOL = ("10.80.1.0", "10.83.254.254")
 HTTP_PORT = 8080
 TWISTD = REPO / ".venv" / "bin" / "twistd"
 CLIENT = Path(__file__).resolve().with_name("client.py")
