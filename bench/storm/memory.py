@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -60,46 +59,15 @@ def server_rss(servers: storm.Servers) -> tuple[float, int]:
     return rss_mib(pids), len(pids)
 
 
-def clients(
-    lab: NetLab, wd: Path, args: argparse.Namespace, first: int, count: int, stages: str,
-    ramp: float, hold: float, files: dict[str, Any],
-) -> tuple[list[subprocess.Popen[Any]], list[Path]]:  # fmt: skip
-    """Start the client processes for machines ``first .. first+count-1``; do not wait."""
-    start_at = time.time() + 1.0 + 0.2 * args.procs
-    per, extra = divmod(count, args.procs)
-    base = first
-    procs, outs = [], []
-    for k in range(args.procs):
-        n = per + (1 if k < extra else 0)
-        spec = {
-            "first": first, "count": n, "total": count, "giaddr": args.giaddrs[k],
-            "server": lab.srv_ip, "tftp_port": 69, "http_port": storm.HTTP_PORT,
-            "start_at": start_at, "ramp": ramp, "deadline": args.deadline + hold,
-            "uefi_share": 0.5, "sample": 0, "files": files, "kernel": "vmlinuz",
-            "initrd": "initrd.img", "keepalive": False, "tftp_timeout": 2.0,
-            "tftp_retries": 5, "stages": stages, "hold": hold, "base": base,
-        }  # fmt: skip
-        first += n
-        name = f"{stages}-{first}-{k}"
-        (wd / f"spec-{name}.json").write_text(json.dumps(spec))
-        out = wd / f"out-{name}.json"
-        argv = [sys.executable, str(storm.CLIENT), "--spec", str(wd / f"spec-{name}.json"),
-                "--out", str(out)]  # fmt: skip
-        with (wd / f"client-{name}.err").open("w") as err:
-            procs.append(lab.spawn(lab.cli, argv, stderr=err))
-        outs.append(out)
-    return procs, outs
-
-
-def finish(lab: NetLab, procs: list[subprocess.Popen[Any]], outs: list[Path], limit: float) -> str:
-    for proc in procs:
+def finish(lab: NetLab, started: list[tuple[subprocess.Popen[Any], Path]], limit: float) -> str:
+    for proc, _ in started:
         try:
             proc.wait(limit)
         except subprocess.TimeoutExpired:
             lab.stop(proc)
     done = failed = 0
     reasons: dict[str, int] = {}
-    for out in outs:
+    for _, out in started:
         if out.exists():
             for r in json.loads(out.read_text())["records"]:
                 if "failed" in r:
@@ -126,6 +94,7 @@ def main() -> int:
         parser.error("--procs 1..20, --leases at most 240,000")
     args.server_cpus = args.client_cpus = ""
     args.profile = None
+    args.uefi_share, args.sample, args.keepalive = 0.5, 0, False
     root = Path(tempfile.mkdtemp(prefix="storm-mem-root-"))
     root.chmod(0o755)
     sizes = {"bios.nbp": 1 << 20, "uefi.nbp": (1 << 20) + 4321, "vmlinuz": 1, "initrd.img": 1}
@@ -150,14 +119,14 @@ def main() -> int:
 
                 report("started")
                 n = args.sessions
-                procs, outs = clients(lab, wd, args, 0, n, "dhcp", n / args.rate, 0, files)
-                result = finish(lab, procs, outs, args.deadline + n / args.rate + 30)
+                _, started = storm.start_clients(lab, wd, args, files, 0, n, n / args.rate, "dhcp")
+                result = finish(lab, started, args.deadline + n / args.rate + 30)
                 report(f"{n} machines through DHCP, sessions in flight ({result})")
                 first = n
                 n = args.transfers
                 hold = 15.0 + n / args.rate
-                procs, outs = clients(
-                    lab, wd, args, first, n, "tftp-hold", n / args.rate, hold, files
+                _, started = storm.start_clients(
+                    lab, wd, args, files, first, n, n / args.rate, "tftp-hold", hold
                 )
                 # measured while the transfers are held open, a few seconds after the last started
                 timer = threading.Timer(
@@ -165,13 +134,15 @@ def main() -> int:
                     lambda: report(f"{n} TFTP transfers held open"),
                 )
                 timer.start()
-                result = finish(lab, procs, outs, args.deadline + hold + 30)
+                result = finish(lab, started, args.deadline + hold + 30)
                 timer.join()
                 lines[-1] += f" ({result})"
                 first += n
                 n = args.leases - first
-                procs, outs = clients(lab, wd, args, first, n, "dhcp", n / args.rate, 0, files)
-                result = finish(lab, procs, outs, args.deadline + n / args.rate + 30)
+                _, started = storm.start_clients(
+                    lab, wd, args, files, first, n, n / args.rate, "dhcp"
+                )
+                result = finish(lab, started, args.deadline + n / args.rate + 30)
                 report(f"{args.leases} leases bound ({result})")
             finally:
                 servers.stop()

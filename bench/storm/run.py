@@ -252,6 +252,39 @@ def wait_workers(log: Path, timeout: float) -> None:
     raise SystemExit("pxetwist's transfer workers did not start; see its log")
 
 
+def start_clients(
+    lab: NetLab, wd: Path, args: argparse.Namespace, files: dict[str, Any], first: int,
+    count: int, ramp: float, stages: str = "all", hold: float = 0.0,
+) -> tuple[float, list[tuple[subprocess.Popen[Any], Path]]]:  # fmt: skip
+    """Start ``args.procs`` client processes playing machines ``first .. first+count-1``
+    (one relay address each); return the shared start time and (process, result file)s."""
+    start_at = time.time() + 1.0 + 0.2 * args.procs
+    per, extra = divmod(count, args.procs)
+    pin = ["taskset", "-c", args.client_cpus] if args.client_cpus else []
+    clients = []
+    base = first
+    for k in range(args.procs):
+        n = per + (1 if k < extra else 0)
+        spec = {
+            "first": first, "count": n, "total": count, "base": base,
+            "giaddr": args.giaddrs[k], "server": lab.srv_ip, "tftp_port": 69,
+            "http_port": HTTP_PORT, "start_at": start_at, "ramp": ramp,
+            "deadline": args.deadline + hold, "uefi_share": args.uefi_share,
+            "sample": args.sample, "files": files, "kernel": "vmlinuz",
+            "initrd": "initrd.img", "keepalive": args.keepalive,
+            "tftp_timeout": 2.0, "tftp_retries": 5, "stages": stages, "hold": hold,
+        }  # fmt: skip
+        first += n
+        name = f"{stages}-{base}-{k}"
+        (wd / f"spec-{name}.json").write_text(json.dumps(spec))
+        out = wd / f"out-{name}.json"
+        argv = [*pin, sys.executable, str(CLIENT), "--spec", str(wd / f"spec-{name}.json"),
+                "--out", str(out)]  # fmt: skip
+        with (wd / f"client-{name}.err").open("w") as err:
+            clients.append((lab.spawn(lab.cli, argv, stderr=err), out))
+    return start_at, clients
+
+
 # -- one storm -------------------------------------------------------------------------------
 
 
@@ -262,29 +295,8 @@ def storm(kind: str, ramp: float, lab: NetLab, files: dict[str, Any], root: Path
     servers = Servers(kind, lab, wd, root, args)
     clients: list[tuple[subprocess.Popen[Any], Path]] = []
     try:
-        start_at = time.time() + 1.0 + 0.2 * args.procs
-        per, extra = divmod(args.clients, args.procs)
-        first = 0
         before = servers.cpu()
-        pin = ["taskset", "-c", args.client_cpus] if args.client_cpus else []
-        for k in range(args.procs):
-            count = per + (1 if k < extra else 0)
-            spec = {
-                "first": first, "count": count, "total": args.clients,
-                "giaddr": args.giaddrs[k], "server": lab.srv_ip, "tftp_port": 69,
-                "http_port": HTTP_PORT, "start_at": start_at, "ramp": ramp,
-                "deadline": args.deadline, "uefi_share": args.uefi_share,
-                "sample": args.sample, "files": files, "kernel": "vmlinuz",
-                "initrd": "initrd.img", "keepalive": args.keepalive,
-                "tftp_timeout": 2.0, "tftp_retries": 5,
-            }  # fmt: skip
-            first += count
-            (wd / f"spec{k}.json").write_text(json.dumps(spec))
-            out = wd / f"out{k}.json"
-            argv = [*pin, sys.executable, str(CLIENT), "--spec", str(wd / f"spec{k}.json"),
-                    "--out", str(out)]  # fmt: skip
-            with (wd / f"client{k}.err").open("w") as err:
-                clients.append((lab.spawn(lab.cli, argv, stderr=err), out))
+        start_at, clients = start_clients(lab, wd, args, files, 0, args.clients, ramp)
         limit = args.deadline + ramp + 60
         for proc, _ in clients:
             try:
@@ -304,7 +316,7 @@ def storm(kind: str, ramp: float, lab: NetLab, files: dict[str, Any], root: Path
             records += data["records"]
             client_cpu += data["cpu"]
         else:
-            err = (wd / f"client{k}.err").read_text(errors="replace")[-2000:]
+            err = (wd / f"client-all-0-{k}.err").read_text(errors="replace")[-2000:]
             print(f"client process {k} left no results:\n{err}", file=sys.stderr)
     result = summarise(kind, ramp, records, cpu_since(before, after), client_cpu, args.clients)
     result["run"] = index
