@@ -67,6 +67,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench.dhcp import pgcase  # noqa: E402
+from bench.dhcp.pgcase import PG_SERVERS  # noqa: E402
 from pxetwist.lab import SRV_IF, NetLab  # noqa: E402
 
 POOL = ("10.77.1.0", "10.77.254.254")
@@ -79,6 +81,7 @@ SERVERS = (
     "dnsmasq-file",
     "kea-mem",
     "kea-file",
+    *PG_SERVERS,
 )
 DEFAULT_SERVERS = "pxetwist,dnsmasq-ro,dnsmasq-file,kea-mem"
 DEFAULT_RATES = "250,500,1000,2000,3000,4000,6000,8000"
@@ -254,16 +257,26 @@ PXE_OPTIONS = (  # a BIOS PXE ROM's markers (protocol-reference §2.1, §7.1)
 
 
 def run_perfdhcp(
-    lab: NetLab, rate: int, period: int, clients: int, wait_ms: int, pxe: bool = False
+    lab: NetLab,
+    rate: int,
+    period: int,
+    clients: int,
+    wait_ms: int,
+    pxe: bool = False,
+    relay: str | None = None,
+    server: str | None = None,
+    mac_base: str | None = None,
 ) -> str:
-    argv = ["perfdhcp", "-4", "-p", str(period), "-R", str(clients), "-l", lab.cli_ip]
+    argv = ["perfdhcp", "-4", "-p", str(period), "-R", str(clients), "-l", relay or lab.cli_ip]
+    if mac_base:
+        argv += ["-b", f"mac={mac_base}"]
     argv += ["-W", str(wait_ms * 1000)]
     if pxe:
         for option in PXE_OPTIONS:
             argv += ["-o", option]
     if rate:
         argv += ["-r", str(rate)]
-    argv.append(lab.srv_ip)
+    argv.append(server or lab.srv_ip)
     try:
         done = lab.run(lab.cli, argv, timeout=period + 30)
         return str(done.stdout) + str(done.stderr)
@@ -277,6 +290,23 @@ def one_run(
 ) -> tuple[Run, str]:
     wd = Path(tempfile.mkdtemp(prefix=f"dhcpbench-{kind}-"))
     os.chmod(wd, 0o777)  # dnsmasq drops privileges to nobody
+    if kind in PG_SERVERS:
+        try:
+            run, out_text = pgcase.one_run(
+                kind, rate, lab, args, wd, pool=POOL, twistd=TWISTD, parse=parse,
+                config_for=lambda wd, lab, url: pxetwist_config(wd, lab, url),
+                perfdhcp=lambda lab, share, relay, server, base: run_perfdhcp(
+                    lab, share, args.period, args.clients, args.exit_wait, args.pxe,
+                    relay=relay, server=server, mac_base=base,
+                ),
+            )  # fmt: skip
+        finally:
+            if not args.keep:
+                shutil.rmtree(wd, ignore_errors=True)
+        if args.raw:
+            with open(args.raw, "a") as raw:
+                raw.write(f"### {kind} rate={rate or 'flood'} run={index}\n{out_text}\n")
+        return run, out_text
     proc = start_server(kind, lab, wd)
     profiler = None
     try:
@@ -410,6 +440,16 @@ def main() -> int:
     parser.add_argument("--raw", help="append every perfdhcp output to this file")
     parser.add_argument("--json", help="write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep each run's work directory")
+    parser.add_argument(
+        "--audit",
+        action="store_true",
+        help="PostgreSQL cases: tcpdump each run and count addresses/clients ACKed twice",
+    )
+    parser.add_argument(
+        "--shared-macs",
+        action="store_true",
+        help="two-server cases: both relays send the same clients (contention, not capacity)",
+    )
     parser.add_argument("--profile", help="py-spy raw profiles of pxetwist runs into this dir")
     args = parser.parse_args()
     args.rate_list = sorted(int(x) for x in args.rates.split(",") if int(x) > 0)
@@ -426,8 +466,14 @@ def main() -> int:
         parser.error("run as root: the lab builds network namespaces")
 
     started = time.monotonic()
-    with NetLab(clients=0) as lab:
-        results = bench(kinds, lab, args)
+    postgres = any(kind in PG_SERVERS for kind in kinds)
+    with NetLab(clients=1 if postgres else 0) as lab:
+        if postgres:
+            pgcase.prepare(lab)
+        try:
+            results = bench(kinds, lab, args)
+        finally:
+            pgcase.finish()
     command = " ".join([Path(sys.executable).name, *sys.argv])
     print(f"\n{command}  ({time.monotonic() - started:.0f} s, period {args.period} s, "
           f"median of {args.repeats})\n")  # fmt: skip

@@ -168,6 +168,7 @@ class _PoolState:
         "network_first",
         "network_last",
         "offers",
+        "offset",
         "pool",
         "rebuild_at",
         "recycle",
@@ -205,6 +206,7 @@ class _PoolState:
         in_range -= sum(1 for a in self.unusable if self.lo <= a <= self.hi)
         outside = sum(1 for a in self.reserved_mac if not self.lo <= a <= self.hi)
         self.size = in_range + outside
+        self.offset = 0  # where the never-used walk starts in the range (see start_at)
         self.reset()
 
     def reset(self) -> None:
@@ -556,6 +558,17 @@ class LeaseTable:
                 if lease.state is LeaseState.OFFERED and lease.expires > now:
                     self._put(state, a, attrs.evolve(lease, expires=now), persist=False)
 
+    def start_at(self, fraction: float) -> None:
+        """Walk each range's never-used addresses from ``fraction`` of the way in (wrapping).
+
+        Servers sharing one lease database (issue 15) each start at a different point, so
+        that their offers rarely name an address the other just bound (each such REQUEST
+        would lose its claim and be NAKed). Survives :meth:`restore`.
+        """
+        for state in self._ordered:
+            span = state.hi - state.lo + 1
+            state.offset = int(fraction * span) % span if span > 0 else 0
+
     def adopt(self, lease: Lease, now: float) -> None:
         """Take in a record another server stored in a shared lease database (issue 15).
 
@@ -721,9 +734,12 @@ class LeaseTable:
         """A never-used address, else the one free the longest, else the oldest held offer;
         None when every address is bound, reserved or in quarantine."""
         leases = state.leases
+        span = state.hi - state.lo + 1
         while state.cursor <= state.hi:
             a = state.cursor
             state.cursor += 1
+            if state.offset:
+                a = state.lo + (a - state.lo + state.offset) % span
             if a not in leases and state.dynamic(a):
                 return a
         heap = state.recycle

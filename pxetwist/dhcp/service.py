@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from ipaddress import IPv4Address
 from typing import Any, cast
 
@@ -104,6 +105,8 @@ class DhcpService(Service):
         config = new.config
         if pools_for(config) != pools_for(old.config):
             table = LeaseTable(pools_for(config))
+            if ISharedLeaseStore.providedBy(self.store):
+                table.start_at(self._spread())
             dropped = table.restore(list(self.table.leases()), self.reactor.seconds())
             self.table = table
             log.info(
@@ -166,12 +169,19 @@ class DhcpService(Service):
                 endpoint.store = self.store
             if ISharedLeaseStore.providedBy(self.store):
                 self.store.watch(self._adopt)  # type: ignore[attr-defined]
+                self.table.start_at(self._spread())
             log.info(
                 "loaded {count} leases from {url}", count=len(leases), url=config.lease_store_url
             )
         super().startService()
         for reader in self.readers:
             self.reactor.addReader(reader)
+
+    def _spread(self) -> float:
+        """Where this server's allocation starts in each range, from its identity in the
+        shared database: servers sharing it allocate from different places."""
+        server = str(getattr(self.store, "server", ""))
+        return (zlib.crc32(server.encode()) % 997) / 997
 
     def _adopt(self, leases: list[Lease], complete: bool) -> None:
         """Leases other servers stored in the shared database: into the table (issue 15);

@@ -912,3 +912,13 @@ class AdoptTests(SynchronousTestCase):
         table.adopt(Lease(IPv4Address("10.1.1.1"), IPv4Network("10.1.1.0/24"), None, mac(6),
                           LeaseState.BOUND, NOW + LEASE), NOW)  # fmt: skip
         self.assertEqual(table.take_changes(), [])
+
+
+class StartAtTests(SynchronousTestCase):
+    def test_the_walk_starts_part_way_and_wraps_over_every_address(self) -> None:
+        table = make_table(10, 19)
+        table.start_at(0.5)
+        got = [dora(table, mac(n)).address for n in range(10)]
+        self.assertEqual(got, [ip(a) for a in [15, 16, 17, 18, 19, 10, 11, 12, 13, 14]])
+        table.restore(list(table.leases())[:2], NOW)  # the offset survives a restore
+        self.assertEqual(dora(table, mac(50)).address, ip(17))
