@@ -13,6 +13,7 @@ import attrs
 
 from pxetwist.config import Config, ConfigError
 from pxetwist.config.model import DhcpMode
+from pxetwist.dhcp.store import redacted
 from pxetwist.netinfo import InterfaceInfo, interface_info, ipv4_interfaces
 from pxetwist.policy.interfaces import IBootPolicy
 from pxetwist.policy.plugins import build_policies
@@ -110,7 +111,7 @@ def summarize(setup: ServerSetup) -> str:
         for subnet in config.dhcp.subnets:
             pool = f"{subnet.range[0]}-{subnet.range[1]}" if subnet.range else "no pool"
             lines.append(f"  subnet {subnet.network}: {pool}, lease {subnet.lease_time}s")
-        lines.append(f"  leases: {config.lease_store_url}")
+        lines.append(f"  leases: {redacted(config.lease_store_url)}")
     if config.dhcp.mode is not DhcpMode.OFF:
         lines.append(f"  pxe boot server (4011): {'on' if config.dhcp.boot_server else 'off'}")
     tftp = f"port {config.tftp.port}, root {config.tftp.root}" if config.tftp.enabled else "off"

@@ -89,6 +89,8 @@ MIGRATIONS: tuple[str, ...] = (
                        changed_in = xact
                  WHERE network = p_network AND address <> p_address
                    AND state NOT IN ('declined', 'removed')
+                   AND NOT (state = 'bound' AND expires > p_now
+                            AND server IS DISTINCT FROM p_server)
                    AND (mac = p_mac OR client_id = p_client_id)
                    AND pxetwist_same_client(client_id, mac, p_client_id, p_mac);
             END IF;
@@ -105,6 +107,18 @@ MIGRATIONS: tuple[str, ...] = (
                 OR held.state IN ('released', 'removed')
                 OR held.expires <= p_now;
             GET DIAGNOSTICS applied = ROW_COUNT;
+            IF p_state = 'bound' AND EXISTS (
+                SELECT 1 FROM leases
+                 WHERE network = p_network AND address <> p_address AND state = 'bound'
+                   AND expires > p_now AND server IS DISTINCT FROM p_server
+                   AND (mac = p_mac OR client_id = p_client_id)
+                   AND pxetwist_same_client(client_id, mac, p_client_id, p_mac)
+            ) THEN
+                -- Another server's binding of this client committed meanwhile (the check
+                -- above ran before it): it wins, this claim is undone. Same-format client
+                -- keys are also caught by the unique index, whichever commits first.
+                RAISE EXCEPTION 'client bound elsewhere' USING ERRCODE = 'PX001';
+            END IF;
             IF applied = 0 AND p_state = 'bound' THEN
                 -- Another client's live lease or quarantine holds the address: undo the
                 -- removals above too (the block rolls back), nothing half-written.

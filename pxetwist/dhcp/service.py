@@ -16,7 +16,7 @@ from pxetwist.dhcp.leases import Lease, LeaseTable
 from pxetwist.dhcp.pgstore import ISharedLeaseStore
 from pxetwist.dhcp.protocol import DhcpEndpoint
 from pxetwist.dhcp.sockets import DatagramReader, open_udp_socket
-from pxetwist.dhcp.store import ILeaseStore, IStoreReactor, open_lease_store
+from pxetwist.dhcp.store import ILeaseStore, IStoreReactor, open_lease_store, redacted
 
 log = Logger()
 
@@ -171,7 +171,9 @@ class DhcpService(Service):
                 self.store.watch(self._adopt)  # type: ignore[attr-defined]
                 self.table.start_at(self._spread())
             log.info(
-                "loaded {count} leases from {url}", count=len(leases), url=config.lease_store_url
+                "loaded {count} leases from {url}",
+                count=len(leases),
+                url=redacted(config.lease_store_url),
             )
         super().startService()
         for reader in self.readers:

@@ -26,6 +26,7 @@ Several servers share :class:`~pxetwist.dhcp.pgstore.PostgresLeaseStore` (``post
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import time
@@ -423,6 +424,12 @@ class SQLiteLeaseStore:
                 waiter.errback(result)
             else:
                 waiter.callback(None)
+
+
+def redacted(url: str) -> str:
+    """A lease store URL fit for a log line: a password in it is replaced by ``***``."""
+    url = re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@?]*):[^@/?]*@", r"\1:***@", url)
+    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
 
 
 def open_lease_store(url: str, reactor: IStoreReactor) -> ILeaseStore:

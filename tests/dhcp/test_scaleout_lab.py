@@ -211,9 +211,12 @@ http: {{enabled: false, root: {wd}/http}}
         a, b = self.start("a"), self.start("b")
 
         # 1. Both servers, the same clients; B killed with kill -9 half-way.
+        killed: list[float] = []
+
         def kill_b() -> None:
             time.sleep(8)
             os.kill(b.pid, signal.SIGKILL)
+            killed.append(time.time())
 
         self.both(16, during=kill_b)
         b.wait(10)
@@ -233,7 +236,7 @@ http: {{enabled: false, root: {wd}/http}}
             timeout=60,
             cwd=str(ROOT),
         )
-        self.assertEqual(done.stdout.strip(), str(len(orphans)), done.stderr)
+        self.assertEqual(done.stdout.strip(), str(len(orphans)), (done.stderr, orphans))
 
         # 2. B restarted on the same database: both again.
         self.start("b")
@@ -258,12 +261,30 @@ http: {{enabled: false, root: {wd}/http}}
         self.assertGreater(report.acks, 500, "too few ACKs to mean anything")
         if report.duplicate_addresses:  # say what the database remembers of them
             addresses = [line.split()[0] for line in report.duplicate_addresses]
+            macs = [line.split()[3] for line in report.duplicate_addresses]
+            macs += [line.split()[-3] for line in report.duplicate_addresses]
             history = self.query(
                 "SELECT host(address), mac, server, at::text FROM bound_history"
-                " WHERE host(address) = ANY(%s) ORDER BY at",
+                " WHERE host(address) = ANY(%s) OR mac = ANY(%s) ORDER BY at",
                 addresses,
+                macs,
             )
-            self.fail(f"{report.duplicate_addresses}\ncommitted: {history}")
+            now = self.query(
+                "SELECT host(address), mac, state, server, expires FROM leases"
+                " WHERE host(address) = ANY(%s) OR mac = ANY(%s)",
+                addresses,
+                macs,
+            )
+            wire = [
+                (f"{c.when:.3f}", str(c.source), str(c.packet.message_type), str(c.packet.yiaddr),
+                 str(c.packet.requested_ip), c.packet.chaddr[:6].hex(":"))
+                for c in read_pcap(capture)
+                if c.packet.chaddr[:6].hex(":") in macs or str(c.packet.yiaddr) in addresses
+            ]  # fmt: skip
+            self.fail(
+                f"{report.duplicate_addresses}\ncommitted: {history}\nrows: {now}\n"
+                f"wire: {wire}\nkilled B at {killed}"
+            )
         self.assertEqual(report.duplicate_clients, [])
         # In the database: one live binding per address (the key) and per client.
         self.assertEqual(

@@ -29,6 +29,7 @@ from pxetwist.dhcp.store import (
     SQLiteLeaseStore,
     StoreClosed,
     open_lease_store,
+    redacted,
 )
 from pxetwist.policy.values import MacAddress
 from tests.util import temp_dir
@@ -429,6 +430,17 @@ class OpenLeaseStoreTests(TestCase):
             )
         self.assertIn("cannot use the lease database", str(caught.exception))
         self.assertNotIn("s3cret", str(caught.exception))
+
+    def test_redacted_hides_passwords(self) -> None:
+        self.assertEqual(
+            redacted("postgresql://dhcp:s3cret@db.example/leases"),
+            "postgresql://dhcp:***@db.example/leases",
+        )
+        self.assertEqual(
+            redacted("postgresql:///leases?host=/run/pg&password=s3cret&port=5"),
+            "postgresql:///leases?host=/run/pg&password=***&port=5",
+        )
+        self.assertEqual(redacted("sqlite:/var/lib/x.sqlite"), "sqlite:/var/lib/x.sqlite")
 
     def test_bad_urls(self) -> None:
         for url in (
