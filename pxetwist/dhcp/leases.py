@@ -39,6 +39,7 @@ import enum
 import heapq
 import itertools
 import math
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network
 
@@ -270,6 +271,7 @@ class LeaseTable:
         self._starts = [state.network_first for state in states]
         self._changes: dict[int, Lease] = {}
         self._latest_now = 0.0
+        self._hashed = False  # see share_with_other_servers()
 
     # -- start-up -------------------------------------------------------------------------------
 
@@ -408,6 +410,14 @@ class LeaseTable:
             wanted = int(requested)
             if state.valid_for(wanted, mac) and self._available(state, wanted, client_id, mac, now):
                 chosen = wanted
+        if chosen is None and self._hashed and mac is not None and not limited:
+            # Shared database (issue 15): every server offers a new client the same address
+            # first, so that two servers answering one client claim the same address.
+            span = state.hi - state.lo + 1
+            if span > 0:
+                wanted = state.lo + zlib.crc32(mac.octets) % span
+                if state.dynamic(wanted) and self._available(state, wanted, client_id, mac, now):
+                    chosen = wanted
         if chosen is None:
             chosen = self._reclaim(state, now, unknown_only=True) if limited else None
             if chosen is None and not limited:
@@ -557,6 +567,17 @@ class LeaseTable:
                 lease = state.leases[a]
                 if lease.state is LeaseState.OFFERED and lease.expires > now:
                     self._put(state, a, attrs.evolve(lease, expires=now), persist=False)
+
+    def share_with_other_servers(self, fraction: float) -> None:
+        """Allocate as one of several servers on a shared lease database (issue 15).
+
+        A new client is offered the address its MAC hashes to when that one is free (every
+        server computes the same, so two servers answering one client name the same address
+        and both claims succeed); otherwise the never-used walk starts ``fraction`` of the
+        way into each range (:meth:`start_at`), so that two servers seldom pick the same one.
+        """
+        self._hashed = True
+        self.start_at(fraction)
 
     def start_at(self, fraction: float) -> None:
         """Walk each range's never-used addresses from ``fraction`` of the way in (wrapping).

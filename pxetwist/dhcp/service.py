@@ -106,7 +106,7 @@ class DhcpService(Service):
         if pools_for(config) != pools_for(old.config):
             table = LeaseTable(pools_for(config))
             if ISharedLeaseStore.providedBy(self.store):
-                table.start_at(self._spread())
+                table.share_with_other_servers(self._spread())
             dropped = table.restore(list(self.table.leases()), self.reactor.seconds())
             self.table = table
             log.info(
@@ -169,7 +169,7 @@ class DhcpService(Service):
                 endpoint.store = self.store
             if ISharedLeaseStore.providedBy(self.store):
                 self.store.watch(self._adopt)  # type: ignore[attr-defined]
-                self.table.start_at(self._spread())
+                self.table.share_with_other_servers(self._spread())
             log.info(
                 "loaded {count} leases from {url}",
                 count=len(leases),

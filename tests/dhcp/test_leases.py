@@ -922,3 +922,13 @@ class StartAtTests(SynchronousTestCase):
         self.assertEqual(got, [ip(a) for a in [15, 16, 17, 18, 19, 10, 11, 12, 13, 14]])
         table.restore(list(table.leases())[:2], NOW)  # the offset survives a restore
         self.assertEqual(dora(table, mac(50)).address, ip(17))
+
+    def test_servers_sharing_a_database_offer_one_client_the_same_address(self) -> None:
+        a, b = make_table(10, 200), make_table(10, 200)
+        a.share_with_other_servers(0.1)
+        b.share_with_other_servers(0.7)
+        offers_a = [a.offer(None, mac(n), NET, None, NOW, HOLD) for n in range(30)]
+        offers_b = [b.offer(None, mac(n), NET, None, NOW, HOLD) for n in range(30)]
+        same = [x.address == y.address for x, y in zip(offers_a, offers_b, strict=True) if x and y]
+        self.assertGreater(sum(same), 20)  # all but hash collisions among the 30
+        self.assertEqual(len({x.address for x in offers_a if x}), 30)
