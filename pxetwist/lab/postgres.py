@@ -12,6 +12,7 @@ directory, and stops it by its PID.  It can be stopped and started again on the 
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import shutil
@@ -230,3 +231,25 @@ class PostgresCluster:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+_shared: PostgresCluster | None = None
+
+
+def shared_cluster() -> PostgresCluster:
+    """One running cluster for a whole test process (started on first use, stopped by PID and
+    removed at exit): test modules create a database each on it.  Works under pytest and trial
+    alike (trial calls no ``setUpClass``)."""
+    global _shared
+    if _shared is None:
+        cluster = PostgresCluster()
+        try:
+            cluster.start()
+        except BaseException:
+            cluster.close()
+            raise
+        atexit.register(cluster.close)
+        _shared = cluster
+    elif _shared.process is None or _shared.process.poll() is not None:
+        _shared.start()  # a test stopped it (an outage) and failed before starting it again
+    return _shared

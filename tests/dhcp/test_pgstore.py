@@ -31,7 +31,7 @@ from pxetwist.dhcp.pgstore import (
 )
 from pxetwist.dhcp.store import open_lease_store
 from pxetwist.lab.netlab import in_ci
-from pxetwist.lab.postgres import PostgresCluster, postgres_available
+from pxetwist.lab.postgres import PostgresCluster, postgres_available, shared_cluster
 from pxetwist.policy.values import MacAddress
 
 reactor: Any = _reactor
@@ -72,28 +72,17 @@ class PostgresTestCase(TestCase):
     cluster: ClassVar[PostgresCluster | None] = None
     count: ClassVar[int] = 0
 
-    @classmethod
-    def setUpClass(cls) -> None:
+    def setUp(self) -> None:
         if not postgres_available():
             if in_ci():
                 raise AssertionError("postgresql-15 is missing (scripts/setup.sh --test)")
             raise SkipTest("postgresql-15 is not installed (scripts/setup.sh --test)")
-        cls.cluster = PostgresCluster()
-        try:
-            cls.cluster.start()
-        except BaseException:
-            cls.cluster.close()
-            raise
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        if cls.cluster is not None:
-            cls.cluster.close()
+        type(self).cluster = shared_cluster()
 
     def database(self) -> str:
         assert self.cluster is not None
-        type(self).count += 1
-        return self.cluster.create_database(f"t{type(self).count}")
+        PostgresTestCase.count += 1
+        return self.cluster.create_database(f"store{PostgresTestCase.count}")
 
     def store(self, url: str, **kwargs: Any) -> PostgresLeaseStore:
         store = PostgresLeaseStore(url, reactor, **kwargs)

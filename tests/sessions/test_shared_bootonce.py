@@ -4,6 +4,7 @@ boot was used up on one server is not booted again by the other; a reset reaches
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -16,7 +17,7 @@ from pxetwist import cli
 from pxetwist.config import load_config
 from pxetwist.events import BootEventBus
 from pxetwist.lab.netlab import in_ci
-from pxetwist.lab.postgres import PostgresCluster, postgres_available
+from pxetwist.lab.postgres import PostgresCluster, postgres_available, shared_cluster
 from pxetwist.policy.sightings import SightingRegistry
 from pxetwist.sessions.recorder import SessionRecorder, in_this_thread
 from pxetwist.testing import make_request
@@ -27,23 +28,12 @@ from tests.sessions.test_recorder import ONCE
 class SharedBootOnceTests(SynchronousTestCase):
     cluster: ClassVar[PostgresCluster | None] = None
 
-    @classmethod
-    def setUpClass(cls) -> None:
+    def setUp(self) -> None:
         if not postgres_available():
             if in_ci():
                 raise AssertionError("postgresql-15 is missing (scripts/setup.sh --test)")
             raise SkipTest("postgresql-15 is not installed")
-        cls.cluster = PostgresCluster()
-        try:
-            cls.cluster.start()
-        except BaseException:
-            cls.cluster.close()
-            raise
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        if cls.cluster is not None:
-            cls.cluster.close()
+        type(self).cluster = shared_cluster()
 
     def server(self, url: str, clock: Clock) -> tuple[SessionRecorder, BootEventBus, Path]:
         directory = Path(tempfile.mkdtemp(prefix="pxt-shared-once-"))
@@ -66,7 +56,7 @@ class SharedBootOnceTests(SynchronousTestCase):
 
     def test_used_on_one_server_is_used_on_the_other_and_reset_reaches_both(self) -> None:
         assert self.cluster is not None
-        url = self.cluster.create_database("once")
+        url = self.cluster.create_database(f"once{os.getpid()}")
         clock = Clock()
         clock.advance(1000.0)
         a, a_bus, a_config = self.server(url, clock)
