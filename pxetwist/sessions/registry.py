@@ -31,7 +31,7 @@ from typing import Final
 from twisted.internet.interfaces import IReactorTime
 
 from pxetwist.config.model import SessionsConfig
-from pxetwist.events import BootEvent, EventProtocol, EventStage, Outcome
+from pxetwist.events import BootEvent, EventProtocol, EventStage, LazyDetails, Outcome
 from pxetwist.policy.decision import BootDecision
 from pxetwist.policy.values import Firmware, MacAddress
 from pxetwist.sessions.classify import (
@@ -86,12 +86,15 @@ _KEPT: Final = frozenset((
 ))  # fmt: skip
 
 
-def _facts(event: BootEvent) -> Mapping[str, object]:
-    """The event's details as plain, bounded values (objects reduced to what matters)."""
+def _facts(event: BootEvent, details: Mapping[str, object]) -> Mapping[str, object]:
+    """The event's details as plain, bounded values (objects reduced to what matters).
+
+    ``details`` is ``event.details`` as a plain mapping (a resolved
+    :class:`~pxetwist.events.LazyDetails`): read at C speed, once, on the hot path.
+    """
     facts: dict[str, object] = {}
     if event.client is not None:
         facts["client"] = str(event.client)
-    details = event.details
     decision = details.get("decision")
     if isinstance(decision, BootDecision):
         facts["action"] = decision.action.value
@@ -101,7 +104,12 @@ def _facts(event: BootEvent) -> Mapping[str, object]:
     for key, value in details.items():
         if value is None or key not in _KEPT or key in facts:
             continue
-        if isinstance(value, _PLAIN_TYPES):
+        kind = type(value)
+        if kind is str:
+            facts[key] = value if len(value) <= _MAX_TEXT else value[:_MAX_TEXT]  # type: ignore[arg-type,index]
+        elif kind is int or kind is float or kind is bool:
+            facts[key] = value
+        elif isinstance(value, _PLAIN_TYPES):
             facts[key] = value[:_MAX_TEXT] if isinstance(value, str) else value
         elif hasattr(value, "value") and isinstance(value.value, str | int):
             facts[key] = value.value  # an enum
@@ -112,6 +120,11 @@ def _facts(event: BootEvent) -> Mapping[str, object]:
         elif key in ("reply", "arch", "firmware"):
             facts[key] = str(value)[:_MAX_TEXT]
     return facts  # a plain dict, never changed after this: JSON takes it as it is
+
+
+def _plain(details: Mapping[str, object]) -> Mapping[str, object]:
+    """``details`` readable at C speed: a lazy event's details worked out (once, shared)."""
+    return details.resolved() if isinstance(details, LazyDetails) else details
 
 
 class SessionRegistry:
@@ -169,10 +182,11 @@ class SessionRegistry:
         machine = self._machine(mac, create=event.outcome is not Outcome.DROPPED)
         if machine is None:
             return
-        decision = decision_of(event.details)
+        details = _plain(event.details)
+        decision = decision_of(details)
         if decision is not None:
             machine.files = BootFiles.from_decision(decision)
-        boot_file = event.details.get("file")
+        boot_file = details.get("file")
         if isinstance(boot_file, str) and event.outcome is Outcome.OK:
             machine.boot_file = boot_file  # normalized only if a file event needs it
         session = machine.current
@@ -191,13 +205,13 @@ class SessionRegistry:
         assert session is not None
         if firmware is not None and session.firmware is None:
             session.firmware = firmware
-        policy = event.details.get("policy")
+        policy = details.get("policy")
         if isinstance(policy, str):
             session.policy = policy
         elif decision is not None and decision.policy is not None:
             session.policy = decision.policy
         stage = dhcp_stage(event, firmware)
-        self._append(session, event, stage, advances=event.outcome is Outcome.OK)
+        self._append(session, event, stage, advances=event.outcome is Outcome.OK, details=details)
 
     def _new_attempt(self, session: Session | None, firmware: str | None) -> bool:
         """Does a DISCOVER from this firmware start a new attempt, or go on with ``session``?"""
@@ -277,14 +291,21 @@ class SessionRegistry:
         machine.current = session
         return session
 
-    def _append(self, session: Session, event: BootEvent, stage: BootStage, advances: bool) -> None:
+    def _append(
+        self,
+        session: Session,
+        event: BootEvent,
+        stage: BootStage,
+        advances: bool,
+        details: Mapping[str, object] | None = None,
+    ) -> None:
         record = SessionEvent(
             time=event.time,
             protocol=event.protocol,
             stage=stage,
             event=event.stage,
             outcome=event.outcome,
-            details=_facts(event),
+            details=_facts(event, _plain(event.details) if details is None else details),
         )
         events = session.events
         if events and record.time < events[-1].time:
