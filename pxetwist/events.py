@@ -238,6 +238,14 @@ class BootEventBus:
 
 
 _WARNINGS = frozenset({LogLevel.warn, LogLevel.error, LogLevel.critical})
+#: The kind a line left out of the log budget is summed up under (spelt once, not per event).
+_KINDS: Final[Mapping[tuple[EventStage, Outcome], str]] = MappingProxyType(
+    {
+        (stage, outcome): f"{stage.value} {outcome.value}"
+        for stage in EventStage
+        for outcome in Outcome
+    }
+)
 
 
 @implementer(IBootEventObserver)
@@ -271,7 +279,7 @@ class LogObserver:
         budget = self._budgets.get(event.protocol)
         if budget is not None and not budget.admit(event.time):
             budget.count(
-                f"{event.stage.value} {event.outcome.value}",
+                _KINDS[event.stage, event.outcome],
                 event.time,
                 warn=event.level in _WARNINGS,
             )
