@@ -90,16 +90,25 @@ class SessionEvent:
     event: EventStage
     outcome: Outcome
     details: Mapping[str, object] = MappingProxyType({})
+    # the JSON, built on first use: a session is written at every tick it changed in, and its
+    # earlier events are the same each time (callers must not change the dict they get)
+    _json: dict[str, object] | None = attrs.field(
+        default=None, init=False, eq=False, repr=False, hash=False
+    )
 
     def as_json(self) -> dict[str, object]:
-        return {
-            "time": self.time,
-            "protocol": self.protocol.value,
-            "stage": self.stage.value,
-            "event": self.event.value,
-            "outcome": self.outcome.value,
-            "details": self.details if type(self.details) is dict else dict(self.details),
-        }
+        body = self._json
+        if body is None:
+            body = {
+                "time": self.time,
+                "protocol": self.protocol.value,
+                "stage": self.stage.value,
+                "event": self.event.value,
+                "outcome": self.outcome.value,
+                "details": self.details if type(self.details) is dict else dict(self.details),
+            }
+            object.__setattr__(self, "_json", body)  # a cache, not state: the event is frozen
+        return body
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> SessionEvent:
