@@ -79,8 +79,40 @@ def _check_ganesha(config: Config) -> None:
         )
 
 
+def _check_lease_database(config: Config) -> None:
+    """A shared lease database must answer and be at this pxetwist's schema (an empty one is
+    initialised); an older one names ``pxetwist db upgrade``."""
+    url = config.lease_store_url
+    if not url.lower().startswith(("postgresql:", "postgres:")):
+        return
+    from pxetwist.db.schema import SchemaError
+    from pxetwist.db.schema import prepare as prepare_schema
+
+    try:
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as connection:
+            prepare_schema(connection, where=f"the lease database {redacted(url)}")
+    except SchemaError as error:
+        raise ConfigError(str(error), source=config.source, path=("dhcp", "leases")) from None
+    except ImportError:
+        raise ConfigError(
+            "a postgresql:// lease store needs psycopg 3: pip install 'pxetwist[postgresql]'",
+            source=config.source,
+            path=("dhcp", "leases"),
+        ) from None
+    except Exception as error:  # psycopg.Error: names the host, never the password
+        raise ConfigError(
+            f"cannot use the lease database: {error}".strip(),
+            source=config.source,
+            path=("dhcp", "leases"),
+        ) from None
+
+
 def prepare(config: Config, interfaces: tuple[str, ...] | None = None) -> ServerSetup:
     """Run every startup check; raise ``ConfigError`` or ``PluginError`` on the first problem."""
+    if config.dhcp.mode is DhcpMode.AUTHORITATIVE:
+        _check_lease_database(config)
     if config.tftp.enabled:
         _check_root(config, "tftp", config.tftp.root)
     if config.http.enabled:

@@ -4,11 +4,13 @@ before the ACK, group-committed, the database deciding between servers, and an o
 from __future__ import annotations
 
 import io
+import shutil
 import threading
 import time
 from collections.abc import Callable, Generator
 from contextlib import redirect_stdout
 from ipaddress import IPv4Network
+from pathlib import Path
 from typing import Any, ClassVar
 
 import psycopg
@@ -306,3 +308,29 @@ class OutageTests(PostgresTestCase):
         unreachable = [line for line in lines if "unreachable" in line]
         back = [line for line in lines if "reachable again" in line]
         self.assertEqual((len(unreachable), len(back)), (1, 1), lines)
+
+
+class StartupCheckTests(PostgresTestCase):
+    def test_twistd_pxe_refuses_an_older_schema_naming_the_upgrade(self) -> None:
+        import tempfile
+
+        from pxetwist.config import ConfigError
+        from pxetwist.config.load import parse_config
+        from pxetwist.startup import _check_lease_database
+
+        url = self.database()
+        work = Path(tempfile.mkdtemp(prefix="pxetwist-pgcheck-"))
+        self.addCleanup(shutil.rmtree, work, True)
+        config = parse_config(
+            f'data_dir: {work}\ndhcp:\n  mode: authoritative\n  leases: "{url}"\n'
+            "  subnets:\n    - network: 10.9.0.0/16\n      range: [10.9.1.0, 10.9.1.255]\n"
+            f"tftp: {{enabled: false, root: {work}}}\nhttp: {{enabled: false, root: {work}}}\n",
+            "<test>",
+            work,
+        )
+        _check_lease_database(config)  # empty: initialised
+        with psycopg.connect(url, autocommit=True) as connection:
+            connection.execute("UPDATE pxetwist_schema SET version = 1")
+        with self.assertRaises(ConfigError) as caught:
+            _check_lease_database(config)
+        self.assertIn("pxetwist db upgrade", str(caught.exception))
