@@ -24,6 +24,8 @@ import time
 from collections.abc import Iterator
 from typing import Final
 
+from pxetwist.lab.flood import paced, send_bounded
+
 SERVER_PORT: Final = 67
 PXE_PORT: Final = 4011
 _COOKIE: Final = b"\x63\x82\x53\x63"
@@ -191,25 +193,10 @@ def run_flood(
     try:
         for sock in senders:
             sock.setblocking(False)
-        for datagram in stream(count, seed, only_malformed=only_malformed):
-            if sent % 64 == 0:
-                now = time.monotonic()
-                if now > deadline:
-                    break
-                if rate > 0:
-                    ahead = began + sent / rate - now
-                    if ahead > 0:
-                        time.sleep(ahead)
+        for datagram in paced(stream(count, seed, only_malformed=only_malformed), rate, deadline):
             sock = senders[sent % len(senders)]
             port = PXE_PORT if rng.random() < 0.1 else SERVER_PORT
-            for _ in range(200):  # a full socket buffer: wait a little, bounded
-                try:
-                    sock.sendto(datagram, (ip, port))
-                    break
-                except BlockingIOError:
-                    time.sleep(0.0005)
-                except OSError:
-                    break
+            send_bounded(sock, datagram, (ip, port))
             sent += 1
     finally:
         for sock in senders:

@@ -25,6 +25,8 @@ import time
 from collections.abc import Iterator
 from typing import Final
 
+from pxetwist.lab.flood import paced, send_bounded
+
 TFTP_PORT: Final = 69
 ANSWER_TIMEOUT: Final = 2.0
 """Seconds an oversized request waits for its answer before it counts as unanswered."""
@@ -129,26 +131,11 @@ def run_flood(
     try:
         for sock in senders:
             sock.setblocking(False)
-        for datagram in mutated_stream(filename, count, seed):
-            if sent % 64 == 0:
-                now = time.monotonic()
-                if now > deadline:
-                    break
-                if rate > 0:
-                    ahead = began + sent / rate - now
-                    if ahead > 0:
-                        time.sleep(ahead)
+        for datagram in paced(mutated_stream(filename, count, seed), rate, deadline):
             sock = senders[sent % len(senders)]
             # Mostly port 69; now and then a transfer port the server answered from.
             target = targets[0] if len(targets) == 1 or rng.random() < 0.8 else rng.choice(targets)
-            for _ in range(200):  # a full socket buffer: wait a little, bounded
-                try:
-                    sock.sendto(datagram, target)
-                    break
-                except BlockingIOError:
-                    time.sleep(0.0005)
-                except OSError:
-                    break
+            send_bounded(sock, datagram, target)
             sent += 1
             if sent % 16 == 0:
                 for other in senders:
