@@ -40,6 +40,7 @@ from pxetwist.dhcp.packet import DhcpPacket, MalformedPacket, decode, encode
 from pxetwist.nfs.exports import explain_exports
 from pxetwist.policy.chain import PolicyChain, decide_offline
 from pxetwist.policy.decision import BootDecision
+from pxetwist.policy.overlay import served_machines
 from pxetwist.policy.placeholders import expand_nfs, expand_placeholders
 from pxetwist.policy.plugins import PluginError, build_policies
 from pxetwist.policy.reach import client_fetches, serving_context
@@ -156,7 +157,13 @@ def explain(
     chain = PolicyChain(
         tuple(build_policies(config)), clock, config.policy.timeout, gate=_boot_once_gate(config)
     )
-    engine = DhcpEngine(config, LeaseTable(pools_for(config)), [server])
+    machines = served_machines(config)
+    engine = DhcpEngine(
+        config,
+        LeaseTable(pools_for(config, machines)),
+        [server],
+        known=frozenset(m.mac for m in machines),
+    )
     interface = Interface("explain", server, network)
     data = packet if isinstance(packet, bytes) else encode(packet, max_size=_ANY_SIZE)
     first = _step(engine, chain, clock, data, interface, SERVER_PORT, ("0.0.0.0", 68), True)
@@ -195,7 +202,7 @@ def _nfs(config: Config, steps: list[dict[str, Any]], server: IPv4Address) -> di
     if request is None or decision is None or not decision.nfs:
         return {}
     exports, note = explain_exports(config, decision, request.mac, str(server))
-    machine = next((m for m in config.machines if m.mac == request.mac), None)
+    machine = next((m for m in served_machines(config) if m.mac == request.mac), None)
     granted_to = (
         f"{machine.address} (reservation)"
         if machine is not None and machine.address is not None

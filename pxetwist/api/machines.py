@@ -5,6 +5,10 @@ machine that the API accepts is one the config file would accept, with the same 
 machines live in the :class:`MachineOverlay`, which the ``static`` policy asks first: a change
 decides the very next request.  A machine written in the config file can be overridden (PUT or
 PATCH store an API definition over it) but not deleted: the file is the operator's.
+
+An ``address`` is a DHCP reservation, effective at once (issue 14): it must lie in a served
+subnet (422), and be neither another machine's reservation nor another client's lease now (409);
+the error names the field ``address``.  Deleting the machine frees the address.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ import attrs
 from twisted.logger import Logger
 
 from pxetwist.api.router import ApiError, ApiRequest, Reply
+from pxetwist.api.sources import ILeaseView
 from pxetwist.config import Config, ConfigError
 from pxetwist.config.errors import format_path
 from pxetwist.config.model import Machine, Profile
-from pxetwist.policy.overlay import MachineOverlay
+from pxetwist.policy.overlay import AddressReserved, MachineOverlay
 from pxetwist.policy.values import InvalidMacAddress, MacAddress
 
 log = Logger()
@@ -76,8 +81,9 @@ def _invalid(error: ConfigError) -> ApiError:
 
 
 class MachinesApi:
-    def __init__(self, config: Callable[[], Config]) -> None:
+    def __init__(self, config: Callable[[], Config], leases: ILeaseView | None = None) -> None:
         self._config = config
+        self._leases = leases
 
     @property
     def overlay(self) -> MachineOverlay:
@@ -179,18 +185,30 @@ class MachinesApi:
         if "mac" in body and (not isinstance(body["mac"], str) or parse_mac(body["mac"]) != mac):
             raise ApiError(422, f"does not match the machine in the path ({mac})", "mac")
 
-    def _store(self, definition: dict[str, Any], status: int) -> Reply:
-        if definition.get("address") is not None:
-            # The DHCP pools take their reservations from the config file when they are built.
-            configured = self._in_config(parse_mac(str(definition["mac"])))
-            if configured is None or str(configured.address) != str(definition["address"]):
+    def _check_lease(self, machine: Machine) -> None:
+        """A reservation may not take an address another client holds now (bound, offered or
+        in quarantine): that client would lose it in the middle of its lease."""
+        address = machine.address
+        if address is None or self._leases is None:
+            return
+        now = self._leases.now()
+        for lease in self._leases.leases():
+            if lease.address == address and lease.holds_address(now) and lease.mac != machine.mac:
+                holder = str(lease.mac) if lease.mac is not None else "another client"
                 raise ApiError(
-                    422,
-                    "address reservations are set in the config file, not through the API",
+                    409,
+                    f"{address} is in use: leased to {holder} ({lease.state.value}); "
+                    "release it first (DELETE /api/v1/leases/{address})",
                     "address",
                 )
+
+    def _store(self, definition: dict[str, Any], status: int) -> Reply:
         try:
+            checked = self.overlay.check(definition)
+            self._check_lease(checked)
             machine, _ = self.overlay.put(definition)
+        except AddressReserved as error:
+            raise ApiError(409, error.message, "address") from None
         except ConfigError as error:
             raise _invalid(error) from None
         except OSError as error:

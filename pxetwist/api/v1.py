@@ -92,7 +92,7 @@ def _int_param(request: ApiRequest, name: str, default: int, low: int, high: int
 class V1:
     def __init__(self, context: ApiContext) -> None:
         self.context = context
-        self.machines = MachinesApi(context.config)
+        self.machines = MachinesApi(context.config, context.leases)
 
     # -- explain -------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from ipaddress import IPv4Address
 
 import attrs
 
-from pxetwist.config.model import Config, DhcpMode, Subnet
+from pxetwist.config.model import Config, DhcpMode, Machine, Subnet
 from pxetwist.dhcp.boot import BootFields, boot_fields, boot_item_echo
 from pxetwist.dhcp.exchange import (
     BROADCAST,
@@ -43,7 +43,7 @@ from pxetwist.dhcp.packet import DhcpPacket, MalformedPacket, decode, make_reply
 from pxetwist.dhcp.report import invalid_event, packet_event
 from pxetwist.policy.decision import BootDecision
 from pxetwist.policy.request import BootRequest, unique_arches
-from pxetwist.policy.values import BootAction, Firmware, Stage
+from pxetwist.policy.values import BootAction, Firmware, MacAddress, Stage
 
 __all__ = [
     "BROADCAST",
@@ -63,21 +63,26 @@ __all__ = [
 ]
 
 
-def pools_for(config: Config) -> list[Pool]:
+def pools_for(config: Config, machines: Sequence[Machine] | None = None) -> list[Pool]:
     """One pool per subnet: its range, the reservations in it, and who counts as unknown.
 
     Machines the config lists are "known"; the others may hold at most the subnet's
     ``unknown_limit`` addresses of the range, by default all but 10 % of it when the config
     lists machines (so that listed machines without a reservation always find one), else all.
+    ``machines`` replaces the config's list (the config's plus the API's, issue 14); when two
+    of them name one address, the first keeps it.
     """
-    known = frozenset(machine.mac for machine in config.machines)
+    listed = config.machines if machines is None else machines
+    known = frozenset(machine.mac for machine in listed)
     pools = []
     for subnet in config.dhcp.subnets:
-        reservations = {
-            machine.mac: machine.address
-            for machine in config.machines
-            if machine.address is not None and machine.address in subnet.network
-        }
+        reservations: dict[MacAddress, IPv4Address] = {}
+        taken: set[IPv4Address] = set()
+        for machine in listed:
+            address = machine.address
+            if address is not None and address in subnet.network and address not in taken:
+                reservations[machine.mac] = address
+                taken.add(address)
         first, last = subnet.range if subnet.range else (None, None)
         limit = subnet.unknown_limit
         if limit is None and known and first is not None and last is not None:
@@ -177,6 +182,7 @@ class DhcpEngine:
         config: Config,
         leases: LeaseTable,
         server_ids: Sequence[IPv4Address] = (),
+        known: frozenset[MacAddress] | None = None,
     ) -> None:
         self.config = config
         self.leases = leases
@@ -191,7 +197,10 @@ class DhcpEngine:
             for s in config.dhcp.subnets
         )
         self._subnet_info = {id(s): _SubnetInfo(s) for s in config.dhcp.subnets}
-        self._known = frozenset(machine.mac for machine in config.machines)
+        # Listed machines (the config's, and the API's when the caller passes them).
+        self._known = (
+            frozenset(machine.mac for machine in config.machines) if known is None else known
+        )
         self._limiter = DiscoverLimiter(
             config.dhcp.discover_rate_limit, report_interval=config.log_budget.interval
         )

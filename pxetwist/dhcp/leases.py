@@ -343,6 +343,10 @@ class LeaseTable:
             return None
         return lease
 
+    def pools(self) -> list[Pool]:
+        """The pools the table was built with, ordered by network."""
+        return [state.pool for state in self._ordered]
+
     def leases(self) -> Iterator[Lease]:
         """Every record, in whatever state, for admin views and metrics."""
         for state in self._ordered:

@@ -12,13 +12,19 @@ from twisted.logger import Logger
 from pxetwist.config.model import Config, DhcpMode
 from pxetwist.context import IServerReactor, ServerContext, Settings
 from pxetwist.dhcp.engine import PXE_PORT, SERVER_PORT, DhcpEngine, Interface, pools_for
-from pxetwist.dhcp.leases import Lease, LeaseTable
+from pxetwist.dhcp.leases import Lease, LeaseTable, Pool
 from pxetwist.dhcp.pgstore import ISharedLeaseStore
 from pxetwist.dhcp.protocol import DhcpEndpoint
 from pxetwist.dhcp.sockets import DatagramReader, open_udp_socket
 from pxetwist.dhcp.store import ILeaseStore, IStoreReactor, open_lease_store, redacted
+from pxetwist.policy.overlay import MachineOverlay, served_machines
 
 log = Logger()
+
+
+def _ordered(pools: list[Pool]) -> list[Pool]:
+    """Pools in the table's order (by network), to compare with :meth:`LeaseTable.pools`."""
+    return sorted(pools, key=lambda pool: int(pool.network.network_address))
 
 
 class DhcpService(Service):
@@ -28,7 +34,9 @@ class DhcpService(Service):
 
     def __init__(self, context: ServerContext) -> None:
         self.context = context
-        self.table = LeaseTable(pools_for(context.config))
+        self._overlay = MachineOverlay.for_config(context.config)
+        self._overlay.subscribe(self._machines_changed)
+        self.table = LeaseTable(self._pools(context.config))
         self._started_with = context.config
         self.store: ILeaseStore | None = None
         self.readers: list[DatagramReader] = []
@@ -51,11 +59,43 @@ class DhcpService(Service):
             served.append(Interface(info.name, info.address.ip, info.address.network, info.mtu))
         return served
 
+    def _pools(self, config: Config) -> list[Pool]:
+        """The pools of ``config`` with the reservations of every machine it serves, the API's
+        included (issue 14)."""
+        return pools_for(config, served_machines(config, self._overlay))
+
     def _engine(self, config: Config, served: list[Interface]) -> DhcpEngine:
         server_ids: list[IPv4Address] = [interface.address for interface in served]
         if config.server_address is not None:
             server_ids.append(config.server_address)
-        return DhcpEngine(config, self.table, server_ids)
+        known = frozenset(m.mac for m in served_machines(config, self._overlay))
+        return DhcpEngine(config, self.table, server_ids, known=known)
+
+    def _rebuild_table(self, pools: list[Pool], why: str) -> None:
+        """A new table for ``pools`` with every lease and held offer carried over."""
+        table = LeaseTable(pools)
+        if ISharedLeaseStore.providedBy(self.store):
+            table.share_with_other_servers(self._spread())
+        dropped = table.restore(list(self.table.leases()), self.reactor.seconds())
+        self.table = table
+        log.info(
+            "dhcp: pools rebuilt ({why}); {dropped} leases are in no pool now (their clients "
+            "are NAKed at their next REQUEST)",
+            why=why,
+            dropped=len(dropped),
+        )
+
+    def _machines_changed(self) -> None:
+        """A machine was added, changed or deleted through the API (issue 14): its reservation
+        and its being known count from the next packet on, without a restart.  Called on the
+        reactor thread, between two packets (nothing is in flight, as for a reload)."""
+        config = self.context.config
+        pools = self._pools(config)
+        if _ordered(pools) != self.table.pools():
+            self._rebuild_table(pools, "machines changed through the API")
+        engine = self._engine(config, self._served())
+        for endpoint in self.endpoints:
+            endpoint.engine = engine
 
     def _ports(self) -> list[int]:
         # dhcp.mode and dhcp.boot_server are read at start: a reload does not change the ports
@@ -103,17 +143,14 @@ class DhcpService(Service):
         interfaces.  Nothing is in flight between two packets: the engine hands its changes to
         the store in the turn that made them, so the table can be swapped here."""
         config = new.config
-        if pools_for(config) != pools_for(old.config):
-            table = LeaseTable(pools_for(config))
-            if ISharedLeaseStore.providedBy(self.store):
-                table.share_with_other_servers(self._spread())
-            dropped = table.restore(list(self.table.leases()), self.reactor.seconds())
-            self.table = table
-            log.info(
-                "dhcp: pools rebuilt from the reloaded config; {dropped} leases are in no pool "
-                "now (their clients are NAKed at their next REQUEST)",
-                dropped=len(dropped),
-            )
+        overlay = MachineOverlay.for_config(config)
+        if overlay is not self._overlay:  # another data_dir
+            self._overlay.unsubscribe(self._machines_changed)
+            self._overlay = overlay
+            overlay.subscribe(self._machines_changed)
+        pools = self._pools(config)
+        if _ordered(pools) != self.table.pools():
+            self._rebuild_table(pools, "the reloaded config")
         served = self._served()
         engine = self._engine(config, served)
         for endpoint in self.endpoints:
@@ -175,6 +212,7 @@ class DhcpService(Service):
                 count=len(leases),
                 url=redacted(config.lease_store_url),
             )
+        self._overlay.subscribe(self._machines_changed)
         super().startService()
         for reader in self.readers:
             self.reactor.addReader(reader)
@@ -197,6 +235,7 @@ class DhcpService(Service):
 
     def stopService(self) -> Any:
         super().stopService()
+        self._overlay.unsubscribe(self._machines_changed)
         for reader in self.readers:
             self.reactor.removeReader(reader)
             reader.socket.close()

@@ -9,6 +9,12 @@ and are checked by the same code as the config file (:func:`pxetwist.config.load
 One overlay exists per data directory in a process (:meth:`MachineOverlay.for_config`): the
 policy, the API and a reload all see the same object.  ``pxetwist explain`` reads the file too,
 so it answers as the running server does.
+
+A machine with an ``address`` is a DHCP reservation (issue 14), as in the config file: the
+DHCP service listens for changes (:meth:`MachineOverlay.subscribe`) and rebuilds its pools from
+:func:`served_machines`, so the address is the machine's from the next DISCOVER on and nobody
+else's.  :meth:`MachineOverlay.check` refuses an address in no served subnet, or reserved for
+another machine (the config's or the API's).
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,6 +41,31 @@ OVERLAY_FILE = "machines.json"
 _FORMAT = 1
 
 
+class AddressReserved(ConfigError):
+    """The address is another machine's reservation, or another client's lease."""
+
+
+def served_machines(config: Config, overlay: MachineOverlay | None = None) -> list[Machine]:
+    """Every machine the server answers: the config's (unless the API redefined its MAC),
+    then the API's.  What the DHCP pools take their reservations and known MACs from."""
+    overlay = overlay if overlay is not None else MachineOverlay.for_config(config)
+    listed = [machine for machine in config.machines if overlay.get(machine.mac) is None]
+    listed.extend(overlay.machines())
+    return listed
+
+
+def reserved_by(
+    config: Config, overlay: MachineOverlay, address: IPv4Address | None
+) -> Machine | None:
+    """The machine whose reservation ``address`` is (the first, as the pools decide)."""
+    if address is None:
+        return None
+    for machine in served_machines(config, overlay):
+        if machine.address == address:
+            return machine
+    return None
+
+
 class MachineOverlay:
     """MAC -> machine, each with the JSON object it was defined by."""
 
@@ -42,6 +74,7 @@ class MachineOverlay:
     def __init__(self, path: Path, config: Config) -> None:
         self.path = path
         self._config = config
+        self._listeners: list[Callable[[], None]] = []
         self._raw: dict[MacAddress, dict[str, Any]] = {}
         self._by_mac: dict[MacAddress, Machine] = {}
         self._by_uuid: dict[uuid.UUID, Machine] = {}
@@ -62,6 +95,22 @@ class MachineOverlay:
     def forget_all(cls) -> None:
         """Drop the shared overlays (tests that reuse a data directory path)."""
         cls._shared.clear()
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every change of the machines (once per change)."""
+        if listener not in self._listeners:
+            self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _changed(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:
+                log.failure("a listener of the API-defined machines failed")
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -85,7 +134,31 @@ class MachineOverlay:
 
     def check(self, definition: Any) -> Machine:
         """The machine a definition describes, or :class:`ConfigError` naming the bad key."""
-        return parse_machine(definition, self._config, source="machine definition")
+        machine = parse_machine(definition, self._config, source="machine definition")
+        if machine.address is not None:
+            self._check_address(machine)
+        return machine
+
+    def _check_address(self, machine: Machine) -> None:
+        """A reservation must be in a served subnet and nobody else's (as the config loader
+        checks ``machines[].address``)."""
+        address = machine.address
+        subnets = self._config.dhcp.subnets
+        if not any(address in subnet.network for subnet in subnets):
+            served = ", ".join(str(subnet.network) for subnet in subnets) or "none"
+            raise ConfigError(
+                f"{address} is in no dhcp subnet (served: {served})",
+                source="machine definition",
+                path=("address",),
+            )
+        owner = reserved_by(self._config, self, address)
+        if owner is not None and owner.mac != machine.mac:
+            label = f"{owner.name} ({owner.mac})" if owner.name else str(owner.mac)
+            raise AddressReserved(
+                f"{address} is already reserved for machine {label}",
+                source="machine definition",
+                path=("address",),
+            )
 
     def put(self, definition: Mapping[str, Any]) -> tuple[Machine, bool]:
         """Add or replace a machine; returns it and whether it is new.  Saved before returning."""
@@ -104,6 +177,7 @@ class MachineOverlay:
                 self._raw[machine.mac] = previous
             raise
         self._index()
+        self._changed()
         return machine, created
 
     def remove(self, mac: MacAddress) -> bool:
@@ -117,6 +191,7 @@ class MachineOverlay:
             self._raw[mac] = previous
             raise
         self._index()
+        self._changed()
         return True
 
     def rebind(self, config: Config) -> None:
