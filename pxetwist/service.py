@@ -22,6 +22,7 @@ from pxetwist.context import IServerReactor, ServerContext
 from pxetwist.control import ControlService
 from pxetwist.events import LogObserver
 from pxetwist.policy.chain import PolicyChain
+from pxetwist.policy.sharedmachines import SharedMachinesService, shared_url
 from pxetwist.privileges import RunAs, give_to
 from pxetwist.reload import Reloader, SignalHandler, install_sighup, restore_sighup
 from pxetwist.sessions.recorder import recorder_for
@@ -87,8 +88,15 @@ class PxeService(MultiService):
         )
         # Sessions and boot once first: the boot-once gate goes on the chain before any
         # protocol asks it, and the store is open before the first packet.
-        self.recorder = recorder_for(self.context)
+        context = self.context
+        self.recorder = recorder_for(context)
         self.recorder.setServiceParent(self)
+        # Leases on PostgreSQL: the API's machines (and reservations) are the database's too,
+        # followed before the DHCP service reads its first packet (issue 15).
+        if shared_url(config) is not None:
+            shared = SharedMachinesService(config, reactor)
+            context.live.subscribe(lambda old, new: shared.configure(new.config))
+            shared.setServiceParent(self)
         for entry in PROTOCOLS:
             if entry.enabled(config):
                 entry.build(self.context).setServiceParent(self)

@@ -18,7 +18,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from pxetwist.api.router import ApiError, ApiRequest, Reply
 from pxetwist.api.sources import ILeaseView
@@ -80,6 +82,13 @@ def _invalid(error: ConfigError) -> ApiError:
     return ApiError(422, error.message, format_path(error.path) if error.path else "body")
 
 
+def _refused(error: ConfigError) -> ApiError:
+    """422 for a bad value; 409 for an address someone else has (the field: ``address``)."""
+    if isinstance(error, AddressReserved):
+        return ApiError(409, error.message, "address")
+    return _invalid(error)
+
+
 class MachinesApi:
     def __init__(self, config: Callable[[], Config], leases: ILeaseView | None = None) -> None:
         self._config = config
@@ -118,7 +127,7 @@ class MachinesApi:
             raise ApiError(404, f"no machine {mac}", "mac")
         return Reply(200, machine_json(*found))
 
-    def create(self, request: ApiRequest) -> Reply:
+    def create(self, request: ApiRequest) -> Deferred[Reply]:
         body = request.json_object()
         if "mac" not in body:
             raise ApiError(422, "a machine needs a 'mac'", "mac")
@@ -135,21 +144,21 @@ class MachinesApi:
             )
         return self._store(body, 201)
 
-    def replace(self, request: ApiRequest) -> Reply:
+    def replace(self, request: ApiRequest) -> Deferred[Reply]:
         mac = parse_mac(request.params.get("mac"))
         body = request.json_object()
         self._same_mac(body, mac)
         created = self._found(mac) is None
         return self._store({**body, "mac": str(mac)}, 201 if created else 200)
 
-    def update(self, request: ApiRequest) -> Reply:
+    def update(self, request: ApiRequest) -> Deferred[Reply]:
         """PATCH: merge keys into the current definition; a ``null`` value removes the key."""
         mac = parse_mac(request.params.get("mac"))
         body = request.json_object()
         self._same_mac(body, mac)
         return self.patch(mac, body)
 
-    def patch(self, mac: MacAddress, body: Mapping[str, Any]) -> Reply:
+    def patch(self, mac: MacAddress, body: Mapping[str, Any]) -> Deferred[Reply]:
         """Merge ``body`` into the machine's definition (an API one, or the config's)."""
         current = self.overlay.definition(mac)
         if current is None:
@@ -162,12 +171,13 @@ class MachinesApi:
         merged = {key: value for key, value in merged.items() if value is not None}
         return self._store(merged, 200)
 
-    def delete(self, request: ApiRequest) -> Reply:
+    def delete(self, request: ApiRequest) -> Deferred[Reply]:
         mac = parse_mac(request.params.get("mac"))
-        try:
-            removed = self.overlay.remove(mac)
-        except OSError as error:
-            raise ApiError(500, f"cannot save the machines file: {error.strerror}") from None
+        return self.overlay.delete(mac).addCallbacks(
+            self._deleted, self._not_stored, callbackArgs=(mac,)
+        )
+
+    def _deleted(self, removed: bool, mac: MacAddress) -> Reply:
         if removed:
             log.info("API: machine {mac} deleted", mac=str(mac))
             return Reply(204)
@@ -202,17 +212,19 @@ class MachinesApi:
                     "address",
                 )
 
-    def _store(self, definition: dict[str, Any], status: int) -> Reply:
+    def _store(self, definition: dict[str, Any], status: int) -> Deferred[Reply]:
         try:
             checked = self.overlay.check(definition)
             self._check_lease(checked)
-            machine, _ = self.overlay.put(definition)
-        except AddressReserved as error:
-            raise ApiError(409, error.message, "address") from None
         except ConfigError as error:
-            raise _invalid(error) from None
-        except OSError as error:
-            raise ApiError(500, f"cannot save the machines file: {error.strerror}") from None
+            raise _refused(error) from None
+        return self.overlay.save(definition).addCallbacks(
+            self._stored, self._not_stored, callbackArgs=(status,)
+        )
+
+    @staticmethod
+    def _stored(result: tuple[Machine, bool], status: int) -> Reply:
+        machine, _ = result
         log.info(
             "API: machine {mac} {what}",
             mac=str(machine.mac),
@@ -223,3 +235,15 @@ class MachinesApi:
             machine_json(machine, "api"),
             {"location": f"/api/v1/machines/{machine.mac}"},
         )
+
+    @staticmethod
+    def _not_stored(failure: Failure) -> Reply:
+        error = failure.value
+        if isinstance(error, ConfigError):
+            raise _refused(error)
+        if isinstance(error, OSError):
+            raise ApiError(500, f"cannot save the machines file: {error.strerror}")
+        if isinstance(error, ApiError):
+            raise error
+        log.failure("API: a machine could not be stored", failure)
+        raise ApiError(503, f"cannot store the machine: {failure.getErrorMessage()}")

@@ -264,19 +264,21 @@ class V1:
             return result.addCallback(lambda state: Reply(200, state))
         return Reply(200, result)
 
-    def boot_once_arm(self, request: ApiRequest) -> Deferred[Reply] | Reply:
+    def boot_once_arm(self, request: ApiRequest) -> Deferred[Reply]:
         """Set ``boot_once`` on the machine (an API definition over it) and arm it afresh."""
         mac = parse_mac(request.params.get("mac"))
         self._boot_once()
-        self.machines.patch(mac, {"boot_once": True})
-        return self.boot_once_reset(request)
+        return self.machines.patch(mac, {"boot_once": True}).addCallback(
+            lambda _: self.boot_once_reset(request)
+        )
 
-    def boot_once_disarm(self, request: ApiRequest) -> Reply:
+    def boot_once_disarm(self, request: ApiRequest) -> Deferred[Reply]:
         """Clear ``boot_once``: the machine network-boots every time again."""
         mac = parse_mac(request.params.get("mac"))
         boot_once = self._boot_once()
-        self.machines.patch(mac, {"boot_once": False})
-        return Reply(200, boot_once.state(mac))
+        return self.machines.patch(mac, {"boot_once": False}).addCallback(
+            lambda _: Reply(200, boot_once.state(mac))
+        )
 
     def _boot_once(self) -> IBootOnce:
         if self.context.boot_once is None:

@@ -1,7 +1,8 @@
 """The versioned schema of pxetwist's PostgreSQL database, and its migrations.
 
 The database holds what every server of a site must agree on: the leases (one row per
-address, the database deciding who gets an address) and the machines' boot-once state. Its
+address, the database deciding who gets an address), the machines' boot-once state, and the
+machines defined through the API with their reservations. Its
 version is the one row of ``pxetwist_schema``.  At start a server:
 
 * initialises an empty database (every migration, in one transaction);
@@ -147,7 +148,45 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE boot_once_version (version bigint NOT NULL);
     INSERT INTO boot_once_version VALUES (0);
     """,
+    # 3: machines defined through the API (issue 14), with their reservations, shared so that
+    # every server answers a machine the same way; a bound claim respects the reservations.
+    """
+    CREATE TABLE machines (
+        mac        text PRIMARY KEY,  -- 52:54:00:12:34:56, as leases.mac
+        definition text NOT NULL,     -- the JSON object, in the config's machines[] keys
+        address    inet UNIQUE,       -- its DHCP reservation: one machine per address
+        server     text,              -- which server process wrote it last
+        changed_at double precision NOT NULL
+    );
+    -- Bumped by every change: a server reads the table again only when it moved.
+    CREATE TABLE machines_version (version bigint NOT NULL);
+    INSERT INTO machines_version VALUES (0);
+
+    -- A reserved address is bound to its machine only, whichever server claims it; the
+    -- advisory lock on the address orders a claim and a new reservation of that address
+    -- (pxetwist.policy.sharedmachines takes the same lock), so neither misses the other.
+    CREATE FUNCTION pxetwist_respect_reservations() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.state = 'bound' THEN
+            PERFORM pg_advisory_xact_lock(1886942322, hashtext(host(NEW.address)));
+            IF EXISTS (
+                SELECT 1 FROM machines
+                 WHERE address = NEW.address AND mac IS DISTINCT FROM NEW.mac
+            ) THEN
+                -- Caught by pxetwist_apply_lease: the claim is lost, nothing written.
+                RAISE EXCEPTION 'address reserved for another machine' USING ERRCODE = 'PX001';
+            END IF;
+        END IF;
+        RETURN NEW;
+    END
+    $$;
+    CREATE TRIGGER leases_respect_reservations BEFORE INSERT OR UPDATE ON leases
+        FOR EACH ROW EXECUTE FUNCTION pxetwist_respect_reservations();
+    """,
 )
+
+#: The advisory lock space (first key) of one address: claims and reservations (migration 3).
+ADDRESS_LOCK = 1886942322
 
 SCHEMA_VERSION = len(MIGRATIONS)
 UPGRADE_COMMAND = "pxetwist db upgrade"

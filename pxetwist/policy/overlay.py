@@ -26,8 +26,9 @@ import uuid
 from collections.abc import Callable, Mapping
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
 from pxetwist.config import ConfigError
@@ -39,6 +40,17 @@ log = Logger()
 
 OVERLAY_FILE = "machines.json"
 _FORMAT = 1
+
+
+class SharedStore(Protocol):
+    """Where the machines live when several servers share them (a database, issue 15)."""
+
+    def save(self, definition: Mapping[str, Any], address: str | None) -> Deferred[None]:
+        """Store one definition; fails with :class:`AddressReserved` when the address is
+        taken in the shared view."""
+
+    def delete(self, mac: MacAddress) -> Deferred[bool]:
+        """Forget one machine; False if it was not there."""
 
 
 class AddressReserved(ConfigError):
@@ -75,6 +87,7 @@ class MachineOverlay:
         self.path = path
         self._config = config
         self._listeners: list[Callable[[], None]] = []
+        self._store: SharedStore | None = None
         self._raw: dict[MacAddress, dict[str, Any]] = {}
         self._by_mac: dict[MacAddress, Machine] = {}
         self._by_uuid: dict[uuid.UUID, Machine] = {}
@@ -163,8 +176,7 @@ class MachineOverlay:
     def put(self, definition: Mapping[str, Any]) -> tuple[Machine, bool]:
         """Add or replace a machine; returns it and whether it is new.  Saved before returning."""
         machine = self.check(definition)
-        raw = {key: value for key, value in definition.items() if value is not None}
-        raw["mac"] = str(machine.mac)
+        raw = self._raw_of(definition, machine)
         created = machine.mac not in self._raw
         previous = self._raw.get(machine.mac)
         self._raw[machine.mac] = raw
@@ -179,6 +191,72 @@ class MachineOverlay:
         self._index()
         self._changed()
         return machine, created
+
+    def save(self, definition: Mapping[str, Any]) -> Deferred[tuple[Machine, bool]]:
+        """:meth:`put`, through the shared database when there is one (off the reactor): the
+        overlay changes once the database has it."""
+        shared = self._store
+        if shared is None:
+            try:
+                return succeed(self.put(definition))
+            except Exception:
+                return fail()
+        try:
+            machine = self.check(definition)
+        except ConfigError:
+            return fail()
+        raw = self._raw_of(definition, machine)
+        address = None if machine.address is None else str(machine.address)
+
+        def stored(_: None) -> tuple[Machine, bool]:
+            created = machine.mac not in self._raw
+            self._raw[machine.mac] = raw
+            self._index()
+            self._changed()
+            return machine, created
+
+        return shared.save(raw, address).addCallback(stored)
+
+    def delete(self, mac: MacAddress) -> Deferred[bool]:
+        """:meth:`remove`, through the shared database when there is one."""
+        shared = self._store
+        if shared is None:
+            try:
+                return succeed(self.remove(mac))
+            except Exception:
+                return fail()
+
+        def deleted(found: bool) -> bool:
+            known = self._raw.pop(mac, None) is not None
+            if known:
+                self._index()
+                self._changed()
+            return found or known
+
+        return shared.delete(mac).addCallback(deleted)
+
+    def attach(self, shared: SharedStore | None) -> None:
+        """Keep the machines in a shared store from now on (``None``: in the file again)."""
+        self._store = shared
+
+    def replace_all(self, definitions: list[dict[str, Any]]) -> None:
+        """Take the shared store's machines as they are now (at start, and after a poll saw
+        another server change them)."""
+        raw: dict[MacAddress, dict[str, Any]] = {}
+        for entry in definitions:
+            try:
+                raw[MacAddress.parse(str(entry.get("mac")))] = entry
+            except ValueError:
+                log.error("shared machines: skipping an entry with a bad mac")
+        self._raw = raw
+        self._index()
+        self._changed()
+
+    @staticmethod
+    def _raw_of(definition: Mapping[str, Any], machine: Machine) -> dict[str, Any]:
+        raw = {key: value for key, value in definition.items() if value is not None}
+        raw["mac"] = str(machine.mac)
+        return raw
 
     def remove(self, mac: MacAddress) -> bool:
         """Forget a machine; False if the overlay did not define it.  Saved before returning."""
@@ -202,6 +280,19 @@ class MachineOverlay:
     # -- persistence ---------------------------------------------------------------------------
 
     def _load(self) -> None:
+        from pxetwist.policy.sharedmachines import load_shared, shared_url
+
+        url = shared_url(self._config)
+        if url is not None:
+            # Leases on PostgreSQL: the machines are the database's (issue 15), not the file's.
+            try:
+                self.replace_all(load_shared(url))
+            except Exception as error:
+                log.error(
+                    "cannot read API-defined machines from the shared database: {error}",
+                    error=str(error).strip(),
+                )
+            return
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
