@@ -64,6 +64,7 @@ class PostgresMachines:
         import psycopg  # optional: only a postgresql:// database needs it
 
         self.server = server or f"{socket.gethostname()}/{os.getpid()}"
+        self._url = url
         self._connection: Any = psycopg.connect(url, autocommit=True, connect_timeout=5)
         try:
             prepare(self._connection, where="the shared database")
@@ -73,6 +74,16 @@ class PostgresMachines:
 
     def close(self) -> None:
         self._connection.close()
+
+    def reconnect_if_lost(self) -> None:
+        """A new connection when the last one broke (the database restarted or was away);
+        raises while the database cannot be reached.  The schema was checked at start."""
+        if not (self._connection.closed or self._connection.broken):
+            return
+        import psycopg
+
+        self._connection.close()
+        self._connection = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
 
     def version(self) -> int:
         row = self._connection.execute("SELECT version FROM machines_version").fetchone()
@@ -189,6 +200,7 @@ class SharedMachinesService(Service):
         self._version: int | None = None
         self._loop: LoopingCall | None = None
         self._polling = False
+        self._unreachable = False
         self.overlay: MachineOverlay | None = None
 
     # -- the service ---------------------------------------------------------------------------
@@ -245,10 +257,12 @@ class SharedMachinesService(Service):
 
     def _put(self, definition: dict[str, Any], address: str | None) -> None:
         assert self._database is not None
+        self._database.reconnect_if_lost()
         self._database.put(definition, address, self._clock())
 
     def _remove(self, mac: str) -> bool:
         assert self._database is not None
+        self._database.reconnect_if_lost()
         return self._database.remove(mac)
 
     # -- polling -------------------------------------------------------------------------------
@@ -262,11 +276,15 @@ class SharedMachinesService(Service):
 
         def read() -> tuple[int, list[dict[str, Any]]] | None:
             assert self._database is not None
+            self._database.reconnect_if_lost()
             if seen is not None and self._database.version() == seen:
                 return None
             return self._database.load()
 
         def apply(result: tuple[int, list[dict[str, Any]]] | None) -> None:
+            if self._unreachable:
+                self._unreachable = False
+                log.info("shared machines: the database is back")
             if result is None or self.overlay is None:
                 return
             version, definitions = result
@@ -275,10 +293,17 @@ class SharedMachinesService(Service):
                 self.overlay.replace_all(definitions)
 
         def failed(failure: Failure) -> None:
-            log.error(
-                "shared machines: cannot read the database ({error}); trying again",
-                error=failure.getErrorMessage(),
-            )
+            # One line per change of state, not one per poll: the last known machines are
+            # served meanwhile, and the next poll after the database is back reads them all.
+            if not self._unreachable:
+                self._unreachable = True
+                self._version = None
+                log.error(
+                    "shared machines: cannot read the database ({error}); serving the last "
+                    "known machines, trying again every {interval} s",
+                    error=failure.getErrorMessage().strip(),
+                    interval=self.interval,
+                )
 
         def done(result: object) -> None:
             self._polling = False

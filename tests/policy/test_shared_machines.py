@@ -16,6 +16,7 @@ import psycopg
 from twisted.internet import defer
 from twisted.internet import reactor as _reactor
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest, TestCase
 
 from pxetwist.config import Config, load_config
@@ -173,3 +174,31 @@ class SharedMachinesTests(TestCase):
         c = Server(self, self.url, self.clock)
         self.assertEqual(c.reservations(), {MACHINE: RESERVED})
         self.assertEqual(c.overlay.definition(MACHINE)["kernel"], "k")  # type: ignore[index]
+
+    @defer.inlineCallbacks
+    def test_a_lost_connection_is_reported_once_and_made_again(self) -> Gen:
+        a, b = Server(self, self.url, self.clock), Server(self, self.url, self.clock)
+        lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "pxetwist.policy.sharedmachines":
+                lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        database = b.shared._database
+        assert database is not None
+        good = database._url
+        database._connection.close()  # the database restarted under B
+        database._url = good.replace(f"machines{SharedMachinesTests.count}", "nosuchdb")
+        yield a.overlay.save({"mac": str(MACHINE), "address": str(RESERVED)})
+        for _ in range(3):
+            self.clock.advance(1.0)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("cannot read the database", lines[0])
+        self.assertEqual(b.reservations(), {})  # the last known machines meanwhile
+        database._url = good  # back
+        self.clock.advance(1.0)
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("back", lines[1])
+        self.assertEqual(b.reservations(), {MACHINE: RESERVED})
