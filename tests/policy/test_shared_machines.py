@@ -16,8 +16,9 @@ import psycopg
 from twisted.internet import defer
 from twisted.internet import reactor as _reactor
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest, TestCase
+from zope.interface import implementer
 
 from pxetwist.config import Config, load_config
 from pxetwist.context import ServerContext
@@ -180,6 +181,7 @@ class SharedMachinesTests(TestCase):
         a, b = Server(self, self.url, self.clock), Server(self, self.url, self.clock)
         lines: list[str] = []
 
+        @implementer(ILogObserver)
         def observe(event: dict[str, Any]) -> None:
             if event.get("log_namespace") == "pxetwist.policy.sharedmachines":
                 lines.append(formatEvent(event))
