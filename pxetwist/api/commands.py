@@ -30,6 +30,7 @@ _MACHINE_OPTIONS = (
     ("--cmdline", "cmdline", "kernel command line"),
     ("--action", "action", "boot, local or ignore"),
     ("--uuid", "uuid", "SMBIOS UUID (option 97)"),
+    ("--address", "address", "DHCP reservation: an IPv4 address in a served subnet"),
 )
 
 

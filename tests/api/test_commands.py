@@ -75,6 +75,16 @@ class CommandTests(ApiTestCase):
         )
         self.assertEqual(code, 1)
         self.assertIn("422 (action)", err)
+        # A reservation (issue 14): set at once; node1's address is refused, naming the field.
+        code, out, err = yield self.pxetwist(
+            "machines", "set", "52:54:00:77:00:99", "--address", "10.77.0.99", "--json", *api
+        )
+        self.assertEqual((code, json.loads(out)["address"]), (0, "10.77.0.99"), err)
+        code, out, err = yield self.pxetwist(
+            "machines", "set", "52:54:00:77:00:99", "--address", "10.77.0.50", *api
+        )
+        self.assertEqual(code, 1)
+        self.assertIn("409 (address)", err)
         # A read token cannot delete.
         code, out, err = yield self.pxetwist(
             "machines", "delete", "52:54:00:77:00:99", *api, token=READ
