@@ -41,6 +41,7 @@ class DhcpService(Service):
         self.store: ILeaseStore | None = None
         self.readers: list[DatagramReader] = []
         self.endpoints: list[DhcpEndpoint] = []
+        self._serving: list[Interface] = []  # the interfaces served now (start, reload)
         context.live.subscribe(self._reloaded)
 
     @property
@@ -93,7 +94,7 @@ class DhcpService(Service):
         pools = self._pools(config)
         if _ordered(pools) != self.table.pools():
             self._rebuild_table(pools, "machines changed through the API")
-        engine = self._engine(config, self._served())
+        engine = self._engine(config, self._serving)
         for endpoint in self.endpoints:
             endpoint.engine = engine
 
@@ -131,7 +132,7 @@ class DhcpService(Service):
 
     def privilegedStartService(self) -> None:
         config = self._started_with = self.context.config
-        served = self._served()
+        served = self._serving = self._served()
         engine = self._engine(config, served)
         for interface in served:
             self._open(interface, engine)
@@ -151,7 +152,7 @@ class DhcpService(Service):
         pools = self._pools(config)
         if _ordered(pools) != self.table.pools():
             self._rebuild_table(pools, "the reloaded config")
-        served = self._served()
+        served = self._serving = self._served()
         engine = self._engine(config, served)
         for endpoint in self.endpoints:
             endpoint.engine = engine
