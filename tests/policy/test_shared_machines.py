@@ -7,6 +7,7 @@ by the other, and no server's claim can bind a reserved address to another clien
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Generator
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -22,6 +23,7 @@ from zope.interface import implementer
 
 from pxetwist.config import Config, load_config
 from pxetwist.context import ServerContext
+from pxetwist.db.schema import ADDRESS_LOCK
 from pxetwist.dhcp.leases import Lease, LeaseState
 from pxetwist.dhcp.pgstore import AddressClaimed, PostgresLeaseStore
 from pxetwist.dhcp.service import DhcpService
@@ -32,7 +34,7 @@ from pxetwist.policy.builtin import StaticPolicy
 from pxetwist.policy.chain import PolicyChain
 from pxetwist.policy.overlay import AddressReserved, MachineOverlay
 from pxetwist.policy.plugins import build_policies
-from pxetwist.policy.sharedmachines import SharedMachinesService
+from pxetwist.policy.sharedmachines import PostgresMachines, SharedMachinesService
 from pxetwist.policy.values import MacAddress
 from pxetwist.sessions.recorder import in_this_thread
 from pxetwist.testing import make_request
@@ -204,3 +206,58 @@ class SharedMachinesTests(TestCase):
         self.assertEqual(len(lines), 2, lines)
         self.assertIn("back", lines[1])
         self.assertEqual(b.reservations(), {MACHINE: RESERVED})
+
+    def test_a_claim_waits_for_a_reservation_of_its_address_being_made(self) -> None:
+        """The advisory lock orders the two: a claim that started while the reservation's
+        transaction was open sees the reservation once it commits, and is lost."""
+        PostgresMachines(self.url).close()  # the schema
+        address = str(RESERVED)
+        with psycopg.connect(self.url, autocommit=True) as reserving:
+            results: list[Any] = []
+            with reserving.transaction():
+                reserving.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (ADDRESS_LOCK, address)
+                )
+                reserving.execute(
+                    "INSERT INTO machines (mac, definition, address, changed_at)"
+                    " VALUES (%s, '{}', %s, 0)",
+                    (str(MACHINE), address),
+                )
+                claiming = psycopg.connect(self.url, autocommit=True)
+                self.addCleanup(claiming.close)
+                pid = claiming.info.backend_pid
+
+                def claim() -> None:
+                    row = claiming.execute(
+                        "SELECT pxetwist_apply_lease(%s, %s, %s, NULL, %s, 'bound', %s,"
+                        " NULL, 'other', %s)",
+                        (
+                            address,
+                            str(NET),
+                            b"m" + STRANGER.octets,
+                            str(STRANGER),
+                            time.time() + 600,
+                            time.time(),
+                        ),
+                    ).fetchone()
+                    assert row is not None
+                    results.append(row[0])
+
+                thread = threading.Thread(target=claim)
+                thread.start()
+                deadline = time.monotonic() + 30
+                while True:  # until the claim waits on the address's lock
+                    waiting = reserving.execute(
+                        "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)
+                    ).fetchone()
+                    if waiting is not None and waiting[0] == "Lock":
+                        break
+                    self.assertLess(time.monotonic(), deadline, "the claim never waited")
+                    time.sleep(0.02)
+                self.assertEqual(results, [])
+            thread.join(30)
+            self.assertEqual(results, [False])
+            held = reserving.execute(
+                "SELECT count(*) FROM leases WHERE address = %s AND state = 'bound'", (address,)
+            ).fetchone()
+            self.assertEqual(held, (0,))
