@@ -34,6 +34,7 @@ from pxetwist.nfs.lifecycle import AddressBook, LeaseLookup
 from pxetwist.nfs.managed import ManagedGanesha
 from pxetwist.nfs.paths import NfsPathError
 from pxetwist.nfs.render import ExportGrant, GaneshaSettings, render_config, render_export
+from pxetwist.policy.overlay import MachineOverlay, served_machines
 from pxetwist.policy.request import BootRequest
 from pxetwist.policy.values import MacAddress, Stage
 
@@ -87,11 +88,17 @@ class NfsService(Service):
         self._generation = 0  # bumped by each reload: every machine is decided again
         self._seen_dirty = False
         self._pending_call: Any = None
+        self._overlay: MachineOverlay | None = None  # followed while running (API machines)
 
     # -- setup ----------------------------------------------------------------------------------
 
+    @staticmethod
+    def _reservations(config: Config) -> dict[MacAddress, IPv4Address]:
+        """Every machine's fixed address, the API's machines included (issue 14)."""
+        return {m.mac: m.address for m in served_machines(config) if m.address is not None}
+
     def _book(self, config: Config) -> AddressBook:
-        reservations = {m.mac: m.address for m in config.machines if m.address is not None}
+        reservations = self._reservations(config)
         return AddressBook(
             reservations,
             authoritative=config.dhcp.mode is DhcpMode.AUTHORITATIVE,
@@ -148,6 +155,8 @@ class NfsService(Service):
         self.context.sightings.subscribe(self._sighted)
         self.context.events.subscribe(self._event)
         self.context.live.subscribe(self._reloaded)
+        self._overlay = MachineOverlay.for_config(config)
+        self._overlay.subscribe(self._machines_changed)
         (self.state / "exports").mkdir(exist_ok=True)
         d = self._refresh(self.book.macs() | self._leased_macs(), start=True)
         d.addCallback(lambda _: self._start_backend(config))
@@ -228,6 +237,9 @@ class NfsService(Service):
             self._checker.stop()
         self.context.sightings.unsubscribe(self._sighted)
         self.context.events.unsubscribe(self._event)
+        if self._overlay is not None:
+            self._overlay.unsubscribe(self._machines_changed)
+            self._overlay = None
         if not self.book.authoritative:
             self._save_seen()
         if self.managed is not None:
@@ -261,6 +273,15 @@ class NfsService(Service):
             return
         self._soon(macs)
 
+    def _machines_changed(self) -> None:
+        """A machine's address was set, changed or dropped through the API: its exports
+        follow (granted to the new address, or withdrawn)."""
+        before = self.book.reservations
+        after = self._reservations(self.context.config)
+        moved = {mac for mac in before.keys() | after.keys() if before.get(mac) != after.get(mac)}
+        self.book.reservations = after
+        self._soon(moved)
+
     def _reloaded(self, old: Any, new: Any) -> None:
         """Exports follow the new config; what Ganesha itself runs with waits for a restart."""
         before, after = old.config.nfs, new.config.nfs
@@ -272,6 +293,10 @@ class NfsService(Service):
                 "restarts (exports follow the new config now)"
             )
         self._generation += 1
+        if self._overlay is not None:
+            self._overlay.unsubscribe(self._machines_changed)
+            self._overlay = MachineOverlay.for_config(new.config)
+            self._overlay.subscribe(self._machines_changed)
         leases = self.book.leases
         seen = {mac: self.book.address_of(mac, 0) for mac in self.book.macs()}
         self.book = self._book(new.config)

@@ -157,7 +157,9 @@ class MachineOverlay:
         checks ``machines[].address``)."""
         address = machine.address
         subnets = self._config.dhcp.subnets
-        if not any(address in subnet.network for subnet in subnets):
+        # As the loader: without subnets (proxyDHCP) an address only says where the machine
+        # is (its NFS exports), and may be anywhere.
+        if subnets and not any(address in subnet.network for subnet in subnets):
             served = ", ".join(str(subnet.network) for subnet in subnets) or "none"
             raise ConfigError(
                 f"{address} is in no dhcp subnet (served: {served})",

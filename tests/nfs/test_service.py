@@ -27,6 +27,7 @@ from pxetwist.nfs.bus import GaneshaBusError
 from pxetwist.nfs.service import CHECK_INTERVAL, NfsService
 from pxetwist.policy.builtin import ArchPolicy, StaticPolicy
 from pxetwist.policy.chain import PolicyChain
+from pxetwist.policy.overlay import MachineOverlay
 from pxetwist.policy.values import MacAddress, Stage
 from pxetwist.testing import config_from_yaml, make_request
 
@@ -188,6 +189,24 @@ class ServiceTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(service.exports_of(MacAddress.parse(A)), [])
         self.assertEqual([c for c, _ in bus.calls], ["remove", "add", "remove"])
+
+    def test_an_api_reservation_grants_and_its_deletion_withdraws(self) -> None:
+        MachineOverlay.forget_all()
+        self.addCleanup(MachineOverlay.forget_all)
+        service, bus = self.start()
+        overlay = MachineOverlay.for_config(self.context.config)
+        overlay.put({"mac": A, "address": "10.77.0.20"})
+        self.clock.advance(0)
+        [grant] = service.exports_of(MacAddress.parse(A))
+        self.assertEqual(str(grant.client), "10.77.0.20")
+        self.assertEqual(list(bus.exports.values()), ["10.77.0.20"])
+        overlay.put({"mac": A, "address": "10.77.0.21"})  # moved
+        self.clock.advance(0)
+        self.assertEqual(list(bus.exports.values()), ["10.77.0.21"])
+        overlay.remove(MacAddress.parse(A))  # never seen anywhere else: withdrawn
+        self.clock.advance(0)
+        self.assertEqual(service.exports_of(MacAddress.parse(A)), [])
+        self.assertEqual(bus.exports, {})
 
     def test_reload_removes_exports_no_longer_configured(self) -> None:
         service, bus = self.start()
