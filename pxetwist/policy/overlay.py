@@ -15,6 +15,11 @@ DHCP service listens for changes (:meth:`MachineOverlay.subscribe`) and rebuilds
 :func:`served_machines`, so the address is the machine's from the next DISCOVER on and nobody
 else's.  :meth:`MachineOverlay.check` refuses an address in no served subnet, or reserved for
 another machine (the config's or the API's).
+
+With the leases on PostgreSQL the machines live in that database instead of the file, shared by
+every server (:mod:`pxetwist.policy.sharedmachines`): :meth:`MachineOverlay.save` and
+:meth:`MachineOverlay.delete` go through it off the reactor, and the sync :meth:`put` and
+:meth:`remove` are for the file only.
 """
 
 from __future__ import annotations
