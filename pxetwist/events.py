@@ -22,13 +22,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 from zope.interface import Interface, implementer
 
+from pxetwist.identityenum import IdentityEnum
 from pxetwist.logbudget import LogBudget
 from pxetwist.policy.values import MacAddress
 
 log = Logger()
 
 
-class EventProtocol(enum.Enum):
+class EventProtocol(IdentityEnum):
     """Who saw it: the JSON ``protocol`` field of a session's events."""
 
     DHCP = "dhcp"  # ports 67 and 4011
@@ -38,7 +39,7 @@ class EventProtocol(enum.Enum):
     OS = "os"  # the booted operating system calling home
 
 
-class Outcome(enum.Enum):
+class Outcome(IdentityEnum):
     """How it ended, from the server's side."""
 
     OK = "ok"  # answered, served, granted
@@ -48,7 +49,7 @@ class Outcome(enum.Enum):
     DROPPED = "dropped"  # malformed, over a limit, or shed under overload
 
 
-class EventStage(enum.Enum):
+class EventStage(IdentityEnum):
     """What step of a boot an event is: the JSON ``stage`` field of a session's events.
 
     DHCP events are named after the client's message (the reply, if any, is in the details),
@@ -136,7 +137,8 @@ class LazyDetails(Mapping[str, object]):
 
 
 def _frozen_details(value: Mapping[str, object]) -> Mapping[str, object]:
-    if isinstance(value, MappingProxyType | LazyDetails):
+    kind = type(value)
+    if kind is MappingProxyType or kind is LazyDetails:
         return value
     return MappingProxyType(dict(value))
 
@@ -277,12 +279,9 @@ class LogObserver:
         if not event.message:
             return
         budget = self._budgets.get(event.protocol)
-        if budget is not None and not budget.admit(event.time):
-            budget.count(
-                _KINDS[event.stage, event.outcome],
-                event.time,
-                warn=event.level in _WARNINGS,
-            )
+        if budget is not None and not budget.spend(
+            event.time, _KINDS[event.stage, event.outcome], event.level in _WARNINGS
+        ):
             return
         details = event.details
         self._loggers[event.protocol].emit(

@@ -41,6 +41,20 @@ class LogBudget:
         self._window_lines += 1
         return self._window_lines <= self.lines
 
+    def spend(self, now: float, kind: str, warn: bool) -> bool:
+        """:meth:`admit`, and :meth:`count` the line as ``kind`` if it is refused: one call
+        for observers that see every packet."""
+        if not self.lines:
+            return True
+        if now - self._window_start >= self.interval:
+            self._window_start = now
+            self._window_lines = 0
+        self._window_lines += 1
+        if self._window_lines <= self.lines:
+            return True
+        self.count(kind, now, warn=warn)
+        return False
+
     def count(self, kind: str, now: float, *, warn: bool = False) -> None:
         """A line of ``kind`` that :meth:`admit` refused: it goes into the interval's summary."""
         self._unlogged[kind] = self._unlogged.get(kind, 0) + 1

@@ -8,7 +8,6 @@ the sightings to record and the :class:`~pxetwist.events.BootEvent` that reports
 
 from __future__ import annotations
 
-import enum
 from ipaddress import IPv4Address, IPv4Network
 
 import attrs
@@ -23,6 +22,7 @@ from pxetwist.dhcp.packet import (
     encode,
 )
 from pxetwist.events import BootEvent
+from pxetwist.identityenum import IdentityEnum
 from pxetwist.policy.decision import BootDecision
 from pxetwist.policy.request import BootRequest
 
@@ -39,8 +39,13 @@ _ECHOED = (OptionCode.CLIENT_UUID, OptionCode.CLIENT_ID)
 
 
 def is_zero(address: IPv4Address) -> bool:
-    """``address == 0.0.0.0``, without ``IPv4Address.__eq__`` for the shared zero."""
-    return address is ZERO or address == ZERO
+    """``address == 0.0.0.0``, asked of three header fields per packet.
+
+    Reads the integer ``IPv4Address`` keeps (``_ip``, there since Python 3.3) rather than
+    calling its Python-level ``__eq__``: a relayed request's ``giaddr`` is never zero, and the
+    comparison cost more than the rest of the test.
+    """
+    return address is ZERO or not address._ip  # type: ignore[attr-defined]
 
 
 @attrs.frozen
@@ -138,7 +143,7 @@ class Datagram:
     delay: float = 0.0
 
 
-class Verdict(enum.Enum):
+class Verdict(IdentityEnum):
     ANSWERED = "answered"
     IGNORED = "ignored"  # deliberately silent (RFC or policy)
     DROPPED = "dropped"  # could not be served (malformed, over a limit, unknown subnet, ...)

@@ -106,12 +106,21 @@ _EXACT_LENGTH: Final[dict[int, int]] = {
 _MESSAGE_TYPES: Final[dict[int, MessageType]] = {int(kind): kind for kind in MessageType}
 
 
+# Plain ints for the loop that checks every option of every packet (no enum lookups there).
+_MESSAGE_TYPE_CODE: Final = int(OptionCode.MESSAGE_TYPE)
+_CLIENT_ARCH_CODE: Final = int(OptionCode.CLIENT_ARCH)
+_MESSAGE_TYPE_OPS: Final[dict[int, int]] = {int(kind): int(kind.op) for kind in MessageType}
+
+
 class PacketTooLarge(ValueError):
     """A reply does not fit its size budget even after every droppable option was dropped.
 
     This happens only when the essential options alone are too big, for example a huge
     relay-agent option and a small budget. The engine should log it and not answer.
     """
+
+
+_UNSET: Final = object()  # a lazily worked-out field not worked out yet
 
 
 # -- attribute converters: accept the convenient spellings, store one canonical form -------------
@@ -196,6 +205,8 @@ class DhcpPacket:
 
     _values: Mapping[int, bytes] = attrs.field(init=False, eq=False, repr=False)
     """The options by code, built once: the engine asks a request for a dozen of them."""
+    _mac: MacAddress | object | None = attrs.field(init=False, eq=False, repr=False, default=_UNSET)
+    """:attr:`mac` once asked for (the engine, the policy question and the event each ask)."""
 
     def __attrs_post_init__(self) -> None:
         if not getattr(_checked, "by_decode", False):
@@ -236,9 +247,11 @@ class DhcpPacket:
     @property
     def mac(self) -> MacAddress | None:
         """The client's Ethernet address; ``None`` unless htype = 1 and hlen = 6."""
-        if self.htype == 1 and self.hlen == 6:
-            return MacAddress(self.chaddr[:6])
-        return None
+        mac = self._mac
+        if mac is _UNSET:
+            mac = MacAddress(self.chaddr[:6]) if self.htype == 1 and self.hlen == 6 else None
+            object.__setattr__(self, "_mac", mac)
+        return mac  # type: ignore[return-value]
 
     @property
     def broadcast(self) -> bool:
@@ -445,17 +458,19 @@ def _check_values(op: int, options: Options) -> None:
     All :func:`decode` has left to check: its scan already yields each code once, in 1-254,
     without option 52, as ``bytes``, and the header fields fit by construction.
     """
+    exact = _EXACT_LENGTH
     for code, value in options:
-        length = _EXACT_LENGTH.get(code)
+        length = exact.get(code)
         if length is not None and len(value) != length:
             raise MalformedPacket(f"option {code} must be {length} bytes, not {len(value)}")
-        if code == OptionCode.MESSAGE_TYPE:
-            kind = _MESSAGE_TYPES.get(value[0])
-            if kind is None:
+        if code == _MESSAGE_TYPE_CODE:
+            kind_op = _MESSAGE_TYPE_OPS.get(value[0])
+            if kind_op is None:
                 raise MalformedPacket(f"unknown DHCP message type {value[0]}")
-            if kind.op != op:
-                raise MalformedPacket(f"{kind.name} must have op {int(kind.op)}, not op {op}")
-        elif code == OptionCode.CLIENT_ARCH and (not value or len(value) % 2):
+            if kind_op != op:
+                kind = _MESSAGE_TYPES[value[0]]
+                raise MalformedPacket(f"{kind.name} must have op {kind_op}, not op {op}")
+        elif code == _CLIENT_ARCH_CODE and (not value or len(value) % 2):
             raise MalformedPacket(
                 f"option 93 must be a positive, even number of bytes, not {len(value)}"
             )
@@ -499,11 +514,6 @@ def _scan(
             joined += 1
         position = stop
     return False, joined
-
-
-def _address(value: int) -> ipaddress.IPv4Address:
-    """A header address; 0.0.0.0, most of a request's four, is one shared value."""
-    return _ZERO if value == 0 else ipaddress.IPv4Address(value)
 
 
 def decode(data: bytes | bytearray | memoryview) -> DhcpPacket:
@@ -569,6 +579,7 @@ def decode(data: bytes | bytearray | memoryview) -> DhcpPacket:
     options = tuple(found.items())
     _check_values(op, options)
     # The rest of DhcpPacket's invariants hold by construction here: do not check them twice.
+    # The four addresses are mostly 0.0.0.0 in a request: that one is a shared value.
     _checked.by_decode = True
     try:
         return DhcpPacket(
@@ -579,10 +590,10 @@ def decode(data: bytes | bytearray | memoryview) -> DhcpPacket:
             xid=xid,
             secs=secs,
             flags=flags,
-            ciaddr=_address(ciaddr),
-            yiaddr=_address(yiaddr),
-            siaddr=_address(siaddr),
-            giaddr=_address(giaddr),
+            ciaddr=_ZERO if not ciaddr else ipaddress.IPv4Address(ciaddr),
+            yiaddr=_ZERO if not yiaddr else ipaddress.IPv4Address(yiaddr),
+            siaddr=_ZERO if not siaddr else ipaddress.IPv4Address(siaddr),
+            giaddr=_ZERO if not giaddr else ipaddress.IPv4Address(giaddr),
             chaddr=chaddr,
             sname=sname,
             file=file,

@@ -33,10 +33,8 @@ from twisted.logger import LogLevel
 
 from pxetwist.dhcp.exchange import Exchange, Outcome, Verdict, is_zero
 from pxetwist.dhcp.options import MessageType, OptionCode
-from pxetwist.dhcp.packet import DhcpPacket
 from pxetwist.events import BootEvent, EventProtocol, EventStage, LazyDetails
 from pxetwist.events import Outcome as EventOutcome
-from pxetwist.policy.request import BootRequest
 from pxetwist.policy.values import BootAction, Firmware, Stage
 
 _PXE_PORT = 4011
@@ -59,6 +57,7 @@ _OUTCOMES = {
     Verdict.REFUSED: EventOutcome.REFUSED,
 }
 _MESSAGE_TYPES = {int(kind): kind for kind in MessageType}
+_MESSAGE_TYPE_CODE = int(OptionCode.MESSAGE_TYPE)
 _BASE = "{message_type} from {mac} on {interface}: {reason}"
 _MESSAGES = {
     (False, False): _BASE,
@@ -80,7 +79,11 @@ def packet_event(
     packet = incoming.packet
     request = exchange.request
     port = incoming.local_port
-    kind = _kind(packet)
+    options = packet.options
+    if options and options[0][0] == _MESSAGE_TYPE_CODE:  # where clients put option 53
+        kind: MessageType | None = _MESSAGE_TYPES[options[0][1][0]]
+    else:
+        kind = packet.message_type
     if port == _PXE_PORT:
         stage = EventStage.BOOT_SERVER
     else:
@@ -105,7 +108,7 @@ def packet_event(
         client=client,
         details=LazyDetails(
             partial(_details, exchange, outcome, kind, echo_dropped),
-            known=_known(request),
+            known=_NOTHING_KNOWN if request is None else _KNOWN[request.firmware],
         ),
         message=_MESSAGES[not is_zero(packet.giaddr), exchange.decision is not None],
         level=LogLevel.warn if result is EventOutcome.DROPPED else LogLevel.info,
@@ -113,23 +116,12 @@ def packet_event(
 
 
 _NOTHING_KNOWN: Mapping[str, object] = MappingProxyType({"firmware": None, "pxe": False})
-
-
-def _known(request: BootRequest | None) -> Mapping[str, object]:
-    """The details observers read for every packet (sessions: is it a PXE client?), at the
-    cost of one property; the rest waits for :func:`_details`."""
-    if request is None:
-        return _NOTHING_KNOWN
-    firmware = request.firmware
-    return {"firmware": firmware.value, "pxe": firmware is not Firmware.PLAIN}
-
-
-def _kind(packet: DhcpPacket) -> MessageType | None:
-    """Option 53, read where clients put it (first) before looking further."""
-    options = packet.options
-    if options and options[0][0] == OptionCode.MESSAGE_TYPE:
-        return _MESSAGE_TYPES[options[0][1][0]]
-    return packet.message_type
+#: The details observers read for every packet (sessions: is it a PXE client?), at the cost of
+#: one property and a lookup; the rest waits for :func:`_details`.
+_KNOWN: Mapping[Firmware, Mapping[str, object]] = {
+    firmware: MappingProxyType({"firmware": firmware.value, "pxe": firmware is not Firmware.PLAIN})
+    for firmware in Firmware
+}
 
 
 def _details(

@@ -21,6 +21,9 @@ class BootRequest:
     DHCP fills most fields from the packet; TFTP and HTTP fill what they can (the MAC from what
     pxetwist has seen at that address, the path asked for).  Policies must treat every field but
     ``mac`` and ``stage`` as possibly missing.
+
+    ``firmware`` is worked out on first use and kept: every DHCP packet asks for it several
+    times (engine, policies, the event), and the request never changes.
     """
 
     mac: MacAddress
@@ -37,6 +40,7 @@ class BootRequest:
     interface: str | None = None
     path: str | None = None  # the file a TFTP or HTTP request names
     ipxe_user_classes: tuple[bytes, ...] = DEFAULT_IPXE_USER_CLASSES
+    _firmware: Firmware | None = attrs.field(init=False, default=None, eq=False, repr=False)
 
     @property
     def arch(self) -> Arch | None:
@@ -52,7 +56,15 @@ class BootRequest:
 
     @property
     def firmware(self) -> Firmware:
-        """Classify the client, iPXE first: an iPXE ROM also says ``PXEClient``."""
+        """Classify the client (see :meth:`_classify`), once."""
+        firmware = self._firmware
+        if firmware is None:
+            firmware = self._classify()
+            object.__setattr__(self, "_firmware", firmware)
+        return firmware
+
+    def _classify(self) -> Firmware:
+        """iPXE first: an iPXE ROM also says ``PXEClient``."""
         if any(user_class in self.ipxe_user_classes for user_class in self.user_classes):
             return Firmware.IPXE
         if self.ipxe_encap is not None and b"iPXE" in self.ipxe_user_classes:

@@ -11,6 +11,8 @@ import re
 
 import attrs
 
+from pxetwist.identityenum import IdentityEnum
+
 _HEX_ONLY = re.compile(r"[0-9a-fA-F]{12}")
 _SEPARATED = re.compile(r"[0-9a-fA-F]{1,2}([:-][0-9a-fA-F]{1,2}){5}")
 _CISCO = re.compile(r"[0-9a-fA-F]{4}\.[0-9a-fA-F]{4}\.[0-9a-fA-F]{4}")
@@ -149,7 +151,7 @@ class Arch(enum.IntEnum):
         return _ARCH_ISA.get(self.normalized())
 
 
-class Isa(enum.Enum):
+class Isa(IdentityEnum):
     """The processor family a client runs and a boot program is built for.
 
     ``policy.arch_default`` only ever applies within one family: an x86 program offered to an
@@ -261,7 +263,7 @@ def boot_key_isa(key: str) -> Isa | None:
     return _KEY_SUFFIX_ISA.get(key.rpartition("-")[2]) if key != "ipxe" else None
 
 
-class Firmware(enum.Enum):
+class Firmware(IdentityEnum):
     """What kind of network-boot client is asking, which decides the shape of the answer."""
 
     PXE_ROM = "pxe"  # a PXE ROM or UEFI PXE stack: wants an NBP over TFTP
@@ -271,7 +273,7 @@ class Firmware(enum.Enum):
     PLAIN = "plain"  # an ordinary DHCP client (an installed OS): no boot answer
 
 
-class Stage(enum.Enum):
+class Stage(IdentityEnum):
     """Which of pxetwist's front ends is asking the policy."""
 
     DHCP = "dhcp"
@@ -282,7 +284,7 @@ class Stage(enum.Enum):
     NFS = "nfs"  # the NFS export wrapper asking which exports a machine holds
 
 
-class BootAction(enum.Enum):
+class BootAction(IdentityEnum):
     """The three things a policy can tell a machine."""
 
     BOOT = "boot"  # boot what the decision names

@@ -11,7 +11,6 @@ the SQLite store keeps, so :func:`session_from_json` reads them back for the CLI
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
@@ -19,10 +18,11 @@ from typing import Any, Final
 import attrs
 
 from pxetwist.events import EventProtocol, EventStage, Outcome
+from pxetwist.identityenum import IdentityEnum
 from pxetwist.policy.values import MacAddress
 
 
-class BootStage(enum.Enum):
+class BootStage(IdentityEnum):
     """Where a boot has got to, in boot order (``rank``); the JSON ``stage`` of sessions.
 
     Stages come in pairs where the server's answer matters: ``dhcp-discover`` is a DISCOVER
@@ -63,7 +63,7 @@ def is_milestone(stage: BootStage) -> bool:
     return stage not in _NOWHERE
 
 
-class SessionState(enum.Enum):
+class SessionState(IdentityEnum):
     """The JSON ``state`` of a session (the ``pxetwist sessions`` contract)."""
 
     IN_PROGRESS = "in-progress"
