@@ -110,7 +110,9 @@ class LazyDetails(Mapping[str, object]):
         value = self._value
         if value is None:
             assert self._make is not None
-            value = self._value = MappingProxyType(dict(self._make()))
+            made = self._make()
+            # ``make`` hands over a new dict as a rule: frozen as it is, not copied again.
+            value = self._value = MappingProxyType(made if type(made) is dict else dict(made))
             self._make = None
         return value
 

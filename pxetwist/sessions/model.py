@@ -155,13 +155,13 @@ class Session:
 
         The last milestone's ``seconds`` runs to the session's end (or its latest event).
         """
-        order = sorted(self.reached.items(), key=lambda item: (item[1], item[0].rank))
+        order = sorted((time, _RANKS[stage], stage.value) for stage, time in self.reached.items())
         end = self.ended if self.ended is not None else self.updated
         timeline: list[dict[str, object]] = []
-        for index, (stage, time) in enumerate(order):
-            until = order[index + 1][1] if index + 1 < len(order) else end
+        for index, (time, _, stage) in enumerate(order):
+            until = order[index + 1][0] if index + 1 < len(order) else end
             timeline.append(
-                {"stage": stage.value, "time": time, "seconds": round(max(until - time, 0.0), 6)}
+                {"stage": stage, "time": time, "seconds": round(max(until - time, 0.0), 6)}
             )
         return timeline
 
