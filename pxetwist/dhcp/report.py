@@ -35,7 +35,8 @@ from pxetwist.dhcp.exchange import Exchange, Outcome, Verdict, is_zero
 from pxetwist.dhcp.options import MessageType, OptionCode
 from pxetwist.events import BootEvent, EventProtocol, EventStage, LazyDetails
 from pxetwist.events import Outcome as EventOutcome
-from pxetwist.policy.values import BootAction, Firmware, Stage
+from pxetwist.policy.request import BootRequest
+from pxetwist.policy.values import Arch, BootAction, Firmware, Stage
 
 _PXE_PORT = 4011
 _STAGES = {
@@ -44,11 +45,6 @@ _STAGES = {
     MessageType.DECLINE: EventStage.DECLINE,
     MessageType.RELEASE: EventStage.RELEASE,
     MessageType.INFORM: EventStage.INFORM,
-}
-_REPLY_KINDS = {
-    MessageType.OFFER: "offer",
-    MessageType.ACK: "ack",
-    MessageType.NAK: "nak",
 }
 _OUTCOMES = {
     Verdict.ANSWERED: EventOutcome.OK,
@@ -90,12 +86,16 @@ def packet_event(
         stage = _STAGES.get(kind, EventStage.INVALID) if kind is not None else EventStage.INVALID
     result = _OUTCOMES[outcome.verdict]
     client = packet.ciaddr if not is_zero(packet.ciaddr) else None
+    reply_kind = "none"
     if outcome.replies:
         sent = outcome.replies[0].packet
-        if sent.options[0][1][0] == MessageType.NAK:  # make_reply puts option 53 first
+        sent_type = sent.options[0][1][0]  # make_reply puts option 53 first
+        given = not is_zero(sent.yiaddr)
+        reply_kind = _reply_kind(sent_type, given, port)
+        if sent_type == MessageType.NAK:
             result = EventOutcome.REFUSED
         elif client is None:
-            if not is_zero(sent.yiaddr) and sent.options[0][1][0] == MessageType.ACK:
+            if given and sent_type == MessageType.ACK:
                 client = sent.yiaddr  # the address the client has from now on
             elif port == _PXE_PORT and incoming.source[0] != "0.0.0.0":
                 client = IPv4Address(incoming.source[0])
@@ -108,20 +108,61 @@ def packet_event(
         client=client,
         details=LazyDetails(
             partial(_details, exchange, outcome, kind, echo_dropped),
-            known=_NOTHING_KNOWN if request is None else _KNOWN[request.firmware],
+            known=_known(request, kind, reply_kind),
         ),
         message=_MESSAGES[not is_zero(packet.giaddr), exchange.decision is not None],
         level=LogLevel.warn if result is EventOutcome.DROPPED else LogLevel.info,
     )
 
 
-_NOTHING_KNOWN: Mapping[str, object] = MappingProxyType({"firmware": None, "pxe": False})
-#: The details observers read for every packet (sessions: is it a PXE client?), at the cost of
-#: one property and a lookup; the rest waits for :func:`_details`.
-_KNOWN: Mapping[Firmware, Mapping[str, object]] = {
-    firmware: MappingProxyType({"firmware": firmware.value, "pxe": firmware is not Firmware.PLAIN})
-    for firmware in Firmware
-}
+_KNOWN: dict[tuple[object, ...], Mapping[str, object]] = {}
+
+
+def _known(
+    request: BootRequest | None, kind: MessageType | None, reply_kind: str
+) -> Mapping[str, object]:
+    """The details every packet's observers read (sessions: is it a PXE client? metrics: the
+    message, the architecture, the reply), without working out the rest (:func:`_details`).
+
+    There are few distinct answers, so each is built once and shared.
+    """
+    if request is None:
+        firmware: Firmware | None = None
+        arches: tuple[Arch, ...] = ()
+    else:
+        firmware = request.firmware
+        arches = request.arches  # the key: ``arch`` is worked out only for a new entry
+    key = (firmware, kind, arches, reply_kind)
+    known = _KNOWN.get(key)
+    if known is None:
+        arch = request.arch if request is not None else None
+        if len(_KNOWN) >= 4096:  # option 93 is the client's to choose: keep it bounded
+            _KNOWN.clear()
+        known = _KNOWN[key] = MappingProxyType(
+            {
+                "firmware": _VALUES[firmware] if firmware is not None else None,
+                "pxe": firmware is not None and firmware is not Firmware.PLAIN,
+                "message_type": _NAMES[kind] if kind is not None else "BOOTP",
+                "arch": int(arch) if arch is not None else None,
+                "reply": reply_kind,
+            }
+        )
+    return known
+
+
+def _reply_kind(sent_type: int, given: bool, port: int) -> str:
+    """``reply``: ``offer``/``ack`` with an address, ``nak``, an INFORM's ``ack``, or
+    ``proxy`` (boot information and no address: proxyDHCP, or the boot server on 4011)."""
+    if given:
+        return _GIVEN.get(sent_type, "none")
+    if sent_type == MessageType.NAK:
+        return "nak"
+    if sent_type == MessageType.ACK and port != _PXE_PORT:
+        return "ack"  # an INFORM's ACK
+    return "proxy"
+
+
+_GIVEN = {int(MessageType.OFFER): "offer", int(MessageType.ACK): "ack"}
 
 
 def _details(
@@ -142,17 +183,11 @@ def _details(
     if outcome.replies:
         reply = outcome.replies[0]
         sent = reply.packet
-        kind_sent = _MESSAGE_TYPES[sent.options[0][1][0]]  # make_reply puts option 53 first
         reply_to = f"{_text(reply.address)}:{reply.port}"
-        if not is_zero(sent.yiaddr):
+        given = not is_zero(sent.yiaddr)
+        if given:
             address = _text(sent.yiaddr)
-            reply_kind = _REPLY_KINDS.get(kind_sent, "none")
-        elif kind_sent is MessageType.NAK:
-            reply_kind = "nak"
-        elif kind_sent is MessageType.ACK and port != _PXE_PORT:
-            reply_kind = "ack"  # an INFORM's ACK
-        else:
-            reply_kind = "proxy"
+        reply_kind = _reply_kind(sent.options[0][1][0], given, port)  # option 53 is first
         for code, value in reversed(sent.options):  # the boot file is among the last
             if code == OptionCode.BOOTFILE:
                 boot_file = value.rstrip(b"\0").decode("utf-8", "replace")
