@@ -42,15 +42,8 @@ class LogBudget:
         return self._window_lines <= self.lines
 
     def spend(self, now: float, kind: str, warn: bool) -> bool:
-        """:meth:`admit`, and :meth:`count` the line as ``kind`` if it is refused: one call
-        for observers that see every packet."""
-        if not self.lines:
-            return True
-        if now - self._window_start >= self.interval:
-            self._window_start = now
-            self._window_lines = 0
-        self._window_lines += 1
-        if self._window_lines <= self.lines:
+        """:meth:`admit`, and :meth:`count` the line as ``kind`` if it is refused."""
+        if self.admit(now):
             return True
         self.count(kind, now, warn=warn)
         return False
