@@ -120,12 +120,6 @@ def file_stage(
     return BootStage.FILE
 
 
-# Spelt once: an enum's ``.value`` is a Python-level property call in Python 3.11.
-_PLAIN: Final = Firmware.PLAIN.value
-_PXE_ROM: Final = Firmware.PXE_ROM.value
-_IPXE: Final = Firmware.IPXE.value
-
-
 def firmware_of(details: Mapping[str, object]) -> str | None:
     """``pxe``, ``ipxe``, ``http-boot`` or ``plain`` (an ordinary client), if the event says."""
     value = details.get("firmware")
@@ -138,7 +132,7 @@ def firmware_of(details: Mapping[str, object]) -> str | None:
         return request.firmware.value
     pxe = details.get("pxe")
     if isinstance(pxe, bool):
-        return _PXE_ROM if pxe else _PLAIN
+        return Firmware.PXE_ROM.value if pxe else Firmware.PLAIN.value
     return None
 
 
@@ -192,7 +186,7 @@ def is_dhcp(event: BootEvent) -> bool:
 
 
 def is_plain(firmware: str | None) -> bool:
-    return firmware == _PLAIN
+    return firmware == Firmware.PLAIN.value
 
 
 def dhcp_stage(event: BootEvent, firmware: str | None) -> BootStage:
@@ -200,7 +194,7 @@ def dhcp_stage(event: BootEvent, firmware: str | None) -> BootStage:
     answered = event.outcome is Outcome.OK
     if event.stage is EventStage.BOOT_SERVER:
         return BootStage.BOOT_SERVER
-    if firmware == _IPXE and event.stage in (EventStage.DISCOVER, EventStage.REQUEST):
+    if firmware == Firmware.IPXE.value and event.stage in (EventStage.DISCOVER, EventStage.REQUEST):
         return BootStage.IPXE_DHCP
     if event.stage is EventStage.DISCOVER:
         return BootStage.DHCP_OFFER if answered else BootStage.DHCP_DISCOVER

@@ -58,7 +58,6 @@ _MAX_TEXT: Final = 256  # characters of a string detail kept
 _PLAIN_TYPES: Final = (str, int, float, bool, type(None))
 
 _DEFAULTS: Final = SessionsConfig()
-_IPXE: Final = Firmware.IPXE.value
 
 FilesFor = Callable[[MacAddress], BootFiles | None]
 
@@ -218,7 +217,7 @@ class SessionRegistry:
         """Does a DISCOVER from this firmware start a new attempt, or go on with ``session``?"""
         if session is None or session.state is not SessionState.IN_PROGRESS:
             return True
-        if firmware == _IPXE:
+        if firmware == Firmware.IPXE.value:
             return session.stage.rank >= BootStage.SCRIPT.rank
         return session.stage.rank >= BootStage.NBP.rank
 
