@@ -99,6 +99,7 @@ def packet_event(
                 client = sent.yiaddr  # the address the client has from now on
             elif port == _PXE_PORT and incoming.source[0] != "0.0.0.0":
                 client = IPv4Address(incoming.source[0])
+    known = _known(request, kind, reply_kind)
     return BootEvent(
         time=now,
         protocol=EventProtocol.DHCP,
@@ -106,10 +107,7 @@ def packet_event(
         outcome=result,
         mac=request.mac if request is not None else packet.mac,
         client=client,
-        details=LazyDetails(
-            partial(_details, exchange, outcome, kind, echo_dropped),
-            known=_known(request, kind, reply_kind),
-        ),
+        details=LazyDetails(partial(_details, exchange, outcome, known, echo_dropped), known=known),
         message=_MESSAGES[not is_zero(packet.giaddr), exchange.decision is not None],
         level=LogLevel.warn if result is EventOutcome.DROPPED else LogLevel.info,
     )
@@ -168,15 +166,14 @@ _GIVEN = {int(MessageType.OFFER): "offer", int(MessageType.ACK): "ack"}
 def _details(
     exchange: Exchange,
     outcome: Outcome,
-    kind: MessageType | None,
+    known: Mapping[str, object],
     echo_dropped: tuple[int, ...],
 ) -> dict[str, object]:
+    """All the details, from the ``known`` ones (:func:`_known`) and the packets."""
     incoming = exchange.incoming
     packet = incoming.packet
     request = exchange.request
     decision = exchange.decision
-    port = incoming.local_port
-    reply_kind = "none"
     address: str | None = None
     boot_file: str | None = None
     reply_to: str | None = None
@@ -184,62 +181,51 @@ def _details(
         reply = outcome.replies[0]
         sent = reply.packet
         reply_to = f"{_text(reply.address)}:{reply.port}"
-        given = not is_zero(sent.yiaddr)
-        if given:
+        if not is_zero(sent.yiaddr):
             address = _text(sent.yiaddr)
-        reply_kind = _reply_kind(sent.options[0][1][0], given, port)  # option 53 is first
         for code, value in reversed(sent.options):  # the boot file is among the last
-            if code == OptionCode.BOOTFILE:
+            if code == _BOOTFILE_CODE:
                 boot_file = value.rstrip(b"\0").decode("utf-8", "replace")
                 break
         else:
             if sent.file:
                 boot_file = sent.file.decode("utf-8", "replace")
-    firmware: Firmware | None = None
-    arch = None
-    stage = None
-    if request is not None:
-        firmware = request.firmware
-        arch = request.arch
-        stage = _VALUES[request.stage]
-    details: dict[str, object] = {
-        "message_type": _NAMES[kind] if kind is not None else "BOOTP",
-        "reply": reply_kind,
-        "address": address,
-        "file": boot_file,
-        "policy": None,
-        "policy_reason": None,
-        "action": None,
-        "reason": outcome.reason,
-        "arch": int(arch) if arch is not None else None,
-        "firmware": _VALUES[firmware] if firmware is not None else None,
-        "pxe": firmware is not None and firmware is not Firmware.PLAIN,
-        "xid": f"{packet.xid:08x}",
-        "interface": incoming.interface.name,
-        "port": port,
-        "relay": _text(packet.giaddr) if not is_zero(packet.giaddr) else None,
-        "reply_to": reply_to,
-        "boot_stage": stage,
-    }
+    details = dict(known)  # message_type, reply, arch, firmware, pxe
+    details["address"] = address
+    details["file"] = boot_file
+    details["reason"] = outcome.reason
+    details["xid"] = f"{packet.xid:08x}"
+    details["interface"] = incoming.interface.name
+    details["port"] = incoming.local_port
+    details["relay"] = _text(packet.giaddr) if not is_zero(packet.giaddr) else None
+    details["reply_to"] = reply_to
+    details["boot_stage"] = _VALUES[request.stage] if request is not None else None
     if decision is not None:
         details["policy"] = decision.policy
         details["policy_reason"] = decision.reason
         details["action"] = _VALUES[decision.action]
+    else:
+        details["policy"] = details["policy_reason"] = details["action"] = None
     if echo_dropped:
         details["echo_dropped"] = list(echo_dropped)
     return details
 
 
-_ADDRESS_TEXT: dict[IPv4Address, str] = {}
+_BOOTFILE_CODE = int(OptionCode.BOOTFILE)  # an int: an enum member read per option is slow
+
+
+_ADDRESS_TEXT: dict[int, str] = {}
 
 
 def _text(address: IPv4Address) -> str:
-    """``str(address)``, remembered: replies go to few addresses (broadcast, relays)."""
-    text = _ADDRESS_TEXT.get(address)
+    """``str(address)``, remembered by its integer (an ``IPv4Address`` hashes in Python, its
+    int in C): replies go to few addresses (broadcast, relays), and a pool's are reused."""
+    key = int(address)
+    text = _ADDRESS_TEXT.get(key)
     if text is None:
-        if len(_ADDRESS_TEXT) >= 4096:
+        if len(_ADDRESS_TEXT) >= 65536:
             _ADDRESS_TEXT.clear()
-        text = _ADDRESS_TEXT[address] = str(address)
+        text = _ADDRESS_TEXT[key] = str(address)
     return text
 
 
