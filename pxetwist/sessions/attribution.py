@@ -24,7 +24,6 @@ from pxetwist.policy.values import MacAddress
 
 PENDING_LIMIT: Final = 4096  # events waiting for the neighbour table (oldest dropped)
 ADDRESS_LIMIT: Final = 65536  # addresses remembered from events (least recent dropped)
-_UNSPECIFIED: Final = IPv4Address("0.0.0.0")
 
 
 class Attribution:
@@ -42,7 +41,8 @@ class Attribution:
         if neighbours is None and sightings is not None:
             neighbours = sightings.neighbours
         self._neighbours = neighbours
-        self._addresses: OrderedDict[IPv4Address, MacAddress] = OrderedDict()
+        # by the address's integer: an ``IPv4Address`` hashes in Python, an int in C
+        self._addresses: OrderedDict[int, MacAddress] = OrderedDict()
         self._pending: deque[BootEvent] = deque(maxlen=PENDING_LIMIT)
         self.unplaced = 0  # events dropped because no MAC could be found for them
 
@@ -58,7 +58,7 @@ class Attribution:
                 self._pending.append(event)
                 return
             event = attrs.evolve(event, mac=mac)
-        elif client is not None and client != _UNSPECIFIED:
+        elif client is not None:
             self._learn(client, event.mac)
         self._pass_on(event)
 
@@ -67,17 +67,20 @@ class Attribution:
             observer(event)
 
     def _known(self, client: IPv4Address) -> MacAddress | None:
-        mac = self._addresses.get(client)
+        mac = self._addresses.get(int(client))
         if mac is None and self._sightings is not None:
             mac = self._sightings.mac_seen_at(client)
         return mac
 
     def _learn(self, client: IPv4Address, mac: MacAddress) -> None:
-        if self._addresses.get(client) != mac:
-            self._addresses[client] = mac
-        self._addresses.move_to_end(client)
-        while len(self._addresses) > ADDRESS_LIMIT:
-            self._addresses.popitem(last=False)
+        key = int(client)
+        if key == 0:  # 0.0.0.0: no address yet
+            return
+        addresses = self._addresses
+        addresses[key] = mac
+        addresses.move_to_end(key)
+        if len(addresses) > ADDRESS_LIMIT:
+            addresses.popitem(last=False)
 
     @property
     def pending(self) -> int:

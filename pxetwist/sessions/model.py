@@ -11,7 +11,9 @@ the SQLite store keeps, so :func:`session_from_json` reads them back for the CLI
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -90,25 +92,38 @@ class SessionEvent:
     event: EventStage
     outcome: Outcome
     details: Mapping[str, object] = MappingProxyType({})
-    # the JSON, built on first use: a session is written at every tick it changed in, and its
-    # earlier events are the same each time (callers must not change the dict they get)
-    _json: dict[str, object] | None = attrs.field(
-        default=None, init=False, eq=False, repr=False, hash=False
-    )
+    # Its stored form, encoded on first use: a session is written at every tick it changed
+    # in, and its earlier events are the same each time (text: nothing for the GC to walk).
+    _stored: str | None = attrs.field(default=None, init=False, eq=False, repr=False, hash=False)
 
     def as_json(self) -> dict[str, object]:
-        body = self._json
-        if body is None:
-            body = {
-                "time": self.time,
-                "protocol": self.protocol.value,
-                "stage": self.stage.value,
-                "event": self.event.value,
-                "outcome": self.outcome.value,
-                "details": self.details if type(self.details) is dict else dict(self.details),
-            }
-            object.__setattr__(self, "_json", body)  # a cache, not state: the event is frozen
-        return body
+        return {
+            "time": self.time,
+            "protocol": self.protocol.value,
+            "stage": self.stage.value,
+            "event": self.event.value,
+            "outcome": self.outcome.value,
+            "details": dict(self.details),
+        }
+
+    def stored(self) -> str:
+        """The event as ``sessions.sqlite`` keeps it: ``[time, protocol, stage, event, outcome,
+        details]`` in compact JSON (:func:`session_from_stored` reads it back)."""
+        text = self._stored
+        if text is None:
+            details = self.details
+            text = compact_json(
+                [
+                    self.time,
+                    self.protocol.value,
+                    self.stage.value,
+                    self.event.value,
+                    self.outcome.value,
+                    details if type(details) is dict else dict(details),
+                ]
+            )
+            object.__setattr__(self, "_stored", text)  # a cache, not state: the event is frozen
+        return text
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> SessionEvent:
@@ -120,6 +135,42 @@ class SessionEvent:
             outcome=Outcome(value["outcome"]),
             details=MappingProxyType(dict(value.get("details") or {})),
         )
+
+    @classmethod
+    def from_stored(cls, value: Sequence[Any]) -> SessionEvent:
+        time, protocol, stage, event, outcome, details = value
+        return cls(
+            time=float(time),
+            protocol=EventProtocol(protocol),
+            stage=BootStage(stage),
+            event=EventStage(event),
+            outcome=Outcome(outcome),
+            details=MappingProxyType(dict(details or {})),
+        )
+
+
+def _not_plain(value: object) -> object:
+    raise TypeError(f"{type(value).__name__} is not stored in a session")
+
+
+_COMPACT: Final = json.JSONEncoder(separators=(",", ":"), check_circular=False, default=_not_plain)
+# ``JSONEncoder.encode`` builds its C encoder anew at every call (a quarter of the time of a
+# session's small values); this one is built once, with the same settings as ``_COMPACT``.
+_C_ENCODER: Final = (
+    c_make_encoder(None, _not_plain, encode_basestring_ascii, None, ":", ",", False, False, True)
+    if c_make_encoder is not None
+    else None
+)
+
+
+def compact_json(value: object) -> str:
+    """``value`` (plain values only) as compact JSON, as ``json.dumps`` would write it."""
+    if _C_ENCODER is None:
+        return _COMPACT.encode(value)
+    return "".join(_C_ENCODER(value, 0))
+
+#: The version of the stored body (``v``); a body without one is a whole ``as_json`` value.
+STORED_VERSION: Final = 2
 
 
 @attrs.define(eq=False)
@@ -184,6 +235,57 @@ class Session:
             "events": [event.as_json() for event in self.events],
             "dropped_events": self.dropped_events,
         }
+
+    def stored_body(self) -> str:
+        """The body ``sessions.sqlite`` keeps beside the session's columns (id, mac, started,
+        updated, state, stage): what they do not say, and each event's stored text as it was
+        first encoded (:meth:`SessionEvent.stored`), so a write re-encodes no earlier event.
+        """
+        head: dict[str, object] = {"v": STORED_VERSION}
+        for key, value in (
+            ("client", self.client),
+            ("firmware", self.firmware),
+            ("policy", self.policy),
+            ("hint", self.hint),
+            ("ended", self.ended),
+            ("dropped_events", self.dropped_events or None),
+        ):
+            if value is not None:  # what is left out reads back as None (or 0)
+                head[key] = value
+        head["reached"] = {stage.value: time for stage, time in self.reached.items()}
+        text = compact_json(head)
+        events = ",".join([event.stored() for event in self.events])
+        return f'{text[:-1]},"events":[{events}]}}'
+
+
+def session_from_stored(
+    id: str, mac: str, started: float, updated: float, state: str, stage: str, body: str
+) -> Session:
+    """A session as ``sessions.sqlite`` keeps it: its columns and :meth:`Session.stored_body`.
+
+    A body written before the compact form (no ``v``) is a whole :meth:`Session.as_json`.
+    """
+    value = json.loads(body)
+    if value.get("v") != STORED_VERSION:
+        return session_from_json(value)
+    session = Session(
+        id=id,
+        mac=MacAddress.parse(mac),
+        started=started,
+        updated=updated,
+        state=SessionState(state),
+        stage=BootStage(stage),
+        events=[SessionEvent.from_stored(item) for item in value["events"]],
+        dropped_events=int(value.get("dropped_events") or 0),
+        client=value.get("client"),
+        firmware=value.get("firmware"),
+        policy=value.get("policy"),
+        hint=value.get("hint"),
+        ended=value.get("ended"),
+    )
+    for name, time in (value.get("reached") or {}).items():
+        session.reached[BootStage(name)] = float(time)
+    return session
 
 
 def session_from_json(value: Mapping[str, Any]) -> Session:

@@ -48,7 +48,7 @@ InThread = Callable[..., "Deferred[Any]"]
 
 def _write(
     store: SessionStore,
-    bodies: Sequence[dict[str, Any]],
+    rows: Sequence[SessionRow],
     used: Sequence[UsedBoot],
     keep: int,
     max_sessions: int,
@@ -62,9 +62,9 @@ def _write(
     """
     if shared is not None:
         shared.save(used)
-    if bodies or used:
+    if rows or used:
         store.save(
-            [SessionRow.from_json(body) for body in bodies],
+            rows,
             used,
             keep=keep,
             max_sessions=max_sessions,
@@ -173,19 +173,19 @@ class SessionRecorder(Service):
                 listener(changed)
             except Exception:
                 log.failure("sessions: a listener failed")
-        bodies = [session.as_json() for session in changed]
+        rows = [SessionRow.of(session) for session in changed]
         used = self.bootonce.take_unsaved()
         settings = self.config.sessions
         writing = self._run(
             _write,
             self._store,
-            bodies,
+            rows,
             used,
             settings.keep,
             settings.max_sessions,
             self._version,
             self._shared,
-        ).addCallbacks(self._written, self._failed, errbackArgs=(bodies, used))
+        ).addCallbacks(self._written, self._failed, errbackArgs=(used,))
         self._writing = writing
         writing.addBoth(self._done_writing)
         return writing
@@ -203,7 +203,7 @@ class SessionRecorder(Service):
         if used is not None:
             self.bootonce.replace_used(used, self.bootonce.unsaved)
 
-    def _failed(self, failure: Failure, bodies: list[dict[str, Any]], used: list[UsedBoot]) -> None:
+    def _failed(self, failure: Failure, used: list[UsedBoot]) -> None:
         self.write_failures += 1
         self.bootonce.requeue(used)
         if self.write_failures == 1 or self.write_failures % 100 == 0:

@@ -92,34 +92,46 @@ def _facts(event: BootEvent, details: Mapping[str, object]) -> Mapping[str, obje
     ``details`` is ``event.details`` as a plain mapping (a resolved
     :class:`~pxetwist.events.LazyDetails`): read at C speed, once, on the hot path.
     """
-    facts: dict[str, object] = {}
+    facts = {key: value for key, value in details.items() if value is not None and key in _KEPT}
+    odd: list[str] = []
+    for key, value in facts.items():
+        kind = type(value)
+        if kind is str:
+            if len(value) > _MAX_TEXT:  # type: ignore[arg-type]
+                odd.append(key)
+        elif kind is not int and kind is not float and kind is not bool:
+            odd.append(key)
+    for key in odd:
+        value = _plain_value(key, facts[key])
+        if value is None:
+            del facts[key]
+        else:
+            facts[key] = value
     if event.client is not None:
         facts["client"] = str(event.client)
     decision = details.get("decision")
     if isinstance(decision, BootDecision):
         facts["action"] = decision.action.value
-        facts["policy"] = decision.policy
+        if decision.policy is not None:
+            facts["policy"] = decision.policy
         if decision.reason:
             facts["reason"] = decision.reason[:_MAX_TEXT]
-    for key, value in details.items():
-        if value is None or key not in _KEPT or key in facts:
-            continue
-        kind = type(value)
-        if kind is str:
-            facts[key] = value if len(value) <= _MAX_TEXT else value[:_MAX_TEXT]  # type: ignore[arg-type,index]
-        elif kind is int or kind is float or kind is bool:
-            facts[key] = value
-        elif isinstance(value, _PLAIN_TYPES):
-            facts[key] = value[:_MAX_TEXT] if isinstance(value, str) else value
-        elif hasattr(value, "value") and isinstance(value.value, str | int):
-            facts[key] = value.value  # an enum
-        elif isinstance(value, bytes):
-            facts[key] = value[:_MAX_TEXT].decode("utf-8", "replace")
-        elif isinstance(value, list | tuple):
-            facts[key] = [str(item)[:_MAX_TEXT] for item in value[:16]]
-        elif key in ("reply", "arch", "firmware"):
-            facts[key] = str(value)[:_MAX_TEXT]
     return facts  # a plain dict, never changed after this: JSON takes it as it is
+
+
+def _plain_value(key: str, value: object) -> object:
+    """A detail that is no plain ``str``/``int``/``float``/``bool`` (or too long) made one."""
+    if isinstance(value, _PLAIN_TYPES):
+        return value[:_MAX_TEXT] if isinstance(value, str) else value
+    if hasattr(value, "value") and isinstance(value.value, str | int):
+        return value.value  # an enum
+    if isinstance(value, bytes):
+        return value[:_MAX_TEXT].decode("utf-8", "replace")
+    if isinstance(value, list | tuple):
+        return [str(item)[:_MAX_TEXT] for item in value[:16]]
+    if key in ("reply", "arch", "firmware"):
+        return str(value)[:_MAX_TEXT]
+    return None
 
 
 def _plain(details: Mapping[str, object]) -> Mapping[str, object]:

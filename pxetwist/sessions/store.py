@@ -1,8 +1,11 @@
 # -*- test-case-name: tests.sessions.test_store -*-
 """Where sessions and boot-once state survive a restart: one SQLite file in ``data_dir``.
 
-``sessions.sqlite`` holds each session as its JSON (what ``pxetwist sessions --json`` prints)
-beside the columns it is looked up by, and the machines that have used up their boot once.
+``sessions.sqlite`` holds each session as the columns it is looked up by (id, mac, start, last
+change, state, stage) and a JSON body with the rest (:meth:`Session.stored_body`: each event as
+an array, encoded once when first written), and the machines that have used up their boot once.
+Readers get every session as ``pxetwist sessions --json`` prints it; bodies written by an older
+version (a whole ``as_json`` value, no ``v``) read the same way.
 The server writes it from one thread of its own (:mod:`pxetwist.sessions.persistence`), never
 from the reactor; ``pxetwist sessions`` and ``pxetwist machines reset-boot`` open it from
 another process while the server runs (WAL mode: readers never wait for the writer).
@@ -21,6 +24,8 @@ from typing import Any, Final
 
 import attrs
 
+from pxetwist.sessions.model import Session, session_from_stored
+
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS sessions (
     id      TEXT PRIMARY KEY,  -- <mac hex>-<start in microseconds>
@@ -29,7 +34,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     updated REAL NOT NULL,
     state   TEXT NOT NULL,     -- in-progress, booted, stuck, failed
     stage   TEXT NOT NULL,
-    body    TEXT NOT NULL      -- the session as JSON
+    body    TEXT NOT NULL      -- the rest as JSON (Session.stored_body)
 );
 CREATE INDEX IF NOT EXISTS sessions_by_mac ON sessions (mac, started);
 CREATE INDEX IF NOT EXISTS sessions_by_start ON sessions (started);
@@ -55,7 +60,21 @@ class SessionRow:
     body: str
 
     @classmethod
+    def of(cls, session: Session) -> SessionRow:
+        """The row of a session (on the reactor: the session changes there)."""
+        return cls(
+            session.id,
+            str(session.mac),
+            session.started,
+            session.updated,
+            session.state.value,
+            session.stage.value,
+            session.stored_body(),
+        )
+
+    @classmethod
     def from_json(cls, value: dict[str, Any]) -> SessionRow:
+        """A row whose body is a whole ``as_json`` value (the form before ``v`` 2)."""
         return cls(
             id=str(value["id"]),
             mac=str(value["mac"]),
@@ -184,14 +203,15 @@ class SessionStore:
         return [UsedBoot(row["mac"], row["used_at"], row["how"], row["session"]) for row in rows]
 
     def sessions(self, mac: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Stored sessions as JSON values, newest first."""
+        """Stored sessions as JSON values (:meth:`Session.as_json`), newest first."""
+        columns = "id, mac, started, updated, state, stage, body"
         if mac is None:
             rows: Iterable[sqlite3.Row] = self._db.execute(
-                "SELECT body FROM sessions ORDER BY started DESC LIMIT ?", (limit,)
+                f"SELECT {columns} FROM sessions ORDER BY started DESC LIMIT ?", (limit,)
             )
         else:
             rows = self._db.execute(
-                "SELECT body FROM sessions WHERE mac = ? ORDER BY started DESC LIMIT ?",
+                f"SELECT {columns} FROM sessions WHERE mac = ? ORDER BY started DESC LIMIT ?",
                 (mac, limit),
             )
-        return [json.loads(row["body"]) for row in rows]
+        return [session_from_stored(*row).as_json() for row in rows]
