@@ -19,6 +19,8 @@ Servers:
 * ``pxetwist``: ``twistd -n pxe`` on its defaults (SQLite leases, sessions, TFTP workers
   ``auto``, log budget, log to a file); the config only names the interface, the pool, the
   roots and the two boot files.
+* ``pxetwist-nosessions``: the same with ``sessions: {enabled: false}`` (what a boot's
+  session costs: ``--servers pxetwist,pxetwist-nosessions``).
 * ``dnsmasq+nginx``: dnsmasq for DHCP and TFTP with every limit raised (``tftp-max=10000``,
   ``dhcp-lease-max``, ``no-ping``, ``quiet-dhcp``, leases in memory, 65,536 descriptors),
   nginx (2 workers, 16,384 connections each, ``sendfile``, no access log) for HTTP.
@@ -57,7 +59,7 @@ sys.path.insert(0, str(REPO))
 
 from pxetwist.lab import SRV_IF, NetLab  # noqa: E402
 
-SERVERS = ("pxetwist", "dnsmasq+nginx")
+SERVERS = ("pxetwist", "dnsmasq+nginx", "pxetwist-nosessions")
 REFERENCE = "dnsmasq+nginx"
 #: The machines' network, behind a relay: the server reaches it through the client namespace
 #: (a route via its address), where the whole network is local (``ip route add local``), so
@@ -120,7 +122,9 @@ def raise_nofile() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, hard), hard))
 
 
-def pxetwist_argv(lab: NetLab, wd: Path, root: Path, profile: Path | None) -> list[str]:
+def pxetwist_argv(
+    lab: NetLab, wd: Path, root: Path, profile: Path | None, *, sessions: bool = True
+) -> list[str]:
     (wd / "data").mkdir()
     config = wd / "pxe.yaml"
     config.write_text(
@@ -138,6 +142,7 @@ http: {{root: {root}, port: {HTTP_PORT}}}
 boot: {{bios: bios.nbp, efi-x86_64: uefi.nbp}}
 policy: {{plugin_dirs: []}}
 """
+        + ("" if sessions else "sessions: {enabled: false}\n")
     )
     argv = [str(TWISTD), "-n", "--pidfile=", "-l", str(wd / "pxetwist.log")]
     if profile is not None:
@@ -205,9 +210,10 @@ class Servers:
         self.procs: list[subprocess.Popen[Any]] = []
         pin = ["taskset", "-c", args.server_cpus] if args.server_cpus else []
         err = open(wd / "server.err", "w")  # noqa: SIM115 - the lab closes it with the process
-        if kind == "pxetwist":
+        if kind.startswith("pxetwist"):
             profile = Path(args.profile) / f"pxetwist-{wd.name}.prof" if args.profile else None
-            argvs = [pxetwist_argv(lab, wd, root, profile)]
+            sessions = kind != "pxetwist-nosessions"
+            argvs = [pxetwist_argv(lab, wd, root, profile, sessions=sessions)]
             kwargs: dict[str, Any] = {"cwd": str(REPO)}
         else:
             argvs = list(reference_argv(lab, wd, root))
@@ -218,7 +224,7 @@ class Servers:
             )
         for proto, port in (("tcp", HTTP_PORT), ("udp", 69), ("udp", 67)):
             lab.wait_port(lab.srv, proto, port, timeout=30)  # type: ignore[arg-type]
-        if kind == "pxetwist":
+        if kind.startswith("pxetwist"):
             wait_workers(wd / "pxetwist.log", timeout=30)
         time.sleep(0.5)
         for proc in self.procs:
