@@ -64,6 +64,9 @@ from pxetwist.policy.values import MacAddress
 log = Logger()
 
 _CLAIMS_PER_TRANSACTION = 60  # below PostgreSQL's 64 cached sub-transactions
+#: Writes after which the store has PostgreSQL's statistics of the leases renewed: the first
+#: ANALYZE after this many, the next ones each time the table may have doubled since.
+ANALYZE_AFTER = 500
 SYNC_INTERVAL = 1.0  # seconds between polls for the other servers' changes
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.25, 2.0
 
@@ -195,6 +198,11 @@ class PostgresLeaseStore:
         self._since: int | None = None  # poll rows changed in transactions >= this
         self._down_since = 0.0
         self._backoff = _BACKOFF_FIRST
+        # Only the worker thread reads and changes these two (load() runs before it starts).
+        self._analyzed_rows = 0  # the leases' rows when their statistics were last renewed
+        self._written_since_analyze = 0
+        self.analyzes = 0
+        self.analyze_failures = 0
         try:
             self._connection: Any = _connect(url)
         except Exception as error:
@@ -220,6 +228,7 @@ class PostgresLeaseStore:
             since = connection.execute(_SNAPSHOT).fetchone()[0]
             rows = connection.execute(f"{_SELECT} FROM leases WHERE state <> 'removed'").fetchall()
         self._since = int(since)
+        self._analyze(connection)
         leases = []
         for row in rows:
             try:
@@ -328,11 +337,40 @@ class PostgresLeaseStore:
                 for address, (ok,) in zip(batch, results, strict=True)
                 if not ok and batch[address].state is LeaseState.BOUND
             }
+            self._written_since_analyze += len(batch)
+            if self._written_since_analyze >= max(ANALYZE_AFTER, self._analyzed_rows):
+                self._analyze(connection)
         seconds = time.perf_counter() - started
         changed: list[Lease] = []
         if sync or lost:
             changed = self._poll(connection, reload)
         return seconds, lost, changed
+
+    def _analyze(self, connection: Any) -> None:
+        """Renew PostgreSQL's statistics of the leases (at start, then as the table grows).
+
+        A claim's lookups of the client (by MAC, by client identifier) are planned once per
+        connection from these statistics.  Planned while the table was empty or small, the plan
+        scans every bound lease of the network: measured, a claim cost 0.65 ms at 1,000 leases
+        and 6.8 ms at 10,000, and the DHCP rate collapsed a few seconds into a storm on a new
+        database.  With statistics it is two index lookups, about 0.15-0.2 ms at any size.
+        Autovacuum renews them too, but only once a minute and after 10 % of the table changed.
+        ANALYZE samples at most 30,000 rows and blocks no writer; it also makes PostgreSQL plan
+        the claim again.
+        """
+        self._written_since_analyze = 0
+        try:
+            connection.execute("ANALYZE leases")
+            (rows,) = connection.execute(
+                "SELECT reltuples::bigint FROM pg_class WHERE oid = 'leases'::regclass"
+            ).fetchone()
+        except Exception:
+            # The batch before it is committed and stays so; a lost connection shows at the
+            # next batch, which handles it.
+            self.analyze_failures += 1
+            return
+        self._analyzed_rows = max(int(rows), 0)
+        self.analyzes += 1
 
     def _poll(self, connection: Any, everything: bool = False) -> list[Lease]:
         with connection.transaction():

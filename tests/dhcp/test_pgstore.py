@@ -137,6 +137,33 @@ class StoreTests(PostgresTestCase):
         self.assertEqual(loaded["10.0.0.3"].mac, mac(3))
 
     @defer.inlineCallbacks
+    def test_statistics_renewed_as_the_table_grows(self) -> Generator[Any, Any, None]:
+        # A claim's client lookups are planned from PostgreSQL's statistics; planned on an
+        # empty table they scan every bound lease (bench/README, "PostgreSQL").  The store
+        # renews them at start, after ANALYZE_AFTER writes, then whenever the table doubled.
+        url = self.database()
+        store = self.store(url)
+        store.load()
+        self.assertEqual(store.analyzes, 1)
+        for start in range(1, 1301, 100):
+            yield defer.gatherResults([store.write([bound(n)]) for n in range(start, start + 100)])
+        self.assertEqual(store.analyzes, 3)  # at start, after 500 writes, then at 1,000 more
+        with psycopg.connect(url) as connection:
+            (rows,) = connection.execute(
+                "SELECT reltuples FROM pg_class WHERE oid = 'leases'::regclass"
+            ).fetchone()
+            plan = "\n".join(
+                line
+                for (line,) in connection.execute(
+                    "EXPLAIN SELECT 1 FROM leases WHERE network = '10.0.0.0/16' AND "
+                    "state = 'bound' AND (mac = '52:54:00:00:00:07' OR client_id = 'x')"
+                )
+            )
+        self.assertGreaterEqual(rows, 1000)
+        self.assertIn("leases_mac", plan)  # an index lookup of the client, not a scan
+        self.assertEqual(store.analyze_failures, 0)
+
+    @defer.inlineCallbacks
     def test_the_database_decides_between_two_servers(self) -> Generator[Any, Any, None]:
         url = self.database()
         a, b = self.store(url, server="a"), self.store(url, server="b")
