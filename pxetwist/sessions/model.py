@@ -169,6 +169,7 @@ def compact_json(value: object) -> str:
         return _COMPACT.encode(value)
     return "".join(_C_ENCODER(value, 0))
 
+
 #: The version of the stored body (``v``); a body without one is a whole ``as_json`` value.
 STORED_VERSION: Final = 2
 

@@ -149,9 +149,11 @@ class StoreTests(PostgresTestCase):
             yield defer.gatherResults([store.write([bound(n)]) for n in range(start, start + 100)])
         self.assertEqual(store.analyzes, 3)  # at start, after 500 writes, then at 1,000 more
         with psycopg.connect(url) as connection:
-            (rows,) = connection.execute(
+            found = connection.execute(
                 "SELECT reltuples FROM pg_class WHERE oid = 'leases'::regclass"
             ).fetchone()
+            assert found is not None
+            (rows,) = found
             plan = "\n".join(
                 line
                 for (line,) in connection.execute(
