@@ -269,7 +269,8 @@ def session_from_stored(
     value = json.loads(body)
     if value.get("v") != STORED_VERSION:
         return session_from_json(value)
-    session = Session(
+    session = _with_optional_fields(
+        value,
         id=id,
         mac=MacAddress.parse(mac),
         started=started,
@@ -277,12 +278,6 @@ def session_from_stored(
         state=SessionState(state),
         stage=BootStage(stage),
         events=[SessionEvent.from_stored(item) for item in value["events"]],
-        dropped_events=int(value.get("dropped_events") or 0),
-        client=value.get("client"),
-        firmware=value.get("firmware"),
-        policy=value.get("policy"),
-        hint=value.get("hint"),
-        ended=value.get("ended"),
     )
     for name, time in (value.get("reached") or {}).items():
         session.reached[BootStage(name)] = float(time)
@@ -291,7 +286,8 @@ def session_from_stored(
 
 def session_from_json(value: Mapping[str, Any]) -> Session:
     """A session as :meth:`Session.as_json` wrote it (the store and the CLI read these)."""
-    session = Session(
+    session = _with_optional_fields(
+        value,
         id=str(value["id"]),
         mac=MacAddress.parse(str(value["mac"])),
         started=float(value["started"]),
@@ -299,6 +295,17 @@ def session_from_json(value: Mapping[str, Any]) -> Session:
         state=SessionState(value["state"]),
         stage=BootStage(value["stage"]),
         events=[SessionEvent.from_json(item) for item in value.get("events") or ()],
+    )
+    for item in value.get("stages") or ():
+        session.reached[BootStage(item["stage"])] = float(item["time"])
+    return session
+
+
+def _with_optional_fields(value: Mapping[str, Any], **required: Any) -> Session:
+    """A session from its required fields and the optional ones ``value`` has (the stored
+    body and the ``as_json`` form name them alike; one left out reads as None, or 0)."""
+    return Session(
+        **required,
         dropped_events=int(value.get("dropped_events") or 0),
         client=value.get("client"),
         firmware=value.get("firmware"),
@@ -306,6 +313,3 @@ def session_from_json(value: Mapping[str, Any]) -> Session:
         hint=value.get("hint"),
         ended=value.get("ended"),
     )
-    for item in value.get("stages") or ():
-        session.reached[BootStage(item["stage"])] = float(item["time"])
-    return session

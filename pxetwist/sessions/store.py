@@ -16,7 +16,6 @@ of each machine remain, and the oldest beyond ``max_sessions`` in all are delete
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any, Final
 
 import attrs
 
-from pxetwist.sessions.model import Session, session_from_stored
+from pxetwist.sessions.model import Session, compact_json, session_from_stored
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -82,16 +81,12 @@ class SessionRow:
             updated=float(value["updated"]),
             state=str(value["state"]),
             stage=str(value["stage"]),
-            body=_COMPACT.encode(value),
+            body=compact_json(value),
         )
 
     def as_tuple(self) -> tuple[str, str, float, float, str, str, str]:
         """The row's columns, in the order of the table (``attrs.astuple`` is far slower)."""
         return (self.id, self.mac, self.started, self.updated, self.state, self.stage, self.body)
-
-
-#: One encoder for every row: ``json.dumps`` with options builds one per call.
-_COMPACT: Final = json.JSONEncoder(separators=(",", ":"))
 
 
 @attrs.frozen
