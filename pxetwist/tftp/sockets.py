@@ -24,7 +24,7 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from twisted.internet.interfaces import IReadDescriptor
@@ -70,6 +70,27 @@ class Sender:
         self._transport = transport
         # A GSO segment must fit the MTU with IP and UDP headers.
         self._gso_limit = mtu - 28 if self._socket is not None else 0
+        self.send_one: Callable[[bytes], None] = (
+            self._sendto_peer(self._socket) if self._socket is not None else self._write_one
+        )
+        """Send one datagram: lockstep's every block, so no checks on the way."""
+
+    def _sendto_peer(self, sock: socket.socket) -> Callable[[bytes], None]:
+        sendto = sock.sendto
+        peer = self.peer
+        failed = self._failed
+
+        def send_one(datagram: bytes) -> None:
+            try:
+                sendto(datagram, peer)
+            except OSError as error:
+                failed(error)
+
+        return send_one
+
+    def _write_one(self, datagram: bytes) -> None:
+        with contextlib.suppress(OSError):
+            self._transport.write(datagram, self.peer)
 
     def send(self, datagrams: tuple[bytes, ...]) -> None:
         sock = self._socket
@@ -230,6 +251,9 @@ class TransferSocket:
         self._peer = transfer.peer
         self._fileno = sock.fileno()
         self._spin = callable(getattr(self.reactor, "timeout", None))
+        # Bound once: the per-block read below runs hundreds of thousands of times a storm.
+        self._recvfrom = sock.recvfrom
+        self._receive = transfer.receive
         mux.add(self)
 
     @classmethod
@@ -257,23 +281,20 @@ class TransferSocket:
             self.socket.close()
 
     def doRead(self) -> None:
-        if self._read_one() is not _PEER:
-            return
-        transfer = self.transfer
-        if self._spin and not transfer.finished and transfer.owner.server.busy == 1:
-            self._wait_here()
-
-    def _read_one(self) -> int:
-        """Read one datagram: :data:`_PEER`, :data:`_STRAY` or :data:`_NOTHING` (EAGAIN)."""
+        # The per-block path (in a storm, once per block of every transfer): one datagram,
+        # checked against the peer, handed on.
         try:
-            data, addr = self.socket.recvfrom(2048)  # ACK or ERROR: small
+            data, addr = self._recvfrom(2048)  # ACK or ERROR: small
         except OSError:  # EAGAIN, or an ICMP error reported on the socket: nothing to read
-            return _NOTHING
-        if addr == self._peer:
-            self.transfer.receive(data)
-            return _PEER
-        self._stray(data, addr)
-        return _STRAY
+            return
+        if addr != self._peer:
+            self._stray(data, addr)
+            return
+        self._receive(data)
+        if self._spin:
+            transfer = self.transfer
+            if not transfer.finished and transfer.owner.server.busy == 1:
+                self._wait_here()
 
     def _stray(self, data: bytes, addr: Address) -> None:
         if not is_error(data):  # never answer an ERROR with an ERROR (RFC 1350 §4)
@@ -368,11 +389,6 @@ def _timeval(seconds: float) -> bytes:
 
 _CHECK_EVERY: Final = 8
 """Blocks handled between checks for other work while a lone transfer is served in place."""
-
-
-_NOTHING: Final = 0
-_PEER: Final = 1
-_STRAY: Final = 2
 
 
 __all__ = [

@@ -110,7 +110,10 @@ class Transfer:
                     # timer stays as it is (see ReadSession.receive_ack).
                     sender = self._sender
                     if sender is not None:
-                        sender.send(datagrams)
+                        if len(datagrams) == 1:
+                            sender.send_one(datagrams[0])  # lockstep: every block
+                        else:
+                            sender.send(datagrams)
                     return
             self._apply(self.session.receive(Ack(block), now))
             return
