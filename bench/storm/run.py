@@ -57,7 +57,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from pxetwist.lab import SRV_IF, NetLab  # noqa: E402
+from pxetwist.lab import SRV_IF, SRV_PEER_IF, NetLab  # noqa: E402
 
 SERVERS = ("pxetwist", "dnsmasq+nginx", "pxetwist-nosessions")
 REFERENCE = "dnsmasq+nginx"
@@ -440,6 +440,12 @@ def main() -> int:
     parser.add_argument("--servers", default=",".join(SERVERS))
     parser.add_argument("--procs", type=int, default=2, help="client processes (1-20)")
     parser.add_argument("--pin", help="servers:clients CPU lists for taskset, e.g. 0:1")
+    parser.add_argument(
+        "--steer-receive",
+        action="store_true",
+        help="with --pin, each side also receives its packets on its own CPUs (RPS on the "
+        "lab's veth pair); by default veth delivers on the sender's CPU",
+    )
     parser.add_argument("--uefi-share", type=float, default=0.5, help="share of UEFI machines")
     parser.add_argument("--sample", type=int, default=10, help="every n-th machine: SHA-256")
     parser.add_argument("--nbp-kib", type=int, default=1024)
@@ -493,6 +499,10 @@ def main() -> int:
                     check=True)  # fmt: skip
             lab.run(lab.srv, ["ip", "route", "add", str(RELAY_NET), "via", lab.cli_ip],
                     check=True)  # fmt: skip
+            if args.pin and args.steer_receive:
+                # Each side's network stack on its own CPUs, as on two machines.
+                lab.steer_receive(lab.srv, SRV_IF, args.server_cpus)
+                lab.steer_receive(lab.cli, SRV_PEER_IF, args.client_cpus)
             for ramp in ramps:
                 for i in range(args.repeats):
                     order = kinds if i % 2 == 0 else kinds[::-1]
@@ -515,7 +525,9 @@ def main() -> int:
     print(
         f"\n{' '.join(sys.argv)}  ({time.monotonic() - started:.0f} s, {args.clients} machines, "
         f"NBP {args.nbp_kib} KiB, kernel {args.kernel_mib} MiB, initrd {args.initrd_mib} MiB, "
-        f"{'pinned ' + args.pin if args.pin else 'not pinned'}, median of {args.repeats})\n"
+        f"{'pinned ' + args.pin if args.pin else 'not pinned'}"
+        f"{', receive steered' if args.pin and args.steer_receive else ''}"
+        f", median of {args.repeats})\n"
     )
     print(table(ordered, kinds))
     if args.json:

@@ -61,6 +61,7 @@ __all__ = [
 ]
 
 SRV_IF = "srv0"  # server interface in <p>-srv
+SRV_PEER_IF = "cli-up"  # its peer in <p>-cli, a port of the lab bridge
 BRIDGE = "br0"  # lab bridge in <p>-cli
 CLIENT_IF = "eth0"  # interface of every bare client namespace
 RTR_LAN_IF = "lan0"  # router leg on the lab bridge, in <p>-rtr
@@ -81,6 +82,18 @@ _live: set[NetLab] = set()  # labs that are up in this process; downed at exit
 
 class LabError(RuntimeError):
     """A lab operation failed (command error, timeout waiting for links or a port)."""
+
+
+def cpu_mask(cpus: str) -> int:
+    """The bit mask of a taskset CPU list: ``"0"`` -> 1, ``"1,3"`` -> 10, ``"0-2"`` -> 7."""
+    mask = 0
+    for part in cpus.split(","):
+        first, _, last = part.strip().partition("-")
+        for cpu in range(int(first), int(last or first) + 1):
+            mask |= 1 << cpu
+    if not mask:
+        raise ValueError(f"no CPUs in {cpus!r}")
+    return mask
 
 
 def _exec(argv: Sequence[str], timeout: float = CMD_TIMEOUT, check: bool = True) -> str:
@@ -423,10 +436,10 @@ class NetLab:
             self._quiet(ns)
         srv, cli = self.srv, self.cli
         self._bridge(cli, BRIDGE, f"{self.cli_ip}/{self.prefixlen}")
-        self._veth(srv, SRV_IF, cli, "cli-up", None)
-        self._ip(cli, "link", "set", "cli-up", "master", BRIDGE)
+        self._veth(srv, SRV_IF, cli, SRV_PEER_IF, None)
+        self._ip(cli, "link", "set", SRV_PEER_IF, "master", BRIDGE)
         self._ip(srv, "addr", "add", f"{self.srv_ip}/{self.prefixlen}", "dev", SRV_IF)
-        wait = {srv: [SRV_IF], cli: ["cli-up"]}
+        wait = {srv: [SRV_IF], cli: [SRV_PEER_IF]}
         for i, ns in enumerate(self.clients, 1):
             self._veth(cli, f"c{i}-up", ns, CLIENT_IF, BRIDGE)
             wait[cli].append(f"c{i}-up")
@@ -532,6 +545,17 @@ class NetLab:
             except subprocess.TimeoutExpired:
                 proc.kill()
         return proc.wait(grace)
+
+    def steer_receive(self, ns: str, device: str, cpus: str) -> None:
+        """Process what ``device`` receives on ``cpus`` (a taskset list such as ``1`` or ``0-1``).
+
+        A veth pair delivers a packet by handing it to its peer on the *sending* CPU, so without
+        this the receiver's whole network stack (TCP receive, its ACKs, the bridge) runs on, and
+        is charged to, whoever sent.  Receive packet steering (RPS) on the receiving end queues
+        each packet to ``cpus`` instead, as a second machine's NIC would interrupt its own CPU.
+        """
+        path = f"/sys/class/net/{device}/queues/rx-0/rps_cpus"
+        self.run(ns, ["sh", "-c", f"echo {cpu_mask(cpus):x} > {path}"], check=True)
 
     def wait_port(
         self,

@@ -20,8 +20,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from pxetwist.lab import netlab
 from pxetwist.lab.netlab import (
     CLIENT_IF,
+    SRV_IF,
+    SRV_PEER_IF,
     LabError,
     NetLab,
+    cpu_mask,
     remove_stale_labs,
     require_binary,
     require_lab,
@@ -161,6 +164,16 @@ class TopologyTests(LabTestCase):
             eth0 = lab.run(ns, ["ip", "addr", "show", CLIENT_IF], check=True).stdout
             self.assertNotIn("inet ", eth0)
             self.assertIn("state UP", eth0)
+
+    def test_steer_receive_sets_each_ends_rps_mask(self) -> None:
+        """Each end of the server's veth pair receives on the CPUs it is given (RPS)."""
+        lab = self.lab(clients=0)
+        lab.steer_receive(lab.srv, SRV_IF, "0")
+        lab.steer_receive(lab.cli, SRV_PEER_IF, "1")
+        for ns, device, mask in ((lab.srv, SRV_IF, 1), (lab.cli, SRV_PEER_IF, 2)):
+            path = f"/sys/class/net/{device}/queues/rx-0/rps_cpus"
+            text = lab.run(ns, ["cat", path], check=True).stdout
+            self.assertEqual(int(text.strip().replace(",", ""), 16), mask, device)
 
     def test_names_are_short_and_unique(self) -> None:
         a, b = NetLab(), NetLab()
@@ -327,3 +340,17 @@ class RequireTests(SynchronousTestCase):
         self.assertRaises(unittest.SkipTest, require_lab, self)
         self.setEnv("1")
         self.assertRaises(self.failureException, require_lab, self)
+
+
+class CpuMaskTests(unittest.TestCase):
+    def test_taskset_lists(self) -> None:
+        self.assertEqual(cpu_mask("0"), 0b1)
+        self.assertEqual(cpu_mask("1"), 0b10)
+        self.assertEqual(cpu_mask("0-2"), 0b111)
+        self.assertEqual(cpu_mask("1,3"), 0b1010)
+        self.assertEqual(cpu_mask("0, 4-5"), 0b110001)
+
+    def test_rejects_what_is_not_a_list(self) -> None:
+        self.assertRaises(ValueError, cpu_mask, "")
+        self.assertRaises(ValueError, cpu_mask, "a")
+        self.assertRaises(ValueError, cpu_mask, "3-1")
