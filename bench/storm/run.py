@@ -301,6 +301,7 @@ def storm(kind: str, ramp: float, lab: NetLab, files: dict[str, Any], root: Path
     servers = Servers(kind, lab, wd, root, args)
     clients: list[tuple[subprocess.Popen[Any], Path]] = []
     try:
+        drops_before = udp_drops(lab)
         before = servers.cpu()
         start_at, clients = start_clients(lab, wd, args, files, 0, args.clients, ramp)
         limit = args.deadline + ramp + 60
@@ -310,6 +311,7 @@ def storm(kind: str, ramp: float, lab: NetLab, files: dict[str, Any], root: Path
             except subprocess.TimeoutExpired:
                 lab.stop(proc)
         after = servers.cpu()
+        drops_after = udp_drops(lab)
     finally:
         for proc, _ in clients:
             lab.stop(proc)
@@ -326,11 +328,27 @@ def storm(kind: str, ramp: float, lab: NetLab, files: dict[str, Any], root: Path
             print(f"client process {k} left no results:\n{err}", file=sys.stderr)
     result = summarise(kind, ramp, records, cpu_since(before, after), client_cpu, args.clients)
     result["run"] = index
+    result["udp_drops"] = {side: drops_after[side] - drops_before[side] for side in drops_after}
     if args.keep:
         print(f"  kept {wd}", file=sys.stderr)
     else:
         shutil.rmtree(wd, ignore_errors=True)
     return result
+
+
+def udp_drops(lab: NetLab) -> dict[str, int]:
+    """UDP datagrams each side's kernel dropped for want of socket buffer (``RcvbufErrors`` of
+    ``/proc/net/snmp``, per namespace): on the server's side the server was too slow to read
+    them, on the clients' side the simulated machines were."""
+    drops: dict[str, int] = {}
+    for side, ns in (("server", lab.srv), ("clients", lab.cli)):
+        lines = [
+            line.split()
+            for line in lab.run(ns, ["cat", "/proc/net/snmp"], check=True).stdout.splitlines()
+            if line.startswith("Udp:")
+        ]
+        drops[side] = int(dict(zip(lines[0], lines[1], strict=True))["RcvbufErrors"])
+    return drops
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -378,15 +396,15 @@ def summarise(kind: str, ramp: float, records: list[dict[str, Any]], server_cpu:
 
 
 def med(runs: list[dict[str, Any]], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
+    return float(statistics.median(r[key] for r in runs))
 
 
 def table(results: dict[tuple[str, float], list[dict[str, Any]]], kinds: list[str]) -> str:
     lines = [
         "| ramp | server | booted | failures | total s | p50 s | p95 s | max s | DHCP / TFTP / "
-        "HTTP s (p50) | retrans. DHCP / TFTP | server CPU s | CPU ms/boot | client CPU s "
-        "| total vs ref | CPU/boot vs ref |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "HTTP s (p50) | retrans. DHCP / TFTP | UDP drops server / clients | server CPU s "
+        "| CPU ms/boot | client CPU s | total vs ref | CPU/boot vs ref |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (kind, ramp), runs in results.items():
         ref = results.get((REFERENCE, ramp))
@@ -398,6 +416,10 @@ def table(results: dict[tuple[str, float], list[dict[str, Any]]], kinds: list[st
         for r in runs:
             fails.update(r["failures"])
         fail_text = "; ".join(f"{k} x{v}" for k, v in fails.most_common()) or "0"
+
+        def drops(side: str, runs: list[dict[str, Any]] = runs) -> str:
+            counts = [r["udp_drops"][side] for r in runs if "udp_drops" in r]
+            return f"{statistics.median(counts):.0f}" if counts else "-"
 
         def ratio(
             key: str,
@@ -413,7 +435,8 @@ def table(results: dict[tuple[str, float], list[dict[str, Any]]], kinds: list[st
             f"| {ramp:g} | {kind} | {'/'.join(str(r['booted']) for r in runs)} | {fail_text} "
             f"| {med(runs, 'total'):.2f} | {med(runs, 'p50'):.2f} | {med(runs, 'p95'):.2f} "
             f"| {med(runs, 'max'):.2f} | {stages} | {med(runs, 'dhcp_retransmits'):.0f} / "
-            f"{med(runs, 'tftp_retransmits'):.0f} | {med(runs, 'server_cpu'):.2f} "
+            f"{med(runs, 'tftp_retransmits'):.0f} | {drops('server')} / {drops('clients')} "
+            f"| {med(runs, 'server_cpu'):.2f} "
             f"| {med(runs, 'cpu_per_boot_ms'):.2f} | {med(runs, 'client_cpu'):.2f} "
             f"| {ratio('total')} | {ratio('cpu_per_boot_ms')} |"
         )
