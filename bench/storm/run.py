@@ -351,6 +351,17 @@ def udp_drops(lab: NetLab) -> dict[str, int]:
     return drops
 
 
+def slowest_text(result: dict[str, Any]) -> str:
+    """The slowest machine's stages, when it took much longer than the 95th percentile."""
+    slow = result.get("slowest")
+    if not slow or result["max"] < result["p95"] + 5:
+        return ""
+    return (
+        f" slowest #{slow['index']}: DHCP {slow['dhcp']:.1f}s TFTP {slow['tftp']:.1f}s "
+        f"HTTP {slow['http']:.1f}s, {slow['retransmits']} retransmissions"
+    )
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -372,6 +383,7 @@ def summarise(kind: str, ramp: float, records: list[dict[str, Any]], server_cpu:
         "http": [r["end"] - r["nbp"] for r in ok],
     }
     starts = [r["start"] for r in records if "start" in r]
+    slowest = max(ok, key=lambda r: r["end"] - r["start"], default=None)
     return {
         "server": kind,
         "ramp": ramp,
@@ -383,6 +395,16 @@ def summarise(kind: str, ramp: float, records: list[dict[str, Any]], server_cpu:
         "p95": percentile(boot, 0.95),
         "max": max(boot) if boot else float("nan"),
         "stages": {k: statistics.median(v) if v else float("nan") for k, v in stages.items()},
+        # where the last machine's time went: a straggler's stage, beside the medians
+        "slowest": None
+        if slowest is None
+        else {
+            "index": slowest["index"],
+            "dhcp": slowest["ack"] - slowest["start"],
+            "tftp": slowest["nbp"] - slowest["ack"],
+            "http": slowest["end"] - slowest["nbp"],
+            "retransmits": slowest.get("dhcp_retransmits", 0) + slowest.get("tftp_retransmits", 0),
+        },
         "dhcp_retransmits": sum(r.get("dhcp_retransmits", 0) for r in records),
         "tftp_retransmits": sum(r.get("tftp_retransmits", 0) for r in records),
         "sampled": sum(1 for r in ok if r.get("sampled")),
@@ -538,7 +560,8 @@ def main() -> int:
                             f"{args.clients} total {r['total']:.2f}s p50 {r['p50']:.2f}s p95 "
                             f"{r['p95']:.2f}s server CPU {r['server_cpu']:.2f}s "
                             f"({r['cpu_per_boot_ms']:.2f} ms/boot) client CPU "
-                            f"{r['client_cpu']:.2f}s failures {r['failures'] or 0}",
+                            f"{r['client_cpu']:.2f}s failures {r['failures'] or 0}"
+                            + slowest_text(r),
                             file=sys.stderr,
                             flush=True,
                         )
