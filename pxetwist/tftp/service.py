@@ -25,8 +25,8 @@ from pxetwist.fdlimit import HEADROOM, raise_fd_limit
 from pxetwist.listening import Listeners, Listening, listening_address
 from pxetwist.netinfo import InterfaceInfo
 from pxetwist.policy.render import ServingContext, serving_context
+from pxetwist.sockbuf import enlarge_receive_buffer
 from pxetwist.tftp.protocol import FileResolver, ServerSettings, TftpListener, TftpServer
-from pxetwist.tftp.sockets import enlarge_receive_buffer
 from pxetwist.tftp.workers import WorkerPool, default_worker_count
 
 log = Logger()
@@ -126,7 +126,7 @@ class TftpService(Service):
         )
         sock = getattr(port, "socket", None)
         if isinstance(sock, socket.socket):
-            enlarge_receive_buffer(sock)
+            enlarge_receive_buffer(sock, name="tftp")
         _, bound = listening_address(port)
         if bound != port_number:  # port 0: tests and benchmarks
             listener.context = self._context(address, bound)

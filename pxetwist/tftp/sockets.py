@@ -365,23 +365,6 @@ def bound_socket(address: str) -> socket.socket:
     return sock
 
 
-LISTENER_RECEIVE_BUFFER: Final = 4 << 20
-"""Octets port 69 may queue while the reactor is busy: a burst of requests (a rack powering on,
-or a flood of junk) waits there instead of being dropped by the kernel."""
-
-
-def enlarge_receive_buffer(sock: socket.socket, size: int = LISTENER_RECEIVE_BUFFER) -> None:
-    """As big a receive buffer as allowed: past ``net.core.rmem_max`` only as root (which the
-    service still is when it binds port 69)."""
-    force = getattr(socket, "SO_RCVBUFFORCE", None)
-    if force is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, force, size)
-            return
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-
-
 def _timeval(seconds: float) -> bytes:
     whole = int(seconds)
     return struct.pack("@ll", whole, max(1, int((seconds - whole) * 1e6)))
@@ -397,6 +380,5 @@ __all__ = [
     "TransferMux",
     "TransferSocket",
     "bound_socket",
-    "enlarge_receive_buffer",
     "peer_text",
 ]

@@ -23,9 +23,8 @@ stopped by PID (the lab does it for whatever a test leaves), every client run an
 perfdhcp run is bounded, and all traffic stays inside the namespaces these tests create.
 ``PXETWIST_KEEP_LAB_LOGS=1`` keeps each test's server log, lease file and captures in /tmp.
 
-At the end, a few checks without a lab of what the busy-server hot path added:
-``PolicyChain.decide_now`` and the shedding of DISCOVERs by a backlogged
-:class:`~pxetwist.dhcp.sockets.DatagramReader` (the log budget is in test_endpoint.py).
+At the end, a check without a lab of what the busy-server hot path added:
+``PolicyChain.decide_now`` (the socket's reader is in test_sockets.py).
 """
 
 from __future__ import annotations
@@ -48,9 +47,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from pxetwist.dhcp.options import MessageType, OptionCode
-from pxetwist.dhcp.packet import DhcpPacket, MalformedPacket, decode, encode
-from pxetwist.dhcp.sockets import DatagramReader
+from pxetwist.dhcp.options import MessageType
+from pxetwist.dhcp.packet import MalformedPacket, decode
 from pxetwist.lab import CLIENT_IF, SRV_IF, NetLab, require_binary, require_lab
 from pxetwist.policy.chain import PolicyChain
 from pxetwist.policy.decision import BootDecision
@@ -627,55 +625,3 @@ class DecideNowTests(SynchronousTestCase):
         result = self.successResultOf(pending)
         assert isinstance(result, BootDecision)
         self.assertEqual(result.policy, "b")
-
-
-class _QueuedSocket:
-    """A socket with datagrams waiting, and a receive buffer ``fill`` parts full."""
-
-    def __init__(self, datagrams: list[bytes], fill: float) -> None:
-        self.datagrams = list(datagrams)
-        self.fill = fill
-
-    def recvmsg(self, size: int, ancillary: int) -> tuple[bytes, list[Any], int, tuple[str, int]]:
-        if not self.datagrams:
-            raise BlockingIOError
-        return self.datagrams.pop(0), [], 0, ("10.9.0.2", 67)
-
-    def getsockopt(self, level: int, option: int, size: int) -> bytes:
-        return struct.pack("=II", int(self.fill * 1000), 1000)
-
-
-class SheddingTests(SynchronousTestCase):
-    """A backlogged socket answers REQUESTs first and sheds the oldest DISCOVERs."""
-
-    @staticmethod
-    def datagram(kind: MessageType, n: int) -> bytes:
-        options = [(OptionCode.MESSAGE_TYPE, bytes((kind,)))]
-        return encode(DhcpPacket(xid=n, chaddr=bytes(5) + bytes((n,)), options=options))
-
-    def read(self, fill: float, waiting: int) -> tuple[list[int], DatagramReader]:
-        kinds = [MessageType.DISCOVER, MessageType.REQUEST, MessageType.DISCOVER]
-        kinds += [MessageType.DISCOVER] * (waiting - 3)
-        sock = _QueuedSocket([self.datagram(kind, n) for n, kind in enumerate(kinds)], fill)
-        seen: list[int] = []
-        reader = DatagramReader(
-            sock,  # type: ignore[arg-type]
-            lambda data, source, destination: seen.append(decode(data).xid),
-            batch=4,
-            discover_quota=1,
-        )
-        reader.doRead()
-        return seen, reader
-
-    def test_backlogged(self) -> None:
-        seen, reader = self.read(fill=0.9, waiting=5)
-        self.assertEqual(seen, [1, 3])  # the REQUEST, then the latest DISCOVER of the batch
-        self.assertEqual(reader.shed, 2)
-
-    def test_a_short_burst_is_not_shed(self) -> None:
-        seen, reader = self.read(fill=0.1, waiting=5)
-        self.assertEqual((seen, reader.shed), ([0, 1, 2, 3], 0))
-
-    def test_less_than_a_batch_is_not_shed(self) -> None:
-        seen, reader = self.read(fill=0.9, waiting=3)
-        self.assertEqual((seen, reader.shed), ([0, 1, 2], 0))

@@ -1,0 +1,64 @@
+"""Receive buffers of the UDP listeners: as large as a storm needs, and how full they are.
+
+A rack powering on sends its DHCP and TFTP requests within milliseconds; whatever the kernel
+cannot queue while the reactor is busy is dropped before the server sees it.  Debian caps
+``SO_RCVBUF`` at ``net.core.rmem_max`` (208 KiB, a few hundred small datagrams), so the
+listeners ask with ``SO_RCVBUFFORCE``, which root may use past the cap (socket(7)).  Python's
+``socket`` module does not export that option, nor ``SO_MEMINFO``; their numbers come from
+Linux's ``<asm-generic/socket.h>``, the only platform pxetwist serves on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from typing import Final
+
+from twisted.logger import Logger
+
+log = Logger()
+
+SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_MEMINFO: Final = getattr(socket, "SO_MEMINFO", 55)
+_MEMINFO: Final = struct.Struct("=II")  # SK_MEMINFO_RMEM_ALLOC, SK_MEMINFO_RCVBUF (octets)
+
+STORM_RECEIVE_BUFFER: Final = 4 << 20
+"""Octets a listener asks to queue (the kernel doubles it for its own bookkeeping): about 6,500
+DHCP requests or 3,000 full TFTP datagrams, a few seconds of a storm at full speed."""
+
+
+def enlarge_receive_buffer(
+    sock: socket.socket, size: int = STORM_RECEIVE_BUFFER, *, name: str = "udp"
+) -> int:
+    """Ask for a ``size``-octet receive buffer, past ``rmem_max`` if privileged; return the
+    buffer the kernel granted, and log once when it is smaller than asked."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:  # not privileged: the kernel caps SO_RCVBUF at rmem_max instead
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    granted = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    if granted < size:  # Linux reports twice what was set: its bookkeeping is included
+        log.warn(
+            "{name}: receive buffer is {granted} octets of the {size} asked for; a burst of "
+            "requests may be dropped by the kernel (run as root, or raise net.core.rmem_max)",
+            name=name,
+            granted=granted,
+            size=size,
+        )
+    return granted
+
+
+def receive_queue_fill(sock: socket.socket) -> float | None:
+    """The part of the receive buffer taken by queued datagrams (0 to about 1), or ``None``
+    when the kernel does not say (``SO_MEMINFO``, Linux 3.9 and later)."""
+    try:
+        info = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size)
+    except OSError:
+        return None
+    allocated, size = _MEMINFO.unpack_from(info)
+    return allocated / size if size else None
+
+
+__all__ = ["STORM_RECEIVE_BUFFER", "enlarge_receive_buffer", "receive_queue_fill"]
