@@ -162,8 +162,14 @@ class Transfer:
                 max(0.0, deadline - self._clock.seconds()), self._timer_fired
             )
         elif deadline < self._armed:
+            # Sooner: a fresh call, not ``reset``.  Twisted moves a call sooner by a linear
+            # search of its heap, and in a storm every transfer's timer is in it: after a
+            # retransmission each ACK of thousands of transfers would scan them all.
+            timer.cancel()
             self._armed = deadline
-            timer.reset(max(0.0, deadline - self._clock.seconds()))
+            self._timer = self._clock.callLater(
+                max(0.0, deadline - self._clock.seconds()), self._timer_fired
+            )
 
     def _timer_fired(self) -> None:
         self._timer = None

@@ -365,6 +365,34 @@ class ReadTransferTests(SynchronousTestCase):
         assert isinstance(again, Data)
         self.assertEqual(again.block, 6)
 
+    def test_a_sooner_deadline_arms_a_fresh_call(self) -> None:
+        """After a retransmission the timer is backed off, and the next ACK brings it back
+        sooner.  The reactor moves a call sooner by a linear search of its heap (every
+        transfer's timer, in a storm), so the transfer arms a fresh call instead."""
+        harness = Harness(self, timeout=1.0)
+        harness.file("f", os.urandom(512 * 10))
+        port = harness.request(rrq("f"))
+        assert port is not None
+        port.take()
+        harness.reactor.advance(1.0)  # no ACK: block 1 again, and the timeout backs off
+        ((again, _),) = port.take()
+        assert isinstance(again, Data)
+        (backed_off,) = harness.reactor.getDelayedCalls()
+
+        def no_reset(seconds: float) -> None:
+            self.fail("a transfer's timer was moved sooner with reset()")
+
+        backed_off.reset = no_reset  # type: ignore[method-assign,assignment]
+        port.receive(encode_ack(1), CLIENT)
+        port.take()
+        (timer,) = harness.reactor.getDelayedCalls()
+        self.assertLess(timer.getTime(), backed_off.getTime())
+        self.assertFalse(backed_off.active())
+        harness.reactor.advance(timer.getTime() - harness.reactor.seconds())
+        ((resent, _),) = port.take()  # the fresh call retransmits block 2
+        assert isinstance(resent, Data)
+        self.assertEqual(resent.block, 2)
+
     def test_gives_up_after_the_retries(self) -> None:
         harness = Harness(self, timeout=1.0, retries=3)
         harness.file("f", os.urandom(2000))
