@@ -1,18 +1,17 @@
-"""Receive buffers of the UDP listeners: as large as a storm needs, and how full they are.
+"""Receive buffers of the UDP listeners: as large as a storm needs.
 
 A rack powering on sends its DHCP and TFTP requests within milliseconds; whatever the kernel
 cannot queue while the reactor is busy is dropped before the server sees it.  Debian caps
 ``SO_RCVBUF`` at ``net.core.rmem_max`` (208 KiB, a few hundred small datagrams), so the
 listeners ask with ``SO_RCVBUFFORCE``, which root may use past the cap (socket(7)).  Python's
-``socket`` module does not export that option, nor ``SO_MEMINFO``; their numbers come from
-Linux's ``<asm-generic/socket.h>``, the only platform pxetwist serves on.
+``socket`` module does not export that option; its number comes from Linux's
+``<asm-generic/socket.h>``, the only platform pxetwist serves on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
-import struct
 from typing import Final
 
 from twisted.logger import Logger
@@ -20,8 +19,6 @@ from twisted.logger import Logger
 log = Logger()
 
 SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)
-SO_MEMINFO: Final = getattr(socket, "SO_MEMINFO", 55)
-_MEMINFO: Final = struct.Struct("=II")  # SK_MEMINFO_RMEM_ALLOC, SK_MEMINFO_RCVBUF (octets)
 
 STORM_RECEIVE_BUFFER: Final = 4 << 20
 """Octets a listener asks to queue (the kernel doubles it for its own bookkeeping): about 6,500
@@ -50,15 +47,4 @@ def enlarge_receive_buffer(
     return granted
 
 
-def receive_queue_fill(sock: socket.socket) -> float | None:
-    """The part of the receive buffer taken by queued datagrams (0 to about 1), or ``None``
-    when the kernel does not say (``SO_MEMINFO``, Linux 3.9 and later)."""
-    try:
-        info = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size)
-    except OSError:
-        return None
-    allocated, size = _MEMINFO.unpack_from(info)
-    return allocated / size if size else None
-
-
-__all__ = ["STORM_RECEIVE_BUFFER", "enlarge_receive_buffer", "receive_queue_fill"]
+__all__ = ["STORM_RECEIVE_BUFFER", "enlarge_receive_buffer"]

@@ -121,7 +121,12 @@ class DhcpService(Service):
                 events=self.context.events,
             )
             self.endpoints.append(endpoint)
-            self.readers.append(DatagramReader(sock, endpoint.datagram_received))
+            reader = DatagramReader(
+                sock,
+                endpoint.datagram_received,
+                call_soon=lambda serve: self.reactor.callLater(0, serve),
+            )
+            self.readers.append(reader)
             log.info(
                 "dhcp ({mode}) listening on {interface} {address}:{port}",
                 mode=self._started_with.dhcp.mode.value,
@@ -166,7 +171,7 @@ class DhcpService(Service):
             self.endpoints.remove(endpoint)
             self.readers.remove(reader)
             self.reactor.removeReader(reader)
-            reader.socket.close()
+            reader.close()
             log.info(
                 "dhcp: no longer listening on {interface} {address}:{port}",
                 interface=endpoint.interface.name,
@@ -239,7 +244,7 @@ class DhcpService(Service):
         self._overlay.unsubscribe(self._machines_changed)
         for reader in self.readers:
             self.reactor.removeReader(reader)
-            reader.socket.close()
+            reader.close()
         self.readers.clear()
         if self.store is not None:
             return self.store.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Final
@@ -22,7 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pxetwist.dhcp.packet import peek_discover
-from pxetwist.sockbuf import enlarge_receive_buffer, receive_queue_fill
+from pxetwist.sockbuf import enlarge_receive_buffer
 
 log = Logger()
 
@@ -36,12 +37,12 @@ _MAX_DATAGRAM = 4096
 DatagramHandler = Callable[[bytes, tuple[str, int], IPv4Address | None], None]
 _Datagram = tuple[bytes, tuple[str, int], IPv4Address | None]  # data, source, destination
 
-STALE_AFTER: Final = 2.0
-"""Seconds a DISCOVER may wait in the socket's queue and still be answered when the server is
-behind: half the 4 s a client waits before retransmitting (RFC 2131 §4.1; PXE ROMs), so its
-OFFER arrives before the retry, and the REQUESTs queued behind it are answered within theirs.
-iPXE retries sooner (1, 2, 4, 8 s) but keeps its ``xid``, so a late OFFER still serves it
-(protocol-reference §1.4)."""
+STALE_AFTER: Final = 4.0
+"""Seconds a held DISCOVER may wait since the kernel queued it and still be answered: the 4 s a
+client waits before retransmitting it (RFC 2131 §4.1; PXE ROMs).  Until then its OFFER is
+taken; after it, the retransmission is queued behind and is the one worth answering.  (iPXE
+retries sooner, at 1, 2, 4, 8 s, but keeps its ``xid``, so an OFFER to an earlier DISCOVER
+serves it too; protocol-reference §1.4.)"""
 
 
 def open_udp_socket(interface: str | None, port: int, address: str = "0.0.0.0") -> socket.socket:
@@ -68,22 +69,21 @@ def open_udp_socket(interface: str | None, port: int, address: str = "0.0.0.0") 
 class DatagramReader:
     """Feeds every datagram on a socket to a handler, with its destination address.
 
-    It drains up to ``batch`` datagrams per wake-up.  A full batch means the server is behind,
-    and then it sheds the load that cannot complete an exchange in time; short of that nothing
-    is reordered or shed:
+    It reads up to ``batch`` datagrams per wake-up and, short of a full batch, hands them on in
+    order.  A full batch means the server is behind: a rack powering on, or a flood.  Then it
+    reads ahead (up to ``read_ahead`` more, a few microseconds each) and sorts what it read:
 
-    * A DISCOVER that waited more than ``stale_after`` seconds in the queue (the kernel's
-      timestamp says) is dropped unread: its client is about to retransmit it, and answering
-      both would double the work the server is already behind on.  A power-on burst the
-      server can answer in time is answered whole.
-    * A queue filling more than ``shed_above`` of the receive buffer is a flood the kernel
-      will soon drop blindly, REQUESTs with the rest.  Then every REQUEST (and any other
-      message) of the batch is handled first, and at most ``discover_quota`` DISCOVERs, the
-      latest ones.
+    * Every REQUEST (and any other message) is handled at once.  A REQUEST finishes an
+      exchange the server has already paid an OFFER for; behind a queue of DISCOVERs it would
+      wait, and its client would give up on it.
+    * DISCOVERs are held, oldest first, and up to ``batch`` of them handled per turn of the
+      reactor (``call_soon`` brings the next turn when the socket has nothing new).  One that
+      has waited more than ``stale_after`` seconds since the kernel queued it is dropped: its
+      client retransmits about then (RFC 2131 §4.1), and answering both would double the work
+      the server is behind on.  At most ``held_max`` are held; past that the oldest go.
 
-    Shed clients retransmit (RFC 2131 §4.1).  Without this, a flood of DISCOVERs keeps the
-    buffer full, the REQUESTs that would finish exchanges are lost in it, and the server
-    spends itself on OFFERs nobody can take up.
+    A burst the server can answer in time is answered whole; a flood costs the server the
+    reading of what it drops, and real clients' REQUESTs keep their place.
     """
 
     def __init__(
@@ -91,30 +91,38 @@ class DatagramReader:
         sock: socket.socket,
         handler: DatagramHandler,
         batch: int = 64,
-        discover_quota: int | None = 2,
-        shed_above: float = 0.5,
-        stale_after: float | None = STALE_AFTER,
+        read_ahead: int = 16384,
+        held_max: int = 8192,
+        stale_after: float = STALE_AFTER,
+        call_soon: Callable[[Callable[[], None]], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.socket = sock
         self.handler = handler
         self.batch = batch
-        self.discover_quota = discover_quota
-        self.shed_above = shed_above
+        self.read_ahead = read_ahead
+        self.held_max = held_max
         self.stale_after = stale_after
+        self.call_soon = call_soon
         self.clock = clock
         self.wall_clock = wall_clock  # the kernel's timestamps are CLOCK_REALTIME
-        self.shed = 0  # DISCOVERs dropped unread since the start, for a backlog
-        self.stale = 0  # DISCOVERs dropped unread since the start, for their age
+        self.stale = 0  # DISCOVERs dropped since the start for their age
+        self.shed = 0  # DISCOVERs dropped since the start for want of room
         self.errors = 0  # handler failures since the start
+        self._held: deque[tuple[float, _Datagram]] = deque()  # (queued at, datagram)
+        self._serving_soon = False
         self._error_log_at = float("-inf")
-        self._shed_logged = 0
-        self._stale_logged = 0
-        self._shed_log_at = 0.0
+        self._drops_logged = (0, 0)
+        self._drops_log_at = 0.0
         # Packets arrive for a handful of destinations (our address, broadcasts): parse each
         # IP_PKTINFO address once.
         self._destinations: dict[bytes, IPv4Address] = {}
+
+    @property
+    def held(self) -> int:
+        """DISCOVERs read and not yet handled."""
+        return len(self._held)
 
     def fileno(self) -> int:
         return self.socket.fileno()
@@ -123,11 +131,33 @@ class DatagramReader:
         return "dhcp-socket"
 
     def doRead(self) -> None:
+        received, stamps = self._receive(self.batch)
+        if len(received) < self.batch and not self._held:
+            self._handle(received)  # keeping up: in order, as they came
+            return
+        if len(received) >= self.batch:
+            more, more_stamps = self._receive(self.read_ahead)
+            received += more
+            stamps += more_stamps
+        others: list[_Datagram] = []
+        held = self._held
+        read_at = self.wall_clock()
+        for item, stamp in zip(received, stamps, strict=True):
+            if peek_discover(item[0]):
+                queued_at = _stamp_seconds(stamp) if len(stamp) >= _TIMESPEC.size else read_at
+                held.append((queued_at, item))
+            else:
+                others.append(item)
+        self._handle(others)
+        self._serve_held()
+
+    def _receive(self, count: int) -> tuple[list[_Datagram], list[bytes]]:
+        """Up to ``count`` datagrams, and each one's ``SCM_TIMESTAMPNS`` (``b""`` if none)."""
         recvmsg = self.socket.recvmsg
         destinations = self._destinations
         received: list[_Datagram] = []
-        stamps: list[bytes] = []  # each datagram's SCM_TIMESTAMPNS, unparsed (b"" if none)
-        for _ in range(self.batch):
+        stamps: list[bytes] = []
+        for _ in range(count):
             try:
                 data, ancillary, _flags, source = recvmsg(_MAX_DATAGRAM, _ANCILLARY_SIZE)
             except (BlockingIOError, InterruptedError):
@@ -153,8 +183,9 @@ class DatagramReader:
                     stamp = value
             received.append((data, source, destination))
             stamps.append(stamp)
-        if len(received) >= self.batch:
-            received = self._behind(received, stamps)
+        return received, stamps
+
+    def _handle(self, received: list[_Datagram]) -> None:
         handler = self.handler
         for data, source, destination in received:
             try:
@@ -171,67 +202,52 @@ class DatagramReader:
                         count=self.errors,
                     )
 
-    def _behind(self, received: list[_Datagram], stamps: list[bytes]) -> list[_Datagram]:
-        """A full batch: drop the DISCOVERs too old to answer, then those a flood brings."""
-        if self.stale_after is not None:
-            received = self._drop_stale(received, stamps, self.wall_clock() - self.stale_after)
-        if self.discover_quota is not None:
-            fill = receive_queue_fill(self.socket)
-            if fill is None or fill > self.shed_above:  # no SO_MEMINFO: the full batch is all
-                received = self._shed(received, self.discover_quota)
-        if self.shed != self._shed_logged or self.stale != self._stale_logged:
-            self._log_shed()
-        return received
+    def _serve_held(self) -> None:
+        """Drop the held DISCOVERs too old or too many, then handle a batch of the rest."""
+        held = self._held
+        cutoff = self.wall_clock() - self.stale_after
+        while held and held[0][0] < cutoff:
+            held.popleft()
+            self.stale += 1
+        while len(held) > self.held_max:
+            held.popleft()
+            self.shed += 1
+        self._handle([held.popleft()[1] for _ in range(min(self.batch, len(held)))])
+        if held and not self._serving_soon and self.call_soon is not None:
+            self._serving_soon = True
+            self.call_soon(self._serve_held_soon)
+        if (self.stale, self.shed) != self._drops_logged:
+            self._log_drops()
 
-    def _drop_stale(
-        self, received: list[_Datagram], stamps: list[bytes], queued_before: float
-    ) -> list[_Datagram]:
-        """The DISCOVERs queued before ``queued_before`` (wall-clock seconds) dropped."""
-        first = stamps[0]
-        if len(first) < _TIMESPEC.size or _stamp_seconds(first) >= queued_before:
-            return received  # the queue is first in, first out: the oldest is young enough
-        kept: list[_Datagram] = []
-        for item, stamp in zip(received, stamps, strict=True):
-            if (
-                len(stamp) >= _TIMESPEC.size
-                and _stamp_seconds(stamp) < queued_before
-                and peek_discover(item[0])
-            ):
-                self.stale += 1
-            else:
-                kept.append(item)
-        return kept
+    def _serve_held_soon(self) -> None:
+        self._serving_soon = False
+        self._serve_held()
 
-    def _shed(self, received: list[_Datagram], quota: int) -> list[_Datagram]:
-        """Backlogged: everything but DISCOVERs first, then the last ``quota`` DISCOVERs."""
-        others: list[_Datagram] = []
-        discovers: list[_Datagram] = []
-        for item in received:
-            (discovers if peek_discover(item[0]) else others).append(item)
-        if len(discovers) > quota:
-            self.shed += len(discovers) - quota
-            discovers = discovers[len(discovers) - quota :] if quota else []
-        return others + discovers
-
-    def _log_shed(self) -> None:
+    def _log_drops(self) -> None:
         now = self.clock()
-        if now - self._shed_log_at < 1.0:
+        if now - self._drops_log_at < 1.0:
             return
+        stale, shed = self._drops_logged
         log.warn(
             "dhcp socket behind: {stale} DISCOVERs dropped unanswered after waiting more than "
-            "{limit:g} s and {shed} shed from a backlogged queue since the last report "
-            "({total} in all); their clients will retry",
-            stale=self.stale - self._stale_logged,
-            limit=self.stale_after if self.stale_after is not None else float("inf"),
-            shed=self.shed - self._shed_logged,
+            "{limit:g} s and {shed} past the {held_max} held, since the last report ({total} in "
+            "all); their clients will retry",
+            stale=self.stale - stale,
+            limit=self.stale_after,
+            shed=self.shed - shed,
+            held_max=self.held_max,
             total=self.stale + self.shed,
         )
-        self._shed_logged = self.shed
-        self._stale_logged = self.stale
-        self._shed_log_at = now
+        self._drops_logged = (self.stale, self.shed)
+        self._drops_log_at = now
+
+    def close(self) -> None:
+        """Stop serving: the held DISCOVERs are forgotten and the socket closed."""
+        self._held.clear()
+        self.socket.close()
 
     def connectionLost(self, reason: Failure) -> None:
-        self.socket.close()
+        self.close()
 
 
 def _stamp_seconds(stamp: bytes) -> float:
