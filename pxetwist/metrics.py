@@ -13,7 +13,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -336,16 +336,26 @@ class BootMetrics(Collector):
             self.boot_duration.observe(duration)
 
 
+class DhcpBacklog(NamedTuple):
+    """What the DHCP sockets' readers did while the server was behind (summed over sockets)."""
+
+    held: int  # DISCOVERs read and waiting for their turn now
+    stale: int  # DISCOVERs dropped since the start: older than a client waits
+    overflow: int  # DISCOVERs dropped since the start: more than the readers hold
+
+
 class StateCollector(Collector):
-    """Gauges read from the server at scrape time: pools and active transfers."""
+    """Values read from the server at scrape time: pools, active transfers, the DHCP backlog."""
 
     def __init__(
         self,
         pools: Callable[[], Sequence[PoolUse]],
         active_transfers: Callable[[], int | None],
+        dhcp_backlog: Callable[[], DhcpBacklog | None] = lambda: None,
     ) -> None:
         self._pools = pools
         self._active = active_transfers
+        self._backlog = dhcp_backlog
 
     def collect(self) -> Iterator[Metric]:
         size = GaugeMetricFamily(
@@ -368,3 +378,18 @@ class StateCollector(Collector):
             yield GaugeMetricFamily(
                 "pxetwist_tftp_active_transfers", "TFTP transfers running now", value=active
             )
+        backlog = self._backlog()
+        if backlog is not None:
+            yield GaugeMetricFamily(
+                "pxetwist_dhcp_held_discovers",
+                "DISCOVERs read while the server was behind, waiting for their turn",
+                value=backlog.held,
+            )
+            unanswered = CounterMetricFamily(
+                "pxetwist_dhcp_unanswered_discovers",
+                "DISCOVERs dropped unanswered while the server was behind, by reason",
+                labels=["reason"],
+            )
+            unanswered.add_metric(["stale"], backlog.stale)
+            unanswered.add_metric(["overflow"], backlog.overflow)
+            yield unanswered

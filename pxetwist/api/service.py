@@ -25,7 +25,7 @@ from pxetwist.config import Config, ConfigError
 from pxetwist.context import ServerContext, Settings
 from pxetwist.dhcp.leases import LeaseTable
 from pxetwist.dhcp.store import ILeaseStore
-from pxetwist.metrics import BootMetrics, StateCollector
+from pxetwist.metrics import BootMetrics, DhcpBacklog, StateCollector
 from pxetwist.sessions.recorder import SessionRecorder
 
 log = Logger()
@@ -153,10 +153,20 @@ def api_service(context: ServerContext) -> ApiService:
         count = getattr(sibling("tftp"), "active_transfers", None)
         return count() if callable(count) else count
 
+    def dhcp_backlog() -> DhcpBacklog | None:
+        readers = getattr(sibling("dhcp"), "readers", None)
+        if readers is None:
+            return None
+        return DhcpBacklog(
+            held=sum(reader.held for reader in readers),
+            stale=sum(reader.stale for reader in readers),
+            overflow=sum(reader.overflow for reader in readers),
+        )
+
     reactor = context.reactor
     leases = TableLeaseView(table, store, reactor.seconds)
     metrics = BootMetrics()
-    metrics.registry.register(StateCollector(leases.pools, active_transfers))
+    metrics.registry.register(StateCollector(leases.pools, active_transfers, dhcp_backlog))
     context.events.subscribe(metrics)
     _monitor_chain(context, metrics)
 

@@ -108,7 +108,7 @@ class DatagramReader:
         self.clock = clock
         self.wall_clock = wall_clock  # the kernel's timestamps are CLOCK_REALTIME
         self.stale = 0  # DISCOVERs dropped since the start for their age
-        self.shed = 0  # DISCOVERs dropped since the start for want of room
+        self.overflow = 0  # DISCOVERs dropped since the start for want of room
         self.errors = 0  # handler failures since the start
         self._held: deque[tuple[float, _Datagram]] = deque()  # (queued at, datagram)
         self._serving_soon = False
@@ -211,12 +211,12 @@ class DatagramReader:
             self.stale += 1
         while len(held) > self.held_max:
             held.popleft()
-            self.shed += 1
+            self.overflow += 1
         self._handle([held.popleft()[1] for _ in range(min(self.batch, len(held)))])
         if held and not self._serving_soon and self.call_soon is not None:
             self._serving_soon = True
             self.call_soon(self._serve_held_soon)
-        if (self.stale, self.shed) != self._drops_logged:
+        if (self.stale, self.overflow) != self._drops_logged:
             self._log_drops()
 
     def _serve_held_soon(self) -> None:
@@ -227,18 +227,18 @@ class DatagramReader:
         now = self.clock()
         if now - self._drops_log_at < 1.0:
             return
-        stale, shed = self._drops_logged
+        stale, overflow = self._drops_logged
         log.warn(
             "dhcp socket behind: {stale} DISCOVERs dropped unanswered after waiting more than "
-            "{limit:g} s and {shed} past the {held_max} held, since the last report ({total} in "
-            "all); their clients will retry",
+            "{limit:g} s and {overflow} past the {held_max} held, since the last report "
+            "({total} in all); their clients will retry",
             stale=self.stale - stale,
             limit=self.stale_after,
-            shed=self.shed - shed,
+            overflow=self.overflow - overflow,
             held_max=self.held_max,
-            total=self.stale + self.shed,
+            total=self.stale + self.overflow,
         )
-        self._drops_logged = (self.stale, self.shed)
+        self._drops_logged = (self.stale, self.overflow)
         self._drops_log_at = now
 
     def close(self) -> None:

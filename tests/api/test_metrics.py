@@ -21,7 +21,13 @@ from pxetwist.api.service import ApiService
 from pxetwist.dhcp.leases import Lease, LeaseState
 from pxetwist.dhcp.store import IStoreReactor, SQLiteLeaseStore
 from pxetwist.events import BootEvent, EventProtocol, EventStage, Outcome
-from pxetwist.metrics import BootMetrics, StateCollector, arch_label, drop_reason
+from pxetwist.metrics import (
+    BootMetrics,
+    DhcpBacklog,
+    StateCollector,
+    arch_label,
+    drop_reason,
+)
 from pxetwist.policy.interfaces import IBootPolicy
 from pxetwist.policy.values import MacAddress
 from tests.api.support import METRICS, READ, ApiTestCase
@@ -118,7 +124,11 @@ class MetricsEndpointTests(ApiTestCase):
     def make_service(self) -> ApiService:
         self.metrics = BootMetrics()
         self.metrics.registry.register(
-            StateCollector(self.context.leases.pools, lambda: self.active)
+            StateCollector(
+                self.context.leases.pools,
+                lambda: self.active,
+                lambda: DhcpBacklog(held=5, stale=7, overflow=2),
+            )
         )
         self.active = 3
         return ApiService(self.context, reactor, self.metrics)
@@ -216,6 +226,13 @@ class MetricsEndpointTests(ApiTestCase):
         self.assertEqual(value(found, "pxetwist_tftp_retransmitted_blocks_total"), 2)
         self.assertEqual(value(found, "pxetwist_tftp_errors_total", kind="transfer"), 1)
         self.assertEqual(value(found, "pxetwist_tftp_active_transfers"), 3)
+        self.assertEqual(value(found, "pxetwist_dhcp_held_discovers"), 5)
+        self.assertEqual(
+            value(found, "pxetwist_dhcp_unanswered_discovers_total", reason="stale"), 7
+        )
+        self.assertEqual(
+            value(found, "pxetwist_dhcp_unanswered_discovers_total", reason="overflow"), 2
+        )
         self.assertEqual(
             value(found, "pxetwist_http_requests_total", status="200", generated="false"), 1
         )

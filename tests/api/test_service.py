@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Interface
+from types import SimpleNamespace
 
 import attrs
+from twisted.application.service import MultiService, Service
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -40,3 +42,39 @@ class ApiServiceContextTests(SynchronousTestCase):
         context.live.replace(reloaded)
         self.assertEqual(context.live.current.interfaces, served)
         self.assertEqual(context.live.current.chain.monitor, service.metrics.policy_answered)
+
+    def test_metrics_read_the_dhcp_readers_backlog(self) -> None:
+        """``pxetwist_dhcp_held_discovers`` and ``..._unanswered_discovers_total`` are the
+        DHCP service's socket readers' counts, summed, read at scrape time."""
+        MachineOverlay.forget_all()
+        self.addCleanup(MachineOverlay.forget_all)
+        config = parse_config(f"data_dir: {temp_dir(self)}\napi: {{listen: '127.0.0.1:0'}}\n")
+        clock = Clock()
+        context = ServerContext.build(
+            config,
+            PolicyChain(build_policies(config), clock),
+            clock,  # type: ignore[arg-type]
+        )
+        tree = MultiService()
+        dhcp = Service()
+        dhcp.setName("dhcp")
+        dhcp.readers = [  # type: ignore[attr-defined]
+            SimpleNamespace(held=3, stale=10, overflow=0),
+            SimpleNamespace(held=1, stale=2, overflow=5),
+        ]
+        dhcp.setServiceParent(tree)
+        api_service(context).setServiceParent(tree)
+        registry = tree.getServiceNamed("api").metrics.registry  # type: ignore[attr-defined]
+        self.assertEqual(registry.get_sample_value("pxetwist_dhcp_held_discovers"), 4)
+        self.assertEqual(
+            registry.get_sample_value(
+                "pxetwist_dhcp_unanswered_discovers_total", {"reason": "stale"}
+            ),
+            12,
+        )
+        self.assertEqual(
+            registry.get_sample_value(
+                "pxetwist_dhcp_unanswered_discovers_total", {"reason": "overflow"}
+            ),
+            5,
+        )
