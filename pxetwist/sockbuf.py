@@ -29,7 +29,7 @@ def enlarge_receive_buffer(
     sock: socket.socket, size: int = STORM_RECEIVE_BUFFER, *, name: str = "udp"
 ) -> int:
     """Ask for a ``size``-octet receive buffer, past ``rmem_max`` if privileged; return the
-    buffer the kernel granted, and log once when it is smaller than asked."""
+    buffer the kernel granted, with a warning when it is smaller than asked."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
     except OSError:  # not privileged: the kernel caps SO_RCVBUF at rmem_max instead
