@@ -12,16 +12,15 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from collections import deque
 from collections.abc import Callable
 from ipaddress import IPv4Address
-from typing import Final
 
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pxetwist.dhcp.backlog import HELD_LIMIT, STALE_AFTER, HeldDiscovers
 from pxetwist.dhcp.packet import peek_discover
 from pxetwist.sockbuf import enlarge_receive_buffer
 
@@ -36,13 +35,6 @@ _MAX_DATAGRAM = 4096
 
 DatagramHandler = Callable[[bytes, tuple[str, int], IPv4Address | None], None]
 _Datagram = tuple[bytes, tuple[str, int], IPv4Address | None]  # data, source, destination
-
-STALE_AFTER: Final = 4.0
-"""Seconds a held DISCOVER may wait since the kernel queued it and still be answered: the 4 s a
-client waits before retransmitting it (RFC 2131 §4.1; PXE ROMs).  Until then its OFFER is
-taken; after it, the retransmission is queued behind and is the one worth answering.  (iPXE
-retries sooner, at 1, 2, 4, 8 s, but keeps its ``xid``, so an OFFER to an earlier DISCOVER
-serves it too; protocol-reference §1.4.)"""
 
 
 def open_udp_socket(interface: str | None, port: int, address: str = "0.0.0.0") -> socket.socket:
@@ -76,11 +68,10 @@ class DatagramReader:
     * Every REQUEST (and any other message) is handled at once.  A REQUEST finishes an
       exchange the server has already paid an OFFER for; behind a queue of DISCOVERs it would
       wait, and its client would give up on it.
-    * DISCOVERs are held, oldest first, and up to ``batch`` of them handled per turn of the
-      reactor (``call_soon`` brings the next turn when the socket has nothing new).  One that
-      has waited more than ``stale_after`` seconds since the kernel queued it is dropped: its
-      client retransmits about then (RFC 2131 §4.1), and answering both would double the work
-      the server is behind on.  At most ``held_max`` are held; past that the oldest go.
+    * DISCOVERs are held (:class:`~pxetwist.dhcp.backlog.HeldDiscovers`: oldest first, dropped
+      once older than a client waits, by the kernel's receive timestamp, or past ``held_max``)
+      and up to ``batch`` of them handled per turn of the reactor (``call_soon`` brings the
+      next turn when the socket has nothing new).
 
     A burst the server can answer in time is answered whole; a flood costs the server the
     reading of what it drops, and real clients' REQUESTs keep their place.
@@ -92,7 +83,7 @@ class DatagramReader:
         handler: DatagramHandler,
         batch: int = 64,
         read_ahead: int = 16384,
-        held_max: int = 8192,
+        held_max: int = HELD_LIMIT,
         stale_after: float = STALE_AFTER,
         call_soon: Callable[[Callable[[], None]], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -102,15 +93,11 @@ class DatagramReader:
         self.handler = handler
         self.batch = batch
         self.read_ahead = read_ahead
-        self.held_max = held_max
-        self.stale_after = stale_after
         self.call_soon = call_soon
         self.clock = clock
         self.wall_clock = wall_clock  # the kernel's timestamps are CLOCK_REALTIME
-        self.stale = 0  # DISCOVERs dropped since the start for their age
-        self.overflow = 0  # DISCOVERs dropped since the start for want of room
         self.errors = 0  # handler failures since the start
-        self._held: deque[tuple[float, _Datagram]] = deque()  # (queued at, datagram)
+        self._held: HeldDiscovers[_Datagram] = HeldDiscovers(stale_after, held_max)
         self._serving_soon = False
         self._error_log_at = float("-inf")
         self._drops_logged = (0, 0)
@@ -123,6 +110,16 @@ class DatagramReader:
     def held(self) -> int:
         """DISCOVERs read and not yet handled."""
         return len(self._held)
+
+    @property
+    def stale(self) -> int:
+        """DISCOVERs dropped since the start for their age."""
+        return self._held.stale
+
+    @property
+    def overflow(self) -> int:
+        """DISCOVERs dropped since the start for want of room."""
+        return self._held.overflow
 
     def fileno(self) -> int:
         return self.socket.fileno()
@@ -145,7 +142,7 @@ class DatagramReader:
         for item, stamp in zip(received, stamps, strict=True):
             if peek_discover(item[0]):
                 queued_at = _stamp_seconds(stamp) if len(stamp) >= _TIMESPEC.size else read_at
-                held.append((queued_at, item))
+                held.hold(queued_at, item)
             else:
                 others.append(item)
         self._handle(others)
@@ -203,20 +200,13 @@ class DatagramReader:
                     )
 
     def _serve_held(self) -> None:
-        """Drop the held DISCOVERs too old or too many, then handle a batch of the rest."""
+        """Handle a batch of the held DISCOVERs; the next batch on the next turn."""
         held = self._held
-        cutoff = self.wall_clock() - self.stale_after
-        while held and held[0][0] < cutoff:
-            held.popleft()
-            self.stale += 1
-        while len(held) > self.held_max:
-            held.popleft()
-            self.overflow += 1
-        self._handle([held.popleft()[1] for _ in range(min(self.batch, len(held)))])
+        self._handle(held.take(self.batch, self.wall_clock()))
         if held and not self._serving_soon and self.call_soon is not None:
             self._serving_soon = True
             self.call_soon(self._serve_held_soon)
-        if (self.stale, self.overflow) != self._drops_logged:
+        if (held.stale, held.overflow) != self._drops_logged:
             self._log_drops()
 
     def _serve_held_soon(self) -> None:
@@ -233,9 +223,9 @@ class DatagramReader:
             "{limit:g} s and {overflow} past the {held_max} held, since the last report "
             "({total} in all); their clients will retry",
             stale=self.stale - stale,
-            limit=self.stale_after,
+            limit=self._held.stale_after,
             overflow=self.overflow - overflow,
-            held_max=self.held_max,
+            held_max=self._held.limit,
             total=self.stale + self.overflow,
         )
         self._drops_logged = (self.stale, self.overflow)

@@ -20,9 +20,10 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from pxetwist.dhcp.backlog import STALE_AFTER
 from pxetwist.dhcp.options import MessageType, OptionCode
 from pxetwist.dhcp.packet import DhcpPacket, decode, encode
-from pxetwist.dhcp.sockets import STALE_AFTER, DatagramReader, open_udp_socket
+from pxetwist.dhcp.sockets import DatagramReader, open_udp_socket
 
 _SO_TIMESTAMPNS = 35
 NOW = 1_800_000_000.0  # the scripted wall clock
