@@ -172,6 +172,24 @@ class KernelTimestampTests(SynchronousTestCase):
         self.addCleanup(self.server.close)
         self.client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(self.client.close)
+        self.wait_for_arrival_stamps()
+
+    def wait_for_arrival_stamps(self) -> None:
+        """Linux turns receive timestamps on through deferred work (``net_enable_timestamp``):
+        until then a datagram is stamped when it is read, not when it arrived.  Probe until a
+        datagram's stamp is older than its reading."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            self.client.sendto(b"probe", self.server.getsockname())
+            time.sleep(0.05)
+            _, ancillary, _, _ = self.server.recvmsg(64, 256)
+            read_at = time.time()
+            for _level, kind, value in ancillary:
+                if kind == _SO_TIMESTAMPNS:
+                    seconds, nanoseconds = struct.unpack("@qq", value)
+                    if seconds + nanoseconds * 1e-9 < read_at - 0.03:
+                        return
+        self.fail("the kernel never stamped a datagram on arrival")
 
     def queue(self, kinds: list[MessageType], first: int = 0) -> float:
         """Send ``kinds`` (xids from ``first``); return the time just before they were sent."""
