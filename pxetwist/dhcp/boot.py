@@ -10,6 +10,7 @@ from ipaddress import IPv4Address
 
 import attrs
 
+from pxetwist.dhcp.exchange import address_text
 from pxetwist.dhcp.options import OptionCode, encode_string
 from pxetwist.dhcp.packet import DhcpPacket
 from pxetwist.policy.decision import BootDecision
@@ -66,8 +67,10 @@ def boot_fields(
     raw = program_for(decision)
     if raw is None:
         return None
-    program = expand_placeholders(raw, server=server, http_port=http_port, tftp_port=tftp_port)
+    server_text = address_text(server)
+    program = expand_placeholders(raw, server=server_text, http_port=http_port, tftp_port=tftp_port)
     next_server = decision.next_server or server
+    next_server_text = server_text if next_server is server else address_text(next_server)
     name = program.encode()
     file = name if len(name) <= _MAX_FILE else b""  # too long for `file`: option 67 only
     options: list[tuple[int, bytes]] = []
@@ -81,11 +84,11 @@ def boot_fields(
     uuid = request.get(OptionCode.CLIENT_UUID)
     if uuid is not None:
         options.append((OptionCode.CLIENT_UUID, uuid))
-    options.append((OptionCode.TFTP_SERVER, encode_string(str(next_server), nul_terminate=True)))
+    options.append((OptionCode.TFTP_SERVER, encode_string(next_server_text, nul_terminate=True)))
     options.append((OptionCode.BOOTFILE, encode_string(program, nul_terminate=True)))
     return BootFields(
         siaddr=next_server,
-        sname=str(next_server).encode(),
+        sname=next_server_text.encode(),
         file=file,
         options=tuple(options),
     )

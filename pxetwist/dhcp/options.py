@@ -334,11 +334,23 @@ def decode_arches(value: bytes) -> tuple[Arch, ...]:
     Unknown values become ``Arch.UNKNOWN_<n>`` pseudo-members and are not rejected. A new firmware
     is then logged and given a default instead of being dropped.
     """
+    arches = _DECODED_ARCHES.get(value)
+    if arches is not None:
+        return arches
     if not value or len(value) % 2:
         raise MalformedPacket(
             f"option 93 must be a positive, even number of bytes, not {len(value)}"
         )
-    return tuple(Arch(value[i] << 8 | value[i + 1]) for i in range(0, len(value), 2))
+    arches = tuple(Arch(value[i] << 8 | value[i + 1]) for i in range(0, len(value), 2))
+    if len(_DECODED_ARCHES) >= 1024:  # a client can send any bytes: keep the memo bounded
+        _DECODED_ARCHES.clear()
+    _DECODED_ARCHES[value] = arches
+    return arches
+
+
+#: Option 93 values already read: a fleet sends a handful of them, and looking one up costs
+#: a dict probe where building it costs an enum call per architecture (every packet asks).
+_DECODED_ARCHES: dict[bytes, tuple[Arch, ...]] = {}
 
 
 def encode_client_ndi(interface_type: int, major: int, minor: int) -> bytes:

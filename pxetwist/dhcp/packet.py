@@ -109,6 +109,9 @@ _MESSAGE_TYPES: Final[dict[int, MessageType]] = {int(kind): kind for kind in Mes
 # Plain ints for the loop that checks every option of every packet (no enum lookups there).
 _MESSAGE_TYPE_CODE: Final = int(OptionCode.MESSAGE_TYPE)
 _CLIENT_ARCH_CODE: Final = int(OptionCode.CLIENT_ARCH)
+_RELAY_AGENT_INFO_CODE: Final = int(OptionCode.RELAY_AGENT_INFO)
+_SUBNET_MASK_CODE: Final = int(OptionCode.SUBNET_MASK)
+_ROUTER_CODE: Final = int(OptionCode.ROUTER)
 _MESSAGE_TYPE_OPS: Final[dict[int, int]] = {int(kind): int(kind.op) for kind in MessageType}
 
 
@@ -636,11 +639,11 @@ def _wire_order(options: Options) -> Options:
     """
     mask = router = relay = -1
     for index, (code, _) in enumerate(options):
-        if code == OptionCode.RELAY_AGENT_INFO:
+        if code == _RELAY_AGENT_INFO_CODE:
             relay = index
-        elif code == OptionCode.SUBNET_MASK:
+        elif code == _SUBNET_MASK_CODE:
             mask = index
-        elif code == OptionCode.ROUTER:
+        elif code == _ROUTER_CODE:
             router = index
     misplaced_mask = 0 <= router < mask
     if not misplaced_mask and relay in (-1, len(options) - 1):
@@ -649,7 +652,7 @@ def _wire_order(options: Options) -> Options:
     if misplaced_mask:
         ordered.insert(router, ordered.pop(mask))
     if relay != -1:
-        ordered.sort(key=lambda option: option[0] == OptionCode.RELAY_AGENT_INFO)
+        ordered.sort(key=lambda option: option[0] == _RELAY_AGENT_INFO_CODE)
     return tuple(ordered)
 
 

@@ -31,7 +31,7 @@ from types import MappingProxyType
 
 from twisted.logger import LogLevel
 
-from pxetwist.dhcp.exchange import Exchange, Outcome, Verdict, is_zero
+from pxetwist.dhcp.exchange import Exchange, Outcome, Verdict, address_text, is_zero
 from pxetwist.dhcp.options import MessageType, OptionCode
 from pxetwist.events import BootEvent, EventProtocol, EventStage, LazyDetails
 from pxetwist.events import Outcome as EventOutcome
@@ -180,9 +180,9 @@ def _details(
     if outcome.replies:
         reply = outcome.replies[0]
         sent = reply.packet
-        reply_to = f"{_text(reply.address)}:{reply.port}"
+        reply_to = f"{address_text(reply.address)}:{reply.port}"
         if not is_zero(sent.yiaddr):
-            address = _text(sent.yiaddr)
+            address = address_text(sent.yiaddr)
         for code, value in reversed(sent.options):  # the boot file is among the last
             if code == _BOOTFILE_CODE:
                 boot_file = value.rstrip(b"\0").decode("utf-8", "replace")
@@ -197,7 +197,7 @@ def _details(
     details["xid"] = f"{packet.xid:08x}"
     details["interface"] = incoming.interface.name
     details["port"] = incoming.local_port
-    details["relay"] = _text(packet.giaddr) if not is_zero(packet.giaddr) else None
+    details["relay"] = address_text(packet.giaddr) if not is_zero(packet.giaddr) else None
     details["reply_to"] = reply_to
     details["boot_stage"] = _VALUES[request.stage] if request is not None else None
     if decision is not None:
@@ -212,21 +212,6 @@ def _details(
 
 
 _BOOTFILE_CODE = int(OptionCode.BOOTFILE)  # an int: an enum member read per option is slow
-
-
-_ADDRESS_TEXT: dict[int, str] = {}
-
-
-def _text(address: IPv4Address) -> str:
-    """``str(address)``, remembered by its integer (an ``IPv4Address`` hashes in Python, its
-    int in C): replies go to few addresses (broadcast, relays), and a pool's are reused."""
-    key = int(address)
-    text = _ADDRESS_TEXT.get(key)
-    if text is None:
-        if len(_ADDRESS_TEXT) >= 65536:
-            _ADDRESS_TEXT.clear()
-        text = _ADDRESS_TEXT[key] = str(address)
-    return text
 
 
 _NAMES = {kind: kind.name for kind in MessageType}

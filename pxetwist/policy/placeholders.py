@@ -25,6 +25,8 @@ def expand_placeholders(
     GRUB ``${root}`` or a literal ``{`` in a kernel command line pass through untouched, and so
     does ``${server}`` (an iPXE variable that happens to share the name).
     """
+    if "{" not in text:  # most boot file names and paths name no placeholder
+        return text
     values = {"server": str(server), "http_port": str(http_port), "tftp_port": str(tftp_port)}
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], text)
 

@@ -238,6 +238,18 @@ class ArchTests(SynchronousTestCase):
             with self.assertRaises(MalformedPacket):
                 options.decode_arches(value)
 
+    def test_remembered_values_stay_right_and_bounded(self) -> None:
+        """Read values are remembered (every packet asks), but a client sending every possible
+        value cannot grow the memo without bound, and a value read again is read the same."""
+        for value in range(5000):
+            raw = value.to_bytes(2, "big")
+            self.assertEqual([int(a) for a in options.decode_arches(raw)], [value])
+            self.assertLessEqual(len(options._DECODED_ARCHES), 1024)
+        self.assertEqual(options.decode_arches(b"\x00\x07"), (Arch.EFI_X86_64,))
+        self.assertEqual(options.decode_arches(b"\x00\x07"), (Arch.EFI_X86_64,))
+        with self.assertRaises(MalformedPacket):  # a bad value is never remembered as good
+            options.decode_arches(b"\x00\x07\x00")
+
     def test_encode(self) -> None:
         self.assertEqual(options.encode_arches([Arch.EFI_X86_64, 11]), b"\x00\x07\x00\x0b")
         with self.assertRaises(ValueError):
