@@ -21,6 +21,7 @@ from pxetwist.config.model import Config, DhcpMode
 from pxetwist.context import IServerReactor, ServerContext
 from pxetwist.control import ControlService
 from pxetwist.events import LogObserver
+from pxetwist.gcpolicy import settle_garbage_collector
 from pxetwist.policy.chain import PolicyChain
 from pxetwist.policy.sharedmachines import SharedMachinesService, shared_url
 from pxetwist.privileges import RunAs, give_to
@@ -69,10 +70,16 @@ class PxeService(MultiService):
     """
 
     def __init__(
-        self, setup: ServerSetup, reactor: IServerReactor, run_as: RunAs | None = None
+        self,
+        setup: ServerSetup,
+        reactor: IServerReactor,
+        run_as: RunAs | None = None,
+        *,
+        settle_gc: bool = False,
     ) -> None:
         super().__init__()
         self.setup = setup
+        self._settle_gc = settle_gc  # twistd's process only: it freezes the whole heap
         config = setup.config
         self.context = ServerContext.build(
             config,
@@ -132,6 +139,8 @@ class PxeService(MultiService):
         )
         super().startService()
         self._install_sighup()
+        if self._settle_gc:
+            settle_garbage_collector()  # once the services built their tables (gcpolicy)
 
     def stopService(self) -> Any:
         restore_sighup(self._previous_sighup)

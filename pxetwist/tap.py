@@ -90,7 +90,7 @@ def makeService(options: Options) -> IService:
     # Until the service installs its reload handler, a SIGHUP is ignored rather than fatal.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    return PxeService(options.setup, server_reactor(reactor), from_twistd(options))
+    return PxeService(options.setup, server_reactor(reactor), from_twistd(options), settle_gc=True)
 
 
 __all__ = ["Config", "Options", "makeService"]

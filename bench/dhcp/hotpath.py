@@ -13,7 +13,8 @@ and no perfdhcp sharing the CPU, and optionally profiles it with cProfile::
 
 Requests look like perfdhcp's in relay mode (giaddr set, hops 1, unicast). They are fed 64 per
 reactor turn, as the socket reader drains them; logging goes to a file through the same
-observer twistd uses, so its cost is counted.
+observer twistd uses, so its cost is counted, and the collector is settled as ``twistd pxe``
+settles it (:mod:`pxetwist.gcpolicy`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from pxetwist.dhcp.packet import DhcpPacket, decode, encode  # noqa: E402
 from pxetwist.dhcp.protocol import DhcpEndpoint  # noqa: E402
 from pxetwist.dhcp.store import ILeaseStore, MemoryLeaseStore, SQLiteLeaseStore  # noqa: E402
 from pxetwist.events import BootEventBus, LogObserver  # noqa: E402
+from pxetwist.gcpolicy import settle_garbage_collector  # noqa: E402
 from pxetwist.policy.chain import PolicyChain  # noqa: E402
 from pxetwist.policy.plugins import build_policies  # noqa: E402
 from pxetwist.policy.sightings import SightingRegistry  # noqa: E402
@@ -235,6 +237,7 @@ def main() -> int:
         timings["c0"] = time.thread_time()
         feed(discovers, lambda: wait_sent(len(discovers), phase_requests))
 
+    settle_garbage_collector()  # as `twistd pxe` does once its services have started
     reactor.callWhenRunning(start)
     reactor.run()
     n = args.clients
