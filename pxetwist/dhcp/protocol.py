@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pxetwist.dhcp.engine import DhcpEngine
-from pxetwist.dhcp.exchange import Datagram, Exchange, Interface, Outcome
+from pxetwist.dhcp.exchange import Datagram, Exchange, Interface, Outcome, address_text
 from pxetwist.dhcp.pgstore import AddressClaimed, StoreUnavailable
 from pxetwist.dhcp.store import ILeaseStore
 from pxetwist.events import BootEventBus
@@ -65,7 +65,6 @@ class DhcpEndpoint:
         self.clock = clock
         self.events = events
         self._broadcast = interface.network.broadcast_address
-        self._addresses: dict[IPv4Address, str] = {}  # str() of reply destinations
         self._failures_logged: dict[str, float] = {}  # kind -> when last logged
         self.send_failures = 0
         self.unexpected_errors = 0
@@ -179,11 +178,7 @@ class DhcpEndpoint:
         return True
 
     def _send(self, datagram: Datagram) -> None:
-        address = self._addresses.get(datagram.address)
-        if address is None:
-            if len(self._addresses) >= 1024:
-                self._addresses.clear()
-            address = self._addresses[datagram.address] = str(datagram.address)
+        address = address_text(datagram.address)
         try:
             self.socket.sendto(datagram.data, (address, datagram.port))
         except OSError as error:
