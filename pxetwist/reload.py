@@ -62,8 +62,15 @@ class ReloadRefused(Exception):
 class Reloader:
     """Reloads a running server's config; implements the API's ``IReloader``."""
 
-    def __init__(self, context: ServerContext, setup: ServerSetup) -> None:
+    def __init__(
+        self,
+        context: ServerContext,
+        setup: ServerSetup,
+        *,
+        after_reload: Callable[[], None] | None = None,
+    ) -> None:
         self.context = context
+        self.after_reload = after_reload  # run once a new config is in force
         self.path = Path(setup.config.source)
         self.interface_names = setup.interface_names
         self.reloads = 0
@@ -102,6 +109,8 @@ class Reloader:
         added, removed = sorted(after - before), sorted(before - after)
         context.live.replace(Settings(config, chain, setup.interfaces))
         self.reloads += 1
+        if self.after_reload is not None:
+            self.after_reload()
         summary = {
             "config": str(self.path),
             "policy_chain": list(chain.names),

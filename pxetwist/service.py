@@ -21,7 +21,7 @@ from pxetwist.config.model import Config, DhcpMode
 from pxetwist.context import IServerReactor, ServerContext
 from pxetwist.control import ControlService
 from pxetwist.events import LogObserver
-from pxetwist.gcpolicy import settle_garbage_collector
+from pxetwist.gcpolicy import resettle_garbage_collector, settle_garbage_collector
 from pxetwist.policy.chain import PolicyChain
 from pxetwist.policy.sharedmachines import SharedMachinesService, shared_url
 from pxetwist.privileges import RunAs, give_to
@@ -108,7 +108,11 @@ class PxeService(MultiService):
             if entry.enabled(config):
                 entry.build(self.context).setServiceParent(self)
         # Hot reload (SIGHUP, `pxetwist reload` through the control socket, the API).
-        self.reloader = Reloader(self.context, setup)
+        self.reloader = Reloader(
+            self.context,
+            setup,
+            after_reload=resettle_garbage_collector if settle_gc else None,
+        )
         self._previous_sighup: SignalHandler = None
         if IReactorUNIX.providedBy(reactor):
             ControlService(self.reloader, config.data_dir, reactor).setServiceParent(self)

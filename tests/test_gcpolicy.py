@@ -52,6 +52,45 @@ class SettleTests(SynchronousTestCase):
         self.assertGreaterEqual(report["collected"], 2)
 
 
+# A cycle alive at start-up is frozen; once dropped, only a re-settle (after a reload) frees it.
+_RELOAD_PROBE = """
+import gc, json, weakref
+from pxetwist.gcpolicy import resettle_garbage_collector, settle_garbage_collector
+class Config:
+    pass
+old = Config()
+old.me = old                      # a cycle, as a replaced config or plugin may hold
+gone = weakref.ref(old)
+settle_garbage_collector()
+del old
+gc.collect()
+frozen_kept = gone() is not None
+resettle_garbage_collector()
+print(json.dumps({"frozen_kept": frozen_kept, "freed": gone() is None,
+                  "refrozen": gc.get_freeze_count() > 1000,
+                  "threshold": gc.get_threshold()}))
+"""
+
+
+class ResettleTests(SynchronousTestCase):
+    def test_a_reload_frees_frozen_cycles_and_freezes_again(self) -> None:
+        done = subprocess.run(
+            [sys.executable, "-c", _RELOAD_PROBE],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        report = json.loads(done.stdout)
+        self.assertTrue(report["frozen_kept"], "the probe no longer shows why resettling is needed")
+        self.assertTrue(report["freed"])
+        self.assertTrue(report["refrozen"])
+        self.assertEqual(
+            report["threshold"], [gcpolicy.YOUNG_THRESHOLD, *gcpolicy.OLDER_THRESHOLDS]
+        )
+
+
 class _Reactor(MemoryReactorClock):
     def callFromThread(self, f: object, *args: object) -> None:
         raise AssertionError("nothing runs on a thread here")
@@ -91,6 +130,14 @@ class ServiceTests(SynchronousTestCase):
         reactor = cast(IServerReactor, _Reactor())
         self.start(service.PxeService(self.options.setup, reactor))
         self.assertEqual(self.calls, [])
+
+    def test_reloads_resettle_only_when_settled(self) -> None:
+        assert self.options.setup is not None
+        reactor = cast(IServerReactor, _Reactor())
+        settled = service.PxeService(self.options.setup, reactor, settle_gc=True)
+        plain = service.PxeService(self.options.setup, reactor)
+        self.assertIs(settled.reloader.after_reload, gcpolicy.resettle_garbage_collector)
+        self.assertIsNone(plain.reloader.after_reload)
 
     def test_twistd_asks(self) -> None:
         previous = signal.getsignal(signal.SIGHUP)

@@ -77,6 +77,19 @@ class ReloaderTests(SynchronousTestCase):
         self.assertEqual(summary["interfaces"], ["lo"])
         self.assertEqual(summary["restart_needed"], [])
 
+    def test_after_reload_runs_once_a_config_is_in_force_and_not_on_refusal(self) -> None:
+        """The hook ``twistd pxe`` uses to collect what a reload leaves (pxetwist.gcpolicy)."""
+        calls: list[str] = []
+        self.service.reloader.after_reload = lambda: calls.append(
+            self.context.config.machines[0].profile.kernel or ""
+        )
+        self.write(kernel="two/linux")
+        self.service.reloader.reload_now()
+        self.assertEqual(calls, ["two/linux"])
+        self.path.write_text("interfaces: [lo]\nnot_a_key: 1\n")
+        self.assertRaises(ConfigError, self.service.reloader.reload_now)
+        self.assertEqual(calls, ["two/linux"])
+
     def test_broken_config_is_refused_and_the_old_one_stays(self) -> None:
         before = self.context.live.current
         self.path.write_text(self.path.read_text() + "tftpp: {}\n")
