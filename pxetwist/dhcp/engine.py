@@ -42,7 +42,7 @@ from pxetwist.dhcp.options import (
 from pxetwist.dhcp.packet import DhcpPacket, MalformedPacket, decode, make_reply
 from pxetwist.dhcp.report import invalid_event, packet_event
 from pxetwist.policy.decision import BootDecision
-from pxetwist.policy.request import BootRequest
+from pxetwist.policy.request import BootRequest, unique_arches
 from pxetwist.policy.values import BootAction, Firmware, MacAddress, Stage
 
 __all__ = [
@@ -298,9 +298,7 @@ class DhcpEngine:
             mac=mac,
             stage=stage,
             arches=(
-                tuple(dict.fromkeys(packet.client_arches))  # first of each, as unique_arches
-                if OptionCode.CLIENT_ARCH in options
-                else ()
+                unique_arches(packet.client_arches) if OptionCode.CLIENT_ARCH in options else ()
             ),
             vendor_class=options.get(OptionCode.VENDOR_CLASS),
             user_classes=packet.user_classes if OptionCode.USER_CLASS in options else (),

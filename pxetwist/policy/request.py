@@ -135,4 +135,6 @@ def parse_user_class(raw: bytes) -> tuple[bytes, ...]:
 
 
 def unique_arches(values: Iterable[int]) -> tuple[Arch, ...]:
-    return tuple(dict.fromkeys(Arch(value) for value in values))
+    """Option 93's architectures, first of each kept; values already ``Arch`` are not looked up
+    again (DHCP hands over decoded members, and an enum call costs on every packet)."""
+    return tuple(dict.fromkeys(value if type(value) is Arch else Arch(value) for value in values))

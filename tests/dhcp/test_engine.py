@@ -20,6 +20,8 @@ from pxetwist.dhcp.options import MessageType, OptionCode
 from pxetwist.dhcp.packet import DhcpPacket, decode, encode
 from pxetwist.policy.builtin import ArchPolicy, StaticPolicy
 from pxetwist.policy.decision import BootDecision
+from pxetwist.policy.request import unique_arches
+from pxetwist.policy.values import Arch
 from pxetwist.testing import config_from_yaml, run_chain
 from tests.dhcp.test_packet import V1, V3, V5, V6
 
@@ -501,3 +503,30 @@ class QuirkTests(EngineTestCase):
         decision = run_chain([("arch", ArchPolicy(config))], request)
         outcome = engine.answer(Exchange(incoming, request, decision), self.now)
         self.assertEqual(outcome.replies[0].delay, 0.25)
+
+
+class BootRequestArchTests(EngineTestCase):
+    """Option 93 as the policy chain sees it (RFC 4578 §2.1, reference §2.4)."""
+
+    def arches(self, value: bytes) -> tuple[Arch, ...]:
+        config = config_from_yaml(AUTHORITATIVE)
+        engine = DhcpEngine(config, LeaseTable(pools_for(config)), [SERVER])
+        packet = message(MessageType.DISCOVER, options=((OptionCode.CLIENT_ARCH, value),))
+        request = engine.boot_request(Incoming(packet, ETH0, ("0.0.0.0", 68), 67, True))
+        assert request is not None
+        return request.arches
+
+    def test_client_order_kept_and_repeats_dropped(self) -> None:
+        self.assertEqual(
+            self.arches(b"\x00\x09\x00\x07\x00\x09\x00\x07"), (Arch.EFI_BC, Arch.EFI_X86_64)
+        )
+
+    def test_unknown_values_kept_once(self) -> None:
+        (arch,) = self.arches(b"\x10\x92\x10\x92")
+        self.assertEqual(int(arch), 4242)
+        self.assertFalse(arch.is_known)
+
+    def test_plain_ints_are_read_as_arches(self) -> None:
+        """Plain option-93 integers are read as ``Arch`` members, as before."""
+        self.assertEqual(unique_arches([7, 0, 7]), (Arch.EFI_X86_64, Arch.BIOS))
+        self.assertIs(type(unique_arches([7])[0]), Arch)
