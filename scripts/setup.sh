@@ -65,9 +65,18 @@ case "$mode" in
     *) sed -n '2,9p' "$0"; exit 2 ;;
 esac
 
+# The interpreter: Debian's own python3 unless PYTHON names another (scripts/python.sh says
+# why).  A venv made from another interpreter than the one wanted is made again.
+PYTHON=$(scripts/python.sh)
+base=$("$PYTHON" -c 'import os, sys; print(os.path.realpath(sys.executable))')
+if [ -x .venv/bin/python ] &&
+    [ "$(.venv/bin/python -c 'import os, sys; print(os.path.realpath(sys._base_executable))')" != "$base" ]; then
+    echo "setup: .venv was made from another interpreter; making it again from $base"
+    rm -rf .venv
+fi
+
 # The virtualenv: editable in compat mode, so the checkout's twisted/plugins dropins are on
 # sys.path and `twistd pxe` sees edits without reinstalling.
-PYTHON=${PYTHON:-python3}
 stamp=.venv/.pxetwist-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ]; then
