@@ -33,7 +33,11 @@ def _debian_python_qualifies() -> bool:
     if not DEBIAN_PYTHON.exists():
         return False
     probe = subprocess.run(
-        [str(DEBIAN_PYTHON), "-c", "import sys, venv; print(sys.version_info >= (3, 11))"],
+        [
+            str(DEBIAN_PYTHON),
+            "-c",
+            "import sys, venv, ensurepip; print(sys.version_info >= (3, 11))",
+        ],
         capture_output=True,
         text=True,
         timeout=30,
