@@ -9,6 +9,7 @@ to whatever ``python3`` is first on ``PATH`` would give that away unnoticed.
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,21 @@ class InterpreterChoiceTests(SynchronousTestCase):
             os.path.realpath(sys._base_executable),  # type: ignore[attr-defined]
             os.path.realpath(DEBIAN_PYTHON),
         )
+
+
+class DescribeInterpreterTests(SynchronousTestCase):
+    """The line heading every benchmark's results names the interpreter it ran on."""
+
+    def test_names_the_version_the_binary_and_the_linking(self) -> None:
+        from pxetwist.lab.interpreter import describe_interpreter
+
+        text = describe_interpreter()
+        self.assertIn(platform.python_version(), text)
+        base = getattr(sys, "_base_executable", sys.executable)
+        self.assertIn(os.path.realpath(base), text)
+        shared = "/libpython3" in Path("/proc/self/maps").read_text()
+        self.assertTrue(text.endswith("shared libpython" if shared else "static"), text)
+
+    def test_benchmarks_print_it(self) -> None:
+        for script in ("bench/dhcp/run.py", "bench/storm/run.py"):
+            self.assertIn("describe_interpreter()", (ROOT / script).read_text(), script)

@@ -70,6 +70,7 @@ sys.path.insert(0, str(ROOT))
 from bench.dhcp import pgcase  # noqa: E402
 from bench.dhcp.pgcase import PG_SERVERS  # noqa: E402
 from pxetwist.lab import SRV_IF, NetLab  # noqa: E402
+from pxetwist.lab.interpreter import describe_interpreter  # noqa: E402
 
 POOL = ("10.77.1.0", "10.77.254.254")
 SERVERS = (
@@ -476,7 +477,7 @@ def main() -> int:
             pgcase.finish()
     command = " ".join([Path(sys.executable).name, *sys.argv])
     print(f"\n{command}  ({time.monotonic() - started:.0f} s, period {args.period} s, "
-          f"median of {args.repeats})\n")  # fmt: skip
+          f"median of {args.repeats}; {describe_interpreter()})\n")  # fmt: skip
     print(table(results))
     if args.json:
         Path(args.json).write_text(

@@ -58,6 +58,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from pxetwist.lab import SRV_IF, SRV_PEER_IF, NetLab  # noqa: E402
+from pxetwist.lab.interpreter import describe_interpreter  # noqa: E402
 
 SERVERS = ("pxetwist", "dnsmasq+nginx", "pxetwist-nosessions")
 REFERENCE = "dnsmasq+nginx"
@@ -573,7 +574,7 @@ def main() -> int:
         f"NBP {args.nbp_kib} KiB, kernel {args.kernel_mib} MiB, initrd {args.initrd_mib} MiB, "
         f"{'pinned ' + args.pin if args.pin else 'not pinned'}"
         f"{', receive steered' if args.pin and args.steer_receive else ''}"
-        f", median of {args.repeats})\n"
+        f", median of {args.repeats}; {describe_interpreter()})\n"
     )
     print(table(ordered, kinds))
     if args.json:
