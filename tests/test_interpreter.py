@@ -83,5 +83,5 @@ class DescribeInterpreterTests(SynchronousTestCase):
         self.assertTrue(text.endswith("shared libpython" if shared else "static"), text)
 
     def test_benchmarks_print_it(self) -> None:
-        for script in ("bench/dhcp/run.py", "bench/storm/run.py"):
+        for script in ("bench/dhcp/run.py", "bench/dhcp/hotpath.py", "bench/storm/run.py"):
             self.assertIn("describe_interpreter()", (ROOT / script).read_text(), script)

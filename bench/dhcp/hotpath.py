@@ -51,6 +51,7 @@ from pxetwist.dhcp.protocol import DhcpEndpoint  # noqa: E402
 from pxetwist.dhcp.store import ILeaseStore, MemoryLeaseStore, SQLiteLeaseStore  # noqa: E402
 from pxetwist.events import BootEventBus, LogObserver  # noqa: E402
 from pxetwist.gcpolicy import settle_garbage_collector  # noqa: E402
+from pxetwist.lab.interpreter import describe_interpreter  # noqa: E402
 from pxetwist.policy.chain import PolicyChain  # noqa: E402
 from pxetwist.policy.plugins import build_policies  # noqa: E402
 from pxetwist.policy.sightings import SightingRegistry  # noqa: E402
@@ -247,7 +248,8 @@ def main() -> int:
         f"{n} DORA ({'pxe' if args.pxe else 'plain'}, {'memory' if args.memory else 'sqlite'}): "
         f"reactor thread CPU per DISCOVER {1e6 * timings['discover_cpu'] / n:.0f} us, "
         f"per REQUEST {1e6 * timings['request_cpu'] / n:.0f} us "
-        f"(= {n / cpu:.0f} DORA/s); wall time {1e6 * total / n:.0f} us per DORA"
+        f"(= {n / cpu:.0f} DORA/s); wall time {1e6 * total / n:.0f} us per DORA; "
+        f"{describe_interpreter()}"
     )
     if isinstance(store, SQLiteLeaseStore):
         print(f"store: {store.committed_writes} writes in {store.transactions} transactions")
