@@ -69,8 +69,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.dhcp import pgcase  # noqa: E402
 from bench.dhcp.pgcase import PG_SERVERS  # noqa: E402
-from pxetwist.lab import SRV_IF, NetLab  # noqa: E402
+from pxetwist.lab import SRV_IF, SRV_PEER_IF, NetLab  # noqa: E402
 from pxetwist.lab.interpreter import describe_interpreter  # noqa: E402
+from pxetwist.lab.pinning import NOT_PINNED, Pinning, parse_pin  # noqa: E402
 
 POOL = ("10.77.1.0", "10.77.254.254")
 SERVERS = (
@@ -191,7 +192,9 @@ http: {{enabled: false, root: {wd}/http}}
     return config
 
 
-def start_server(kind: str, lab: NetLab, wd: Path) -> subprocess.Popen[Any]:
+def start_server(
+    kind: str, lab: NetLab, wd: Path, pin: Pinning = NOT_PINNED
+) -> subprocess.Popen[Any]:
     err = open(wd / "server.err", "w")  # noqa: SIM115 - closed by the lab with the process
     if kind.startswith("pxetwist"):
         store = "memory:" if kind == "pxetwist-mem" else f"sqlite:{wd}/state/leases.sqlite"
@@ -200,7 +203,9 @@ def start_server(kind: str, lab: NetLab, wd: Path) -> subprocess.Popen[Any]:
         )
         argv = [str(TWISTD), "-n", "--pidfile=", "-l", str(wd / "pxetwist.log")]
         argv += ["pxe", "-c", str(config)]
-        proc = lab.spawn(lab.srv, argv, stdout=subprocess.DEVNULL, stderr=err)
+        proc = lab.spawn(
+            lab.srv, [*pin.server_prefix, *argv], stdout=subprocess.DEVNULL, stderr=err
+        )
     elif kind.startswith("dnsmasq"):
         argv = [
             "dnsmasq", "--keep-in-foreground", "--port=0", f"--interface={SRV_IF}",
@@ -213,7 +218,9 @@ def start_server(kind: str, lab: NetLab, wd: Path) -> subprocess.Popen[Any]:
             argv.append("--leasefile-ro")
         else:
             argv.append(f"--dhcp-leasefile={wd}/dnsmasq.leases")
-        proc = lab.spawn(lab.srv, argv, stdout=subprocess.DEVNULL, stderr=err)
+        proc = lab.spawn(
+            lab.srv, [*pin.server_prefix, *argv], stdout=subprocess.DEVNULL, stderr=err
+        )
     elif kind.startswith("kea"):
         conf = {
             "Dhcp4": {
@@ -240,7 +247,9 @@ def start_server(kind: str, lab: NetLab, wd: Path) -> subprocess.Popen[Any]:
         (wd / "kea-dhcp4.conf").write_text(json.dumps(conf, indent=1))
         env = dict(os.environ, KEA_LOCKFILE_DIR=str(wd), KEA_PIDFILE_DIR=str(wd))
         argv = ["kea-dhcp4", "-c", str(wd / "kea-dhcp4.conf")]
-        proc = lab.spawn(lab.srv, argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        proc = lab.spawn(
+            lab.srv, [*pin.server_prefix, *argv], stdout=subprocess.DEVNULL, stderr=err, env=env
+        )
     else:
         raise SystemExit(f"unknown server {kind}; known: {', '.join(SERVERS)}")
     lab.wait_port(lab.srv, "udp", 67, timeout=15, proc=proc)
@@ -267,8 +276,19 @@ def run_perfdhcp(
     relay: str | None = None,
     server: str | None = None,
     mac_base: str | None = None,
+    pin: Pinning = NOT_PINNED,
 ) -> str:
-    argv = ["perfdhcp", "-4", "-p", str(period), "-R", str(clients), "-l", relay or lab.cli_ip]
+    argv = [
+        *pin.client_prefix,
+        "perfdhcp",
+        "-4",
+        "-p",
+        str(period),
+        "-R",
+        str(clients),
+        "-l",
+        relay or lab.cli_ip,
+    ]
     if mac_base:
         argv += ["-b", f"mac={mac_base}"]
     argv += ["-W", str(wait_ms * 1000)]
@@ -308,7 +328,7 @@ def one_run(
             with open(args.raw, "a") as raw:
                 raw.write(f"### {kind} rate={rate or 'flood'} run={index}\n{out_text}\n")
         return run, out_text
-    proc = start_server(kind, lab, wd)
+    proc = start_server(kind, lab, wd, args.pinning)
     profiler = None
     try:
         if args.profile and kind.startswith("pxetwist"):
@@ -320,7 +340,9 @@ def one_run(
                  "-f", "raw", "-o", f"{out}.txt", "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-        out_text = run_perfdhcp(lab, rate, args.period, args.clients, args.exit_wait, args.pxe)
+        out_text = run_perfdhcp(
+            lab, rate, args.period, args.clients, args.exit_wait, args.pxe, pin=args.pinning
+        )
     finally:
         if profiler is not None:
             try:
@@ -452,7 +474,24 @@ def main() -> int:
         help="two-server cases: both relays send the same clients (contention, not capacity)",
     )
     parser.add_argument("--profile", help="py-spy raw profiles of pxetwist runs into this dir")
+    parser.add_argument(
+        "--pin",
+        metavar="SERVER_CPUS:CLIENT_CPUS",
+        help="taskset the servers and perfdhcp, e.g. 0:1 (apart: the headline) or 0:0",
+    )
+    parser.add_argument(
+        "--steer-receive",
+        action="store_true",
+        help="with --pin, each side also receives its packets on its own CPUs (RPS on the "
+        "lab's veth pair); by default veth delivers on the sender's CPU",
+    )
     args = parser.parse_args()
+    try:
+        args.pinning = parse_pin(args.pin)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.steer_receive and not args.pinning.pinned:
+        parser.error("--steer-receive needs --pin")
     args.rate_list = sorted(int(x) for x in args.rates.split(",") if int(x) > 0)
     kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
     for kind in kinds:
@@ -463,6 +502,8 @@ def main() -> int:
             parser.error(f"{tool} is not installed (scripts/setup.sh --bench)")
     if any(k.startswith("kea") for k in kinds) and not shutil.which("kea-dhcp4", path="/usr/sbin"):
         parser.error("kea-dhcp4 is not installed (scripts/setup.sh --bench)")
+    if args.pinning.pinned and any(kind in PG_SERVERS for kind in kinds):
+        parser.error("--pin does not apply to the PostgreSQL cases (several servers and relays)")
     if os.geteuid() != 0:
         parser.error("run as root: the lab builds network namespaces")
 
@@ -471,13 +512,18 @@ def main() -> int:
     with NetLab(clients=1 if postgres else 0) as lab:
         if postgres:
             pgcase.prepare(lab)
+        if args.steer_receive:
+            # Each side's network stack on its own CPUs, as on two machines.
+            lab.steer_receive(lab.srv, SRV_IF, args.pinning.server_cpus)
+            lab.steer_receive(lab.cli, SRV_PEER_IF, args.pinning.client_cpus)
         try:
             results = bench(kinds, lab, args)
         finally:
             pgcase.finish()
     command = " ".join([Path(sys.executable).name, *sys.argv])
+    placement = args.pinning.describe() + (", receive steered" if args.steer_receive else "")
     print(f"\n{command}  ({time.monotonic() - started:.0f} s, period {args.period} s, "
-          f"median of {args.repeats}; {describe_interpreter()})\n")  # fmt: skip
+          f"median of {args.repeats}; {placement}; {describe_interpreter()})\n")  # fmt: skip
     print(table(results))
     if args.json:
         Path(args.json).write_text(

@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from pxetwist.lab import NetLab, require_binary, require_lab  # noqa: E402
+from pxetwist.lab.pinning import parse_pin  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -221,10 +222,11 @@ def main() -> int:
         help="pin the servers and curl with taskset, e.g. 0:1 (apart) or 0:0 (sharing a core)",
     )
     args = ap.parse_args()
-    if args.pin:
-        server_cpus, _, client_cpus = args.pin.partition(":")
-        _PIN["server"] = ["taskset", "-c", server_cpus]
-        _PIN["client"] = ["taskset", "-c", client_cpus or server_cpus]
+    try:
+        pinning = parse_pin(args.pin)
+    except ValueError as error:
+        ap.error(str(error))
+    _PIN["server"], _PIN["client"] = pinning.server_prefix, pinning.client_prefix
     require_lab()
     require_binary("curl")
     require_binary("nginx")

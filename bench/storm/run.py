@@ -59,6 +59,7 @@ sys.path.insert(0, str(REPO))
 
 from pxetwist.lab import SRV_IF, SRV_PEER_IF, NetLab  # noqa: E402
 from pxetwist.lab.interpreter import describe_interpreter  # noqa: E402
+from pxetwist.lab.pinning import parse_pin  # noqa: E402
 
 SERVERS = ("pxetwist", "dnsmasq+nginx", "pxetwist-nosessions")
 REFERENCE = "dnsmasq+nginx"
@@ -518,9 +519,11 @@ def main() -> int:
         parser.error("ramps 0..600 s")
     if os.geteuid() != 0:
         parser.error("run as root: the lab builds network namespaces")
-    args.server_cpus, _, args.client_cpus = (args.pin or "").partition(":")
-    if args.server_cpus and not args.client_cpus:
-        args.client_cpus = args.server_cpus
+    try:
+        pinning = parse_pin(args.pin)
+    except ValueError as error:
+        parser.error(str(error))
+    args.server_cpus, args.client_cpus = pinning.server_cpus, pinning.client_cpus
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
 
@@ -572,7 +575,7 @@ def main() -> int:
     print(
         f"\n{' '.join(sys.argv)}  ({time.monotonic() - started:.0f} s, {args.clients} machines, "
         f"NBP {args.nbp_kib} KiB, kernel {args.kernel_mib} MiB, initrd {args.initrd_mib} MiB, "
-        f"{'pinned ' + args.pin if args.pin else 'not pinned'}"
+        f"{pinning.describe()}"
         f"{', receive steered' if args.pin and args.steer_receive else ''}"
         f", median of {args.repeats}; {describe_interpreter()})\n"
     )

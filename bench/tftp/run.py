@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from pxetwist.lab import NetLab, require_binary  # noqa: E402
+from pxetwist.lab.pinning import parse_pin  # noqa: E402
 
 HPA_CANDIDATES = [
     os.environ.get("HPA_DIR", "") and os.environ["HPA_DIR"] + "/usr/sbin/in.tftpd",
@@ -130,9 +131,8 @@ class Bench:
         self.want = {name: sha256(self.root / name) for name in (self.big, self.small)}
         self.lab = NetLab(clients=0)
         self.servers: dict[str, subprocess.Popen[Any]] = {}
-        server_cpus, _, client_cpus = (args.pin or "").partition(":")
-        self.pin_server = ["taskset", "-c", server_cpus] if server_cpus else []
-        self.pin_client = ["taskset", "-c", client_cpus or server_cpus] if server_cpus else []
+        self.pin_server = args.pinning.server_prefix
+        self.pin_client = args.pinning.client_prefix
 
     # Servers.
 
@@ -425,6 +425,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "when the clients are other machines)",
     )
     args = parser.parse_args(argv)
+    try:
+        args.pinning = parse_pin(args.pin)
+    except ValueError as error:
+        parser.error(str(error))
     if os.geteuid() != 0:
         raise SystemExit("run as root: the lab needs network namespaces")
     for tool in ("curl", "atftp", "atftpd", "ip", "ss"):
