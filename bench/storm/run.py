@@ -31,6 +31,9 @@ machine, per-stage medians, retransmissions, the server's CPU seconds (the proce
 descendants: TFTP workers, nginx workers) and CPU per boot, and the clients' own CPU (to show
 they are not the bottleneck).  Ratios are pxetwist / reference.
 
+``--spy DIR`` profiles each pxetwist run with py-spy (its transfer workers too, samples that
+hold the GIL, collapsed stacks in ``DIR``); with ``--pin`` py-spy runs on the clients' CPUs.
+
 Only the lab's namespaces are targets; every client process is bounded by ``--deadline``;
 everything is stopped by PID and the lab removed.
 """
@@ -45,6 +48,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -293,6 +297,35 @@ def start_clients(
     return start_at, clients
 
 
+def start_spy(
+    servers: Servers, args: argparse.Namespace, wd: Path, limit: float, index: int
+) -> subprocess.Popen[Any] | None:
+    """``--spy DIR``: py-spy samples pxetwist (and its transfer workers) through the storm,
+    into ``DIR/pxetwist-<ramp>-<run>.txt`` (collapsed stacks, with idle and GIL-less samples
+    left out, as bench/dhcp's ``--profile`` writes them)."""
+    if not args.spy or not servers.kind.startswith("pxetwist"):
+        return None
+    py_spy = shutil.which("py-spy") or str(REPO / ".venv" / "bin" / "py-spy")
+    out = Path(args.spy) / f"{servers.kind}-{wd.name}-{index}.txt"
+    pin = ["taskset", "-c", args.client_cpus] if args.client_cpus else []  # off the server's CPU
+    return subprocess.Popen(
+        [*pin, py_spy, "record", "-p", str(servers.procs[0].pid), "--subprocesses", "--gil",
+         "-r", "250", "-f", "raw", "-o", str(out), "-d", str(int(limit) + 5), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def stop_spy(spy: subprocess.Popen[Any]) -> None:
+    """Interrupt py-spy (it writes what it has) and wait for it, bounded."""
+    if spy.poll() is None:
+        spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(30)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait()
+
+
 # -- one storm -------------------------------------------------------------------------------
 
 
@@ -302,11 +335,13 @@ def storm(kind: str, ramp: float, lab: NetLab, files: dict[str, Any], root: Path
     wd.chmod(0o755)
     servers = Servers(kind, lab, wd, root, args)
     clients: list[tuple[subprocess.Popen[Any], Path]] = []
+    spy: subprocess.Popen[Any] | None = None
     try:
         drops_before = udp_drops(lab)
+        limit = args.deadline + ramp + 60
+        spy = start_spy(servers, args, wd, limit, index)
         before = servers.cpu()
         start_at, clients = start_clients(lab, wd, args, files, 0, args.clients, ramp)
-        limit = args.deadline + ramp + 60
         for proc, _ in clients:
             try:
                 proc.wait(max(1.0, start_at + limit - time.time()))
@@ -317,6 +352,8 @@ def storm(kind: str, ramp: float, lab: NetLab, files: dict[str, Any], root: Path
     finally:
         for proc, _ in clients:
             lab.stop(proc)
+        if spy is not None:
+            stop_spy(spy)
         servers.stop()
     records: list[dict[str, Any]] = []
     client_cpu = 0.0
@@ -503,6 +540,9 @@ def main() -> int:
     )
     parser.add_argument("--deadline", type=float, default=300, help="s per storm after the ramp")
     parser.add_argument("--profile", help="cProfile each pxetwist run (twistd --profile) into DIR")
+    parser.add_argument(
+        "--spy", metavar="DIR", help="py-spy each pxetwist run (collapsed stacks) into DIR"
+    )
     parser.add_argument("--json", help="write every run's summary here")
     parser.add_argument("--keep", action="store_true", help="keep each run's work directory")
     args = parser.parse_args()
@@ -524,8 +564,9 @@ def main() -> int:
     except ValueError as error:
         parser.error(str(error))
     args.server_cpus, args.client_cpus = pinning.server_cpus, pinning.client_cpus
-    if args.profile:
-        Path(args.profile).mkdir(parents=True, exist_ok=True)
+    for directory in (args.profile, args.spy):
+        if directory:
+            Path(directory).mkdir(parents=True, exist_ok=True)
 
     ram = Path("/dev/shm")
     root = Path(tempfile.mkdtemp(prefix="storm-root-", dir=ram if ram.is_dir() else None))
