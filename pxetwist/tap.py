@@ -80,6 +80,9 @@ def _exit(message: str | None, code: int) -> Any:
 
 
 def makeService(options: Options) -> IService:
+    from pxetwist.reactor import install_default
+
+    install_default()  # before the first import of the reactor
     from twisted.internet import reactor
 
     from pxetwist.context import server_reactor

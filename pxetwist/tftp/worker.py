@@ -270,9 +270,9 @@ class LineObserver:
 
 def run_worker(control_fd: int) -> None:
     """Be a worker on ``control_fd`` until the main process closes it."""
-    from twisted.internet import epollreactor
+    from pxetwist.reactor import install
 
-    epollreactor.install()
+    install()
     from twisted.internet import reactor
 
     globalLogBeginner.beginLoggingTo([LineObserver(sys.stderr)], redirectStandardIO=False)
@@ -286,8 +286,9 @@ def run_spawner(control_fd: int, run_as: RunAs | None) -> None:
 
     Single-threaded and without a reactor, so forking is safe; everything a worker runs is
     imported first, while the interpreter's files are readable (we may be root still)."""
-    import twisted.internet.epollreactor  # loaded now, installed in the worker
     import twisted.internet.main  # noqa: F401
+
+    import pxetwist.reactor  # noqa: F401 - loaded now, installed in the worker
 
     if run_as is not None:
         become(run_as)

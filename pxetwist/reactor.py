@@ -1,0 +1,81 @@
+"""The reactor ``twistd pxe`` runs on unless told otherwise: epoll, without a log context per event.
+
+Twisted's epoll reactor hands each ready descriptor to it inside ``log.callWithLogger``, which
+pushes a ``{"system": prefix}`` context for the legacy ``log.msg`` API and pops it again: about
+2 us of Python per event.  Nothing in pxetwist logs through that API (its lines carry their own
+namespace), and a boot storm is hundreds of thousands of such events: every lockstep TFTP block
+wakes the server once, since a client sends its next ACK only after the last block arrives
+(measured, bench/README "Storm").  :class:`BootReactor` dispatches each event directly; what a
+descriptor's ``doRead`` or ``doWrite`` raises is still logged and disconnects that descriptor,
+as in Twisted, and the loop goes on.
+
+:func:`install_default` installs it when twistd has not installed another (``twistd -r NAME
+pxe`` still picks any reactor), before anything imports ``twisted.internet.reactor``.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+
+from twisted.logger import Logger
+
+log = Logger()
+
+try:
+    from twisted.internet.epollreactor import EPollReactor
+except ImportError:  # pragma: no cover - not Linux: Twisted's default reactor is used
+    EPollReactor = None  # type: ignore[assignment,misc]
+
+
+if EPollReactor is not None:
+
+    class BootReactor(EPollReactor):
+        """:class:`~twisted.internet.epollreactor.EPollReactor`, minus the per-event context."""
+
+        def doPoll(self, timeout: float | None) -> None:
+            try:
+                events = self._poller.poll(
+                    -1 if timeout is None else timeout, len(self._selectables)
+                )
+            except OSError as error:
+                if error.errno == errno.EINTR:
+                    return
+                raise
+            selectables = self._selectables
+            dispatch = self._doReadOrWrite
+            for fd, event in events:
+                selectable = selectables.get(fd)
+                if selectable is None:
+                    continue  # removed by an earlier event of this same poll
+                try:
+                    dispatch(selectable, fd, event)
+                except Exception:  # _doReadOrWrite catches what the descriptor raises
+                    log.failure("reactor: dispatching an event on descriptor {fd}", fd=fd)
+
+        doIteration = doPoll
+
+
+def install_default() -> str:
+    """Install :class:`BootReactor` unless a reactor is installed already; name the one in use.
+
+    Called by ``twistd pxe`` before it first imports ``twisted.internet.reactor`` (twistd
+    installs a reactor that early only when given ``-r``).
+    """
+    if "twisted.internet.reactor" not in sys.modules and EPollReactor is not None:
+        from twisted.internet.main import installReactor
+
+        installReactor(BootReactor())
+    from twisted.internet import reactor
+
+    return type(reactor).__name__
+
+
+def install() -> None:
+    """Install :class:`BootReactor` (for a transfer worker, which starts without a reactor)."""
+    from twisted.internet.main import installReactor
+
+    installReactor(BootReactor())
+
+
+__all__ = ["BootReactor", "install", "install_default"]
