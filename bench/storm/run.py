@@ -28,8 +28,11 @@ Servers:
 Reported per server (median over the repeats): machines booted and failures by stage and
 reason, the storm's total time (first start to last initrd byte), p50/p95/max boot time per
 machine, per-stage medians, retransmissions, the server's CPU seconds (the process and all its
-descendants: TFTP workers, nginx workers) and CPU per boot, and the clients' own CPU (to show
-they are not the bottleneck).  Ratios are pxetwist / reference.
+descendants: TFTP workers, nginx workers) and CPU per boot, the clients' own CPU (to show
+they are not the bottleneck), and what the lab's kernel dropped or resent: UDP datagrams
+dropped by either side's sockets, TCP segments the server resent, its retransmission timeouts
+(a machine that waits seconds for its download waits for these) and the segments the clients'
+sockets dropped for want of receive memory.  Ratios are pxetwist / reference.
 
 ``--spy DIR`` profiles each pxetwist run with py-spy (its transfer workers too, samples that
 hold the GIL, collapsed stacks in ``DIR``); with ``--pin`` py-spy runs on the clients' CPUs.
@@ -337,7 +340,7 @@ def storm(kind: str, ramp: float, lab: NetLab, files: dict[str, Any], root: Path
     clients: list[tuple[subprocess.Popen[Any], Path]] = []
     spy: subprocess.Popen[Any] | None = None
     try:
-        drops_before = udp_drops(lab)
+        counters_before = kernel_counters(lab)
         limit = args.deadline + ramp + 60
         spy = start_spy(servers, args, wd, limit, index)
         before = servers.cpu()
@@ -348,7 +351,7 @@ def storm(kind: str, ramp: float, lab: NetLab, files: dict[str, Any], root: Path
             except subprocess.TimeoutExpired:
                 lab.stop(proc)
         after = servers.cpu()
-        drops_after = udp_drops(lab)
+        counters_after = kernel_counters(lab)
     finally:
         for proc, _ in clients:
             lab.stop(proc)
@@ -367,7 +370,13 @@ def storm(kind: str, ramp: float, lab: NetLab, files: dict[str, Any], root: Path
             print(f"client process {k} left no results:\n{err}", file=sys.stderr)
     result = summarise(kind, ramp, records, cpu_since(before, after), client_cpu, args.clients)
     result["run"] = index
-    result["udp_drops"] = {side: drops_after[side] - drops_before[side] for side in drops_after}
+    counted = {key: counters_after[key] - counters_before[key] for key in counters_after}
+    result["udp_drops"] = {"server": counted["udp_server"], "clients": counted["udp_clients"]}
+    result["tcp"] = {
+        "retransmitted": counted["tcp_retransmitted"],
+        "timeouts": counted["tcp_timeouts"],
+        "client_drops": counted["tcp_client_drops"],
+    }
     if args.keep:
         print(f"  kept {wd}", file=sys.stderr)
     else:
@@ -375,19 +384,37 @@ def storm(kind: str, ramp: float, lab: NetLab, files: dict[str, Any], root: Path
     return result
 
 
-def udp_drops(lab: NetLab) -> dict[str, int]:
-    """UDP datagrams each side's kernel dropped for want of socket buffer (``RcvbufErrors`` of
-    ``/proc/net/snmp``, per namespace): on the server's side the server was too slow to read
-    them, on the clients' side the simulated machines were."""
-    drops: dict[str, int] = {}
-    for side, ns in (("server", lab.srv), ("clients", lab.cli)):
-        lines = [
-            line.split()
-            for line in lab.run(ns, ["cat", "/proc/net/snmp"], check=True).stdout.splitlines()
-            if line.startswith("Udp:")
-        ]
-        drops[side] = int(dict(zip(lines[0], lines[1], strict=True))["RcvbufErrors"])
-    return drops
+def _mib(lab: NetLab, ns: str, path: str, prefix: str) -> dict[str, int]:
+    """One table (``Udp:``, ``Tcp:``, ``TcpExt:``) of ``path`` in namespace ``ns``."""
+    lines = [
+        line.split()
+        for line in lab.run(ns, ["cat", path], check=True).stdout.splitlines()
+        if line.startswith(prefix)
+    ]
+    return {name: int(value) for name, value in zip(lines[0][1:], lines[1][1:], strict=True)}
+
+
+def kernel_counters(lab: NetLab) -> dict[str, int]:
+    """What each side's kernel dropped or resent, per namespace (counters only grow):
+
+    * ``udp_server`` / ``udp_clients``: UDP datagrams dropped for want of socket buffer
+      (``RcvbufErrors``): on the server's side the server was too slow to read them, on the
+      clients' side the simulated machines were;
+    * ``tcp_retransmitted`` and ``tcp_timeouts``: segments the server resent, and how many
+      times a retransmission timer expired (each doubles the next wait: the straggler's delay);
+    * ``tcp_client_drops``: segments the clients' sockets dropped for want of receive memory
+      (``TCPRcvQDrop``), what those retransmissions repair.
+    """
+    server_tcp = _mib(lab, lab.srv, "/proc/net/snmp", "Tcp:")
+    server_ext = _mib(lab, lab.srv, "/proc/net/netstat", "TcpExt:")
+    client_ext = _mib(lab, lab.cli, "/proc/net/netstat", "TcpExt:")
+    return {
+        "udp_server": _mib(lab, lab.srv, "/proc/net/snmp", "Udp:")["RcvbufErrors"],
+        "udp_clients": _mib(lab, lab.cli, "/proc/net/snmp", "Udp:")["RcvbufErrors"],
+        "tcp_retransmitted": server_tcp["RetransSegs"],
+        "tcp_timeouts": server_ext.get("TCPTimeouts", 0),
+        "tcp_client_drops": client_ext.get("TCPRcvQDrop", 0),
+    }
 
 
 def slowest_text(result: dict[str, Any]) -> str:
@@ -463,9 +490,10 @@ def med(runs: list[dict[str, Any]], key: str) -> float:
 def table(results: dict[tuple[str, float], list[dict[str, Any]]], kinds: list[str]) -> str:
     lines = [
         "| ramp | server | booted | failures | total s | p50 s | p95 s | max s | DHCP / TFTP / "
-        "HTTP s (p50) | retrans. DHCP / TFTP | UDP drops server / clients | server CPU s "
-        "| CPU ms/boot | client CPU s | total vs ref | CPU/boot vs ref |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "HTTP s (p50) | retrans. DHCP / TFTP | UDP drops server / clients | TCP resent / "
+        "timeouts / client drops | server CPU s | CPU ms/boot | client CPU s | total vs ref "
+        "| CPU/boot vs ref |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (kind, ramp), runs in results.items():
         ref = results.get((REFERENCE, ramp))
@@ -482,6 +510,14 @@ def table(results: dict[tuple[str, float], list[dict[str, Any]]], kinds: list[st
             counts = [r["udp_drops"][side] for r in runs if "udp_drops" in r]
             return f"{statistics.median(counts):.0f}" if counts else "-"
 
+        def tcp(runs: list[dict[str, Any]] = runs) -> str:
+            if not all("tcp" in r for r in runs):
+                return "-"
+            return " / ".join(
+                f"{statistics.median(r['tcp'][key] for r in runs):.0f}"
+                for key in ("retransmitted", "timeouts", "client_drops")
+            )
+
         def ratio(
             key: str,
             runs: list[dict[str, Any]] = runs,
@@ -497,7 +533,7 @@ def table(results: dict[tuple[str, float], list[dict[str, Any]]], kinds: list[st
             f"| {med(runs, 'total'):.2f} | {med(runs, 'p50'):.2f} | {med(runs, 'p95'):.2f} "
             f"| {med(runs, 'max'):.2f} | {stages} | {med(runs, 'dhcp_retransmits'):.0f} / "
             f"{med(runs, 'tftp_retransmits'):.0f} | {drops('server')} / {drops('clients')} "
-            f"| {med(runs, 'server_cpu'):.2f} "
+            f"| {tcp()} | {med(runs, 'server_cpu'):.2f} "
             f"| {med(runs, 'cpu_per_boot_ms'):.2f} | {med(runs, 'client_cpu'):.2f} "
             f"| {ratio('total')} | {ratio('cpu_per_boot_ms')} |"
         )
@@ -605,8 +641,9 @@ def main() -> int:
                             f"{args.clients} total {r['total']:.2f}s p50 {r['p50']:.2f}s p95 "
                             f"{r['p95']:.2f}s server CPU {r['server_cpu']:.2f}s "
                             f"({r['cpu_per_boot_ms']:.2f} ms/boot) client CPU "
-                            f"{r['client_cpu']:.2f}s failures {r['failures'] or 0}"
-                            + slowest_text(r),
+                            f"{r['client_cpu']:.2f}s failures {r['failures'] or 0} TCP "
+                            f"resent {r['tcp']['retransmitted']} ({r['tcp']['timeouts']} "
+                            f"timeouts, {r['tcp']['client_drops']} client drops)" + slowest_text(r),
                             file=sys.stderr,
                             flush=True,
                         )
