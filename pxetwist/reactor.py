@@ -33,6 +33,10 @@ if EPollReactor is not None:
     class BootReactor(EPollReactor):
         """:class:`~twisted.internet.epollreactor.EPollReactor`, minus the per-event context."""
 
+        dispatches_directly = True
+        """A ready descriptor costs one method call here: the TFTP transfer sockets register
+        with it directly (:class:`pxetwist.tftp.sockets.TransferMux`)."""
+
         def doPoll(self, timeout: float | None) -> None:
             try:
                 events = self._poller.poll(

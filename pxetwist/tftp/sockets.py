@@ -164,18 +164,24 @@ _SPIN_SLICE: Final = 0.002
 
 @implementer(IReadDescriptor)
 class TransferMux:
-    """All transfer sockets behind one descriptor of the reactor: a private epoll set.
+    """The transfer sockets, watched by the reactor directly or behind one private epoll set.
 
-    The reactor wraps every readable descriptor in a logging context and a dispatch that cost
-    more than serving the datagram.  With many transfers at once (a rack booting), this mux is
-    the only transfer descriptor the reactor watches; when it is readable, one ``epoll.poll(0)``
-    lists every transfer socket with data, and each is served in turn, without a reactor
-    round per datagram.  (An epoll descriptor is itself pollable, and level-triggered: anything
-    left unread makes the reactor call again.)
+    Twisted's reactors wrap every readable descriptor in a logging context and a dispatch that
+    cost more than serving the datagram.  On those, with many transfers at once (a rack
+    booting), this mux is the only transfer descriptor the reactor watches; when it is
+    readable, one ``epoll.poll(0)`` lists every transfer socket with data, and each is served
+    in turn, without a reactor round per datagram.  (An epoll descriptor is itself pollable,
+    and level-triggered: anything left unread makes the reactor call again.)
+
+    A reactor that says it ``dispatches_directly`` (:class:`pxetwist.reactor.BootReactor`, what
+    ``twistd pxe`` runs on) calls a ready descriptor for less than that second ``epoll_wait``
+    costs, and in a storm of lockstep transfers nearly every wake-up finds one socket ready
+    (bench/README, "Storm"): there each transfer socket is the reactor's own reader.
     """
 
     def __init__(self, reactor: ITransferReactor) -> None:
         self.reactor = reactor
+        self.direct = bool(getattr(reactor, "dispatches_directly", False))
         self._epoll = select.epoll()
         self._sockets: dict[int, TransferSocket] = {}
         self._registered = False
@@ -191,8 +197,11 @@ class TransferMux:
 
     def add(self, transfer_socket: TransferSocket) -> None:
         fd = transfer_socket.fileno()
-        self._epoll.register(fd, select.EPOLLIN)
         self._sockets[fd] = transfer_socket
+        if self.direct:
+            self.reactor.addReader(transfer_socket)
+            return
+        self._epoll.register(fd, select.EPOLLIN)
         if not self._registered:
             self.reactor.addReader(self)
             self._registered = True
@@ -200,6 +209,9 @@ class TransferMux:
     def remove(self, transfer_socket: TransferSocket) -> None:
         fd = transfer_socket.fileno()
         if self._sockets.pop(fd, None) is not None:
+            if self.direct:
+                self.reactor.removeReader(transfer_socket)
+                return
             with contextlib.suppress(OSError, ValueError):
                 self._epoll.unregister(fd)
 
@@ -268,6 +280,9 @@ class TransferSocket:
         return "tftp-transfer"
 
     def connectionLost(self, reason: Failure) -> None:
+        """The reactor dropped this socket (its ``doRead`` raised): the transfer ends with it,
+        rather than waiting out its retransmissions on a socket nothing reads."""
+        self.transfer.abort(f"transfer socket lost: {reason.getErrorMessage()}")
         self.stopListening()
 
     def getHost(self) -> tuple[str, int]:
@@ -310,8 +325,8 @@ class TransferSocket:
         reactor = self.reactor
         others = select.poll()
         for reader in reactor.getReaders():
-            # The mux holds only this socket while one transfer runs: leave it out.
-            if reader is not self.mux:
+            # The mux (or the reactor) holds only this socket while one transfer runs.
+            if reader is not self.mux and reader is not self:
                 with contextlib.suppress(Exception):
                     others.register(reader.fileno(), select.POLLIN)
         slice_ = _SPIN_SLICE

@@ -718,11 +718,13 @@ __all__ = ["Ack"]
 class RealSocketTests(SynchronousTestCase):
     """The production transfer path (own sockets behind one epoll mux), over loopback."""
 
+    reactor_class: type[FakeFDReactor] = FakeFDReactor
+
     def setUp(self) -> None:
         self.root = temp_dir(self)
         self.content = os.urandom(512 * 4 + 100)
         (self.root / "f").write_bytes(self.content)
-        self.reactor = FakeFDReactor()
+        self.reactor = self.reactor_class()
         config = config_from_yaml(CONFIG_YAML.format(root=self.root))
         self.server = TftpServer(
             ServerSettings(root=self.root),
@@ -797,6 +799,44 @@ class RealSocketTests(SynchronousTestCase):
         import select
 
         select.select([], [], [], 0.01)
+
+
+class DirectFDReactor(FakeFDReactor):
+    """A reactor that calls each ready descriptor directly, as pxetwist's BootReactor does."""
+
+    dispatches_directly = True
+
+
+class RealSocketDirectTests(RealSocketTests):
+    """The same path on a reactor that dispatches directly: each transfer socket is its reader."""
+
+    reactor_class = DirectFDReactor
+
+    def test_each_transfer_socket_is_the_reactors_reader(self) -> None:
+        peer = self.client.getsockname()
+        self.listener.datagramReceived(rrq("f"), peer)
+        (reader,) = self.reactor.readers
+        self.assertIsInstance(reader, TransferSocket)
+        self.receive(self.client)
+        self.server.abort_all("test over")
+        self.assertEqual(self.reactor.readers, [])
+
+    def test_a_socket_the_reactor_drops_ends_its_transfer(self) -> None:
+        """The reactor drops a descriptor whose ``doRead`` raised: its transfer ends too, with
+        an ERROR to the client, instead of retransmitting on a socket nothing reads."""
+        from twisted.python.failure import Failure
+
+        peer = self.client.getsockname()
+        self.listener.datagramReceived(rrq("f"), peer)
+        (reader,) = self.reactor.readers
+        self.receive(self.client)
+        self.assertEqual(self.server.busy, 1)
+        self.reactor.removeReader(reader)
+        reader.connectionLost(Failure(RuntimeError("a bug")))
+        last, _ = self.receive(self.client)
+        self.assertEqual(last, Error(ErrorCode.NOT_DEFINED, "transfer socket lost: a bug"))
+        self.assertEqual(self.server.busy, 0)
+        self.assertEqual(self.reactor.readers, [])
 
 
 class FileSourceTests(SynchronousTestCase):
