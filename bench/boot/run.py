@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from pxetwist.lab import NetLab, remove_stale_labs  # noqa: E402
+from pxetwist.lab import NetLab, exit_on_sigterm, remove_stale_labs  # noqa: E402
 from pxetwist.lab.e2e import (  # noqa: E402
     SCENARIOS,
     TAP,
@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the raw times here")
     ap.add_argument("--keep", action="store_true", help="keep work dirs (logs, serial) in /tmp")
     args = ap.parse_args(argv)
+    exit_on_sigterm()  # a kill PID still removes the lab and its servers
     names = parse_scenarios(args.scenarios)
     times: dict[str, dict[str, list[float]]] = {n: {s: [] for s in SERVERS} for n in names}
     t0 = time.monotonic()

@@ -69,7 +69,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.dhcp import pgcase  # noqa: E402
 from bench.dhcp.pgcase import PG_SERVERS  # noqa: E402
-from pxetwist.lab import SRV_IF, SRV_PEER_IF, NetLab  # noqa: E402
+from pxetwist.lab import SRV_IF, SRV_PEER_IF, NetLab, exit_on_sigterm  # noqa: E402
 from pxetwist.lab.interpreter import describe_interpreter  # noqa: E402
 from pxetwist.lab.pinning import NOT_PINNED, Pinning, parse_pin  # noqa: E402
 
@@ -486,6 +486,7 @@ def main() -> int:
         "lab's veth pair); by default veth delivers on the sender's CPU",
     )
     args = parser.parse_args()
+    exit_on_sigterm()  # a kill PID still removes the lab and its servers
     try:
         args.pinning = parse_pin(args.pin)
     except ValueError as error:

@@ -33,7 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from pxetwist.lab import CLIENT_IF, SRV_IF, NetLab, require_binary  # noqa: E402
+from pxetwist.lab import CLIENT_IF, SRV_IF, NetLab, exit_on_sigterm, require_binary  # noqa: E402
 from pxetwist.lab.tftpfuzz import udp_counters  # noqa: E402
 
 
@@ -193,6 +193,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (log)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
+    exit_on_sigterm()  # a kill PID still removes the lab and its servers
     if os.geteuid() != 0:
         raise SystemExit("run as root: the lab needs network namespaces")
     for tool in ("busybox", "ip"):

@@ -47,7 +47,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from pxetwist.lab import NetLab, require_binary, require_lab  # noqa: E402
+from pxetwist.lab import NetLab, exit_on_sigterm, require_binary, require_lab  # noqa: E402
 from pxetwist.lab.pinning import parse_pin  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -222,6 +222,7 @@ def main() -> int:
         help="pin the servers and curl with taskset, e.g. 0:1 (apart) or 0:0 (sharing a core)",
     )
     args = ap.parse_args()
+    exit_on_sigterm()  # a kill PID still removes the lab and its servers
     try:
         pinning = parse_pin(args.pin)
     except ValueError as error:

@@ -29,7 +29,7 @@ import time
 
 import yaml
 
-from pxetwist.lab import NetLab, require_lab
+from pxetwist.lab import NetLab, exit_on_sigterm, require_lab
 from pxetwist.lab.nfs import NfsLabServer, nfs_ls, nfs_url
 
 CLIENT_IP = "10.77.0.10"
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grants", type=int, default=30, help="machines granted one by one")
     parser.add_argument("--kills", type=int, default=3, help="Ganesha SIGKILLs to recover from")
     args = parser.parse_args(argv)
+    exit_on_sigterm()  # a kill PID still removes the lab and its servers
     require_lab()
     lab = NetLab(clients=1).up()
     server = None

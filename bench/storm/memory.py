@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run as storm
 
-from pxetwist.lab import NetLab
+from pxetwist.lab import NetLab, exit_on_sigterm
 
 
 def rss_mib(pids: list[int]) -> float:
@@ -88,6 +88,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000, help="new machines a second")
     parser.add_argument("--deadline", type=float, default=300)
     args = parser.parse_args()
+    exit_on_sigterm()  # a kill PID still removes the lab and its servers
     if os.geteuid() != 0:
         parser.error("run as root: the lab builds network namespaces")
     if not 1 <= args.procs <= 20 or args.leases > 60000 * 4:

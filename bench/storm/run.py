@@ -64,7 +64,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from pxetwist.lab import SRV_IF, SRV_PEER_IF, NetLab  # noqa: E402
+from pxetwist.lab import SRV_IF, SRV_PEER_IF, NetLab, exit_on_sigterm  # noqa: E402
 from pxetwist.lab.interpreter import describe_interpreter  # noqa: E402
 from pxetwist.lab.pinning import parse_pin  # noqa: E402
 
@@ -582,6 +582,7 @@ def main() -> int:
     parser.add_argument("--json", help="write every run's summary here")
     parser.add_argument("--keep", action="store_true", help="keep each run's work directory")
     args = parser.parse_args()
+    exit_on_sigterm()  # a kill PID still removes the lab and its servers
     kinds = [k for k in args.servers.split(",") if k]
     for kind in kinds:
         if kind not in SERVERS:

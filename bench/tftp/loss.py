@@ -37,7 +37,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from pxetwist.lab import NetLab, add_loss, remove_loss, require_binary  # noqa: E402
+from pxetwist.lab import NetLab, add_loss, exit_on_sigterm, remove_loss, require_binary  # noqa: E402
 
 SERVERS = {"pxetwist": 69, "pxetwist-adaptive": 3069, "atftpd": 2069}
 MB = 1e6
@@ -211,6 +211,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=0.2, help="pxetwist's tftp.timeout")
     parser.add_argument("--deadline", type=float, default=120.0, help="seconds per download")
     args = parser.parse_args()
+    exit_on_sigterm()  # a kill PID still removes the lab and its servers
     if os.geteuid() != 0:
         raise SystemExit("run as root: the lab needs network namespaces")
     for tool in ("atftp", "atftpd", "tc", "ip", "ss"):

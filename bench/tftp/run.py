@@ -42,7 +42,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from pxetwist.lab import NetLab, require_binary  # noqa: E402
+from pxetwist.lab import NetLab, exit_on_sigterm, require_binary  # noqa: E402
 from pxetwist.lab.pinning import parse_pin  # noqa: E402
 
 HPA_CANDIDATES = [
@@ -425,6 +425,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "when the clients are other machines)",
     )
     args = parser.parse_args(argv)
+    exit_on_sigterm()  # a kill PID still removes the lab and its servers
     try:
         args.pinning = parse_pin(args.pin)
     except ValueError as error:

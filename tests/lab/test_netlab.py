@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -90,6 +91,9 @@ if pid == 0:
     os._exit(0)
 os.waitpid(pid, 0)  # the grandchild exists once its parent is gone
 """
+
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _netns() -> set[str]:
@@ -259,6 +263,34 @@ class CleanupTests(LabTestCase):
             self.assertFalse(_alive(pid), pid)
         lab.down()  # idempotent
         self.assertRaises(LabError, lab.run, lab.srv, ["true"])
+
+    def test_sigterm_still_removes_the_lab(self) -> None:
+        """A benchmark killed by PID (``exit_on_sigterm``) removes its namespaces and the
+        processes in them, as it would on any other exit; without the handler it cannot."""
+        script = (
+            "import subprocess, sys, time\n"
+            "from pxetwist.lab import NetLab, exit_on_sigterm\n"
+            "exit_on_sigterm()\n"
+            "lab = NetLab(clients=1).up()\n"
+            "server = lab.spawn(lab.srv, ['sleep', '60'])\n"
+            "print(' '.join(lab.namespaces), server.pid, flush=True)\n"
+            "time.sleep(60)\n"
+        )
+        proc = subprocess.Popen(
+            [PY, "-c", script],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        self.addCleanup(proc.kill)
+        assert proc.stdout is not None
+        *names, server = proc.stdout.readline().split()
+        self.assertTrue(set(names) <= _netns())
+        proc.terminate()  # SIGTERM
+        self.assertEqual(proc.wait(30), 143)
+        self.assertFalse(set(names) & _netns())
+        self.assertFalse(_alive(int(server)))
 
     def test_two_labs_do_not_collide(self) -> None:
         a = self.lab(clients=1, subnet="10.77.0.0/16")
