@@ -339,6 +339,7 @@ def storm(kind: str, ramp: float, lab: NetLab, files: dict[str, Any], root: Path
     servers = Servers(kind, lab, wd, root, args)
     clients: list[tuple[subprocess.Popen[Any], Path]] = []
     spy: subprocess.Popen[Any] | None = None
+    finished = False
     try:
         counters_before = kernel_counters(lab)
         limit = args.deadline + ramp + 60
@@ -352,12 +353,15 @@ def storm(kind: str, ramp: float, lab: NetLab, files: dict[str, Any], root: Path
                 lab.stop(proc)
         after = servers.cpu()
         counters_after = kernel_counters(lab)
+        finished = True
     finally:
         for proc, _ in clients:
             lab.stop(proc)
         if spy is not None:
             stop_spy(spy)
         servers.stop()
+        if not finished and not args.keep:  # interrupted (SIGTERM, Ctrl-C) or failed
+            shutil.rmtree(wd, ignore_errors=True)
     records: list[dict[str, Any]] = []
     client_cpu = 0.0
     for k, (_, out) in enumerate(clients):

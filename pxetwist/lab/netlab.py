@@ -248,11 +248,14 @@ def exit_on_sigterm() -> None:
     By default SIGTERM ends Python at once: no ``finally`` runs, no ``atexit`` either, and a
     benchmark leaves its namespaces, the servers inside them and its work files behind.  With
     this it raises ``SystemExit(143)`` instead (128 + SIGTERM, what the shell reports), so the
-    benchmark's own clean-up and :func:`_down_all` run.  For a benchmark's ``main``; call it
-    from the main thread.
+    benchmark's own clean-up and :func:`_down_all` run.  A second SIGTERM (``timeout`` signals
+    the whole process group, so the benchmark may get its own and its children's) is ignored,
+    so that it cannot cut that clean-up short.  For a benchmark's ``main``; call it from the
+    main thread.
     """
 
     def _exit(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _exit)
