@@ -67,9 +67,7 @@ def install_default() -> str:
     installs a reactor that early only when given ``-r``).
     """
     if "twisted.internet.reactor" not in sys.modules and EPollReactor is not None:
-        from twisted.internet.main import installReactor
-
-        installReactor(BootReactor())
+        install()
     from twisted.internet import reactor
 
     return type(reactor).__name__

@@ -98,9 +98,10 @@ class BootReactorTests(SynchronousTestCase):
 class InstallTests(SynchronousTestCase):
     """In a fresh interpreter, as ``twistd pxe`` runs: the reactor is not installed yet."""
 
-    def run_python(self, code: str) -> str:
+    def run_python(self, code: str, *args: str) -> str:
+        """Run ``code`` in a fresh interpreter; the last line it printed."""
         result = subprocess.run(
-            [sys.executable, "-c", code],
+            [sys.executable, "-c", code, *args],
             capture_output=True,
             text=True,
             timeout=60,
@@ -108,7 +109,7 @@ class InstallTests(SynchronousTestCase):
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         self.assertEqual(result.returncode, 0, result.stderr)
-        return result.stdout.strip()
+        return result.stdout.strip().splitlines()[-1]
 
     def test_installed_when_no_reactor_is(self) -> None:
         code = "from pxetwist.reactor import install_default; print(install_default())"
@@ -138,13 +139,4 @@ class InstallTests(SynchronousTestCase):
             "interfaces: [lo]\ndhcp: {mode: off}\ntftp: {enabled: false}\n"
             f"http: {{enabled: false}}\ndata_dir: {config / 'state'}\n"
         )
-        result = subprocess.run(
-            [sys.executable, "-c", code, str(config / "pxe.yaml")],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertEqual(result.stdout.strip().splitlines()[-1], "BootReactor")
+        self.assertEqual(self.run_python(code, str(config / "pxe.yaml")), "BootReactor")

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as storm
 
 from pxetwist.lab import NetLab, exit_on_sigterm
+from pxetwist.lab.pinning import NOT_PINNED
 
 
 def rss_mib(pids: list[int]) -> float:
@@ -93,7 +94,7 @@ def main() -> int:
         parser.error("run as root: the lab builds network namespaces")
     if not 1 <= args.procs <= 20 or args.leases > 60000 * 4:
         parser.error("--procs 1..20, --leases at most 240,000")
-    args.server_cpus = args.client_cpus = ""
+    args.pinning = NOT_PINNED
     args.profile = None
     args.uefi_share, args.sample, args.keepalive = 0.5, 0, False
     root = Path(tempfile.mkdtemp(prefix="storm-mem-root-"))

@@ -217,7 +217,7 @@ class Servers:
         self.kind = kind
         self.lab = lab
         self.procs: list[subprocess.Popen[Any]] = []
-        pin = ["taskset", "-c", args.server_cpus] if args.server_cpus else []
+        pin = args.pinning.server_prefix
         err = open(wd / "server.err", "w")  # noqa: SIM115 - the lab closes it with the process
         if kind.startswith("pxetwist"):
             profile = Path(args.profile) / f"pxetwist-{wd.name}.prof" if args.profile else None
@@ -275,7 +275,7 @@ def start_clients(
     (one relay address each); return the shared start time and (process, result file)s."""
     start_at = time.time() + 1.0 + 0.2 * args.procs
     per, extra = divmod(count, args.procs)
-    pin = ["taskset", "-c", args.client_cpus] if args.client_cpus else []
+    pin = args.pinning.client_prefix
     clients = []
     base = first
     for k in range(args.procs):
@@ -310,7 +310,7 @@ def start_spy(
         return None
     py_spy = shutil.which("py-spy") or str(REPO / ".venv" / "bin" / "py-spy")
     out = Path(args.spy) / f"{servers.kind}-{wd.name}-{index}.txt"
-    pin = ["taskset", "-c", args.client_cpus] if args.client_cpus else []  # off the server's CPU
+    pin = args.pinning.client_prefix  # off the server's CPU
     return subprocess.Popen(
         [*pin, py_spy, "record", "-p", str(servers.procs[0].pid), "--subprocesses", "--gil",
          "-r", "250", "-f", "raw", "-o", str(out), "-d", str(int(limit) + 5), "--nonblocking"],
@@ -601,10 +601,9 @@ def main() -> int:
     if os.geteuid() != 0:
         parser.error("run as root: the lab builds network namespaces")
     try:
-        pinning = parse_pin(args.pin)
+        args.pinning = pinning = parse_pin(args.pin)
     except ValueError as error:
         parser.error(str(error))
-    args.server_cpus, args.client_cpus = pinning.server_cpus, pinning.client_cpus
     for directory in (args.profile, args.spy):
         if directory:
             Path(directory).mkdir(parents=True, exist_ok=True)
@@ -632,8 +631,8 @@ def main() -> int:
                     check=True)  # fmt: skip
             if args.pin and args.steer_receive:
                 # Each side's network stack on its own CPUs, as on two machines.
-                lab.steer_receive(lab.srv, SRV_IF, args.server_cpus)
-                lab.steer_receive(lab.cli, SRV_PEER_IF, args.client_cpus)
+                lab.steer_receive(lab.srv, SRV_IF, pinning.server_cpus)
+                lab.steer_receive(lab.cli, SRV_PEER_IF, pinning.client_cpus)
             for ramp in ramps:
                 for i in range(args.repeats):
                     order = kinds if i % 2 == 0 else kinds[::-1]

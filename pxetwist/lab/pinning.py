@@ -63,8 +63,7 @@ def parse_pin(spec: str | None, available: frozenset[int] | None = None) -> Pinn
             mask = cpu_mask(cpus)
         except ValueError as error:
             raise ValueError(f"--pin {spec!r}: the {side} CPU list {cpus!r} is not one") from error
-        missing = sorted(cpu for cpu in range(mask.bit_length()) if mask >> cpu & 1)
-        missing = [cpu for cpu in missing if cpu not in usable]
+        missing = [cpu for cpu in range(mask.bit_length()) if mask >> cpu & 1 and cpu not in usable]
         if missing:
             raise ValueError(
                 f"--pin {spec!r}: the {side} CPUs {missing} are not among this machine's "
