@@ -9,14 +9,6 @@ wakes the server once, since a client sends its next ACK only after the last blo
 descriptor's ``doRead`` or ``doWrite`` raises is still logged and disconnects that descriptor,
 as in Twisted, and the loop goes on.
 
-Under load it also paces its polls (:data:`PACE_INTERVAL`): with many descriptors registered, a
-poll that would come sooner than that after the last one's wake-up first sleeps out the rest.
-In a storm of lockstep transfers each wake-up otherwise carries one or two blocks, and the
-wake-up (the scheduler's switch in and out, ``epoll_wait``, the loop's own Python) costs more
-than the block; paced, the ACKs that arrive meanwhile are served by one wake-up.  It adds at
-most :data:`PACE_INTERVAL` to an answer, and nothing when the dispatch itself takes that long,
-which is when the server is busiest (measured, bench/README "Paced polls").
-
 :func:`install_default` installs it when twistd has not installed another (``twistd -r NAME
 pxe`` still picks any reactor), before anything imports ``twisted.internet.reactor``.
 """
@@ -25,21 +17,10 @@ from __future__ import annotations
 
 import errno
 import sys
-import time
-from typing import Final
 
 from twisted.logger import Logger
 
 log = Logger()
-
-PACE_INTERVAL: Final = 0.0004
-"""Seconds from one poll's wake-up to the next poll, at the least, under load.  400 us is far
-under any retransmission timer (TFTP's 1 s, DHCP's 4 s); in an N = 500 storm it cut the
-server's CPU per boot by about 15 %, where 100-200 us saved less (bench/README "Paced polls")."""
-
-PACE_THRESHOLD: Final = 64
-"""Registered descriptors from which polls are paced: a rack's transfers or downloads at once.
-Fewer, and every event is served the moment it is ready, as on Twisted's reactor."""
 
 try:
     from twisted.internet.epollreactor import EPollReactor
@@ -50,36 +31,22 @@ except ImportError:  # pragma: no cover - not Linux: Twisted's default reactor i
 if EPollReactor is not None:
 
     class BootReactor(EPollReactor):
-        """:class:`~twisted.internet.epollreactor.EPollReactor`, minus the per-event context, with
-        its polls paced under load (see the module's docstring)."""
+        """:class:`~twisted.internet.epollreactor.EPollReactor`, minus the per-event context."""
 
         dispatches_directly = True
         """A ready descriptor costs one method call here: the TFTP transfer sockets register
         with it directly (:class:`pxetwist.tftp.sockets.TransferMux`)."""
 
-        pace_interval: float = PACE_INTERVAL
-        pace_threshold: int = PACE_THRESHOLD
-        _clock = staticmethod(time.monotonic)
-        _sleep = staticmethod(time.sleep)
-        _woke = 0.0
-
         def doPoll(self, timeout: float | None) -> None:
-            selectables = self._selectables
-            if len(selectables) >= self.pace_threshold:
-                early = self._woke + self.pace_interval - self._clock()
-                if timeout is not None and early > timeout:
-                    early = timeout  # a timed call due sooner still runs on time
-                if early > 0:
-                    if timeout is not None:
-                        timeout -= early
-                    self._sleep(early)
             try:
-                events = self._poller.poll(-1 if timeout is None else timeout, len(selectables))
+                events = self._poller.poll(
+                    -1 if timeout is None else timeout, len(self._selectables)
+                )
             except OSError as error:
                 if error.errno == errno.EINTR:
                     return
                 raise
-            self._woke = self._clock()
+            selectables = self._selectables
             dispatch = self._doReadOrWrite
             for fd, event in events:
                 selectable = selectables.get(fd)
@@ -113,4 +80,4 @@ def install() -> None:
     installReactor(BootReactor())
 
 
-__all__ = ["PACE_INTERVAL", "PACE_THRESHOLD", "BootReactor", "install", "install_default"]
+__all__ = ["BootReactor", "install", "install_default"]

@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from twisted.internet.abstract import FileDescriptor
@@ -94,98 +93,6 @@ class BootReactorTests(SynchronousTestCase):
         self.peers[1].send(b"two")
         self.reactor.doIteration(1.0)
         self.assertEqual(len(self.log), 1, self.log)
-
-
-class PacedPollTests(SynchronousTestCase):
-    """Under load a poll comes at least ``pace_interval`` after the last one's wake-up: what
-    arrives meanwhile is served by one wake-up (bench/README "Paced polls")."""
-
-    def setUp(self) -> None:
-        self.reactor = BootReactor()
-        self.addCleanup(self.reactor._poller.close)
-        self.now = 100.0
-        self.slept: list[float] = []
-        self.reactor._clock = lambda: self.now  # type: ignore[method-assign]
-        self.reactor._sleep = self.sleep  # type: ignore[method-assign,assignment]
-        self.log: list[str] = []
-        self.peers: list[socket.socket] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(round(seconds, 6))
-        self.now += seconds
-
-    def add_readers(self, count: int) -> None:
-        for _ in range(count):
-            ours, theirs = socket.socketpair()
-            ours.setblocking(False)
-            self.addCleanup(ours.close)
-            self.addCleanup(theirs.close)
-            self.reactor.addReader(Reader(self.reactor, ours, self.log))
-            self.peers.append(theirs)
-
-    def load(self) -> None:
-        """As many descriptors as the threshold (the reactor's waker is one of them)."""
-        self.add_readers(self.reactor.pace_threshold - len(self.reactor._selectables))
-
-    def test_a_poll_soon_after_the_last_wake_up_waits_out_the_interval(self) -> None:
-        self.load()
-        self.reactor.doIteration(0)  # wakes at 100.0
-        self.now += 0.0001  # its dispatch took 100 us
-        self.peers[0].send(b"one")
-        self.reactor.doIteration(1.0)
-        self.assertEqual(self.slept, [round(self.reactor.pace_interval - 0.0001, 6)])
-        self.assertEqual(self.log, ["read b'one'"])
-
-    def test_no_wait_when_the_dispatch_took_the_interval(self) -> None:
-        """The busiest server loses nothing to pacing."""
-        self.load()
-        self.reactor.doIteration(0)
-        self.now += self.reactor.pace_interval
-        self.peers[0].send(b"one")
-        self.reactor.doIteration(1.0)
-        self.assertEqual(self.slept, [])
-        self.assertEqual(self.log, ["read b'one'"])
-
-    def test_no_wait_below_the_threshold(self) -> None:
-        """A few clients are answered the moment their datagram is ready, as on Twisted's."""
-        self.add_readers(self.reactor.pace_threshold - len(self.reactor._selectables) - 1)
-        self.reactor.doIteration(0)
-        self.peers[0].send(b"one")
-        self.reactor.doIteration(1.0)
-        self.assertEqual(self.slept, [])
-
-    def test_a_timed_call_due_sooner_is_not_delayed(self) -> None:
-        """The wait never runs past the reactor's timeout, and the poll's shrinks by it."""
-        self.load()
-        polled: list[float] = []
-        real_poll = self.reactor._poller.poll
-
-        def poll(timeout: float, most: int) -> list[tuple[int, int]]:
-            polled.append(timeout)
-            events: list[tuple[int, int]] = real_poll(0, most)
-            return events
-
-        self.reactor._poller = type("Poller", (), {"poll": staticmethod(poll)})()
-        self.addCleanup(setattr, self.reactor, "_poller", real_poll.__self__)
-        self.reactor.doIteration(0)
-        self.reactor.doIteration(0.0001)
-        self.assertEqual(self.slept, [0.0001])
-        self.assertEqual(polled, [0, 0])
-
-    def test_what_arrives_during_the_wait_is_served_by_one_wake_up(self) -> None:
-        """On the real clock: datagrams sent while the reactor waits are all read in one poll."""
-        self.reactor._clock = time.monotonic  # type: ignore[method-assign]
-        self.reactor._sleep = self.send_while_sleeping  # type: ignore[method-assign,assignment]
-        self.load()
-        self.reactor.doIteration(0)
-        self.reactor.doIteration(1.0)
-        self.assertEqual(sorted(self.log), [f"read b'{n}'" for n in range(5)])
-
-    def send_while_sleeping(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        for n in range(5):
-            self.peers[n].send(str(n).encode())
-        time.sleep(seconds)
 
 
 class InstallTests(SynchronousTestCase):
