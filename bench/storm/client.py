@@ -17,7 +17,8 @@ time, the ramp, and the expected SHA-256 of every file.  Each client:
    with ``blksize 1468`` and ``tsize 0`` (RFC 2347/2348/2349), lockstep, the last ACK re-sent
    after ``tftp_timeout`` seconds of silence, at most ``tftp_retries`` times.
 3. HTTP: GET the kernel, then the initrd (HTTP/1.1; one connection per file unless
-   ``keepalive``), Content-Length checked.
+   ``keepalive``), Content-Length checked; each connection advertises at most ``window``
+   bytes (iPXE's 256 KiB by default, see :func:`connect`).
 
 Every ``sample``-th client hashes what it downloads (SHA-256) and compares.  Timestamps are
 ``time.time()`` (so that several processes share a clock) for: start, OFFER, ACK, NBP done,
@@ -347,6 +348,32 @@ class HttpGet(asyncio.BufferedProtocol):
             self.closed.set_result(None)
 
 
+async def connect(address: str, server: tuple[str, int], window: int) -> socket.socket:
+    """A TCP connection from ``address`` to ``server``, advertising at most ``window`` bytes.
+
+    A PXE machine's TCP stack is its firmware's or iPXE's, whose receive window is fixed (iPXE:
+    256 KiB, ``TCP_MAX_WINDOW_SIZE``), not Linux's autotuned one.  Here every machine's socket
+    shares one kernel, whose receive autotuning would let each hold up to ``tcp_rmem``'s 6 MiB:
+    500 machines' queues then push the whole lab into TCP memory pressure, with drops and
+    retransmission timeouts no rack of real machines would see.  A fixed ``SO_RCVBUF`` (set
+    before connecting, so the SYN's window scale follows it) turns autotuning off; Linux
+    doubles the value for its bookkeeping, so half the window is asked for, and the queue holds
+    about the window.  (``TCP_WINDOW_CLAMP`` alone does not hold: autotuning raises the clamp
+    with the buffer.)  0 leaves Linux's autotuning.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        if window:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, window // 2)
+        sock.bind((address, 0))
+        await asyncio.get_running_loop().sock_connect(sock, server)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 # -- one machine -----------------------------------------------------------------------------
 
 
@@ -449,10 +476,10 @@ class Machine:
                 if proto is None or not spec["keepalive"]:
                     if proto is not None and proto.transport is not None:
                         proto.transport.close()
-                    _, proto = await loop.create_connection(
-                        HttpGet, spec["server"], spec["http_port"],
-                        local_addr=(address, 0),
-                    )  # fmt: skip
+                    sock = await connect(
+                        address, (spec["server"], spec["http_port"]), spec.get("window", 0)
+                    )
+                    _, proto = await loop.create_connection(HttpGet, sock=sock)
                 hasher = self.hasher()
                 size = await proto.get("/" + path, spec["server"], hasher, spec["keepalive"])
                 self.check(path, size, hasher, "http")

@@ -10,8 +10,10 @@ processes (``bench/storm/client.py``, asyncio) in the client namespace boot ``--
 machines, and stops the server by PID.  Servers alternate run by run (the order flips every
 repeat) so the machine's noise falls on both.  Every machine does a relayed DHCP exchange
 with PXE options (BIOS or x86-64 UEFI, ``--uefi-share``), downloads its NBP over TFTP
-(blksize 1468, lockstep) and then a kernel and an initrd over HTTP; every ``--sample``-th
-machine checks SHA-256.  ``--ramps`` lists the start spreads to run (0 = all at once, 5 = the
+(blksize 1468, lockstep) and then a kernel and an initrd over HTTP, each connection with
+iPXE's 256 KiB receive window (``--client-window``; 0 gives Linux's autotuning, which in one
+shared kernel fills TCP's memory as no rack of machines would); every ``--sample``-th machine
+checks SHA-256.  ``--ramps`` lists the start spreads to run (0 = all at once, 5 = the
 machines start evenly over 5 s, ...).
 
 Servers:
@@ -287,6 +289,7 @@ def start_clients(
             "deadline": args.deadline + hold, "uefi_share": args.uefi_share,
             "sample": args.sample, "files": files, "kernel": "vmlinuz",
             "initrd": "initrd.img", "keepalive": args.keepalive,
+            "window": args.client_window * 1024,
             "tftp_timeout": 2.0, "tftp_retries": 5, "stages": stages, "hold": hold,
         }  # fmt: skip
         first += n
@@ -578,6 +581,14 @@ def main() -> int:
     parser.add_argument(
         "--keepalive", action="store_true", help="both HTTP files on one connection"
     )
+    parser.add_argument(
+        "--client-window",
+        type=int,
+        default=256,
+        metavar="KIB",
+        help="largest TCP window a machine advertises (default 256, iPXE's); 0: Linux's "
+        "receive autotuning, up to tcp_rmem's 6 MiB a socket",
+    )
     parser.add_argument("--deadline", type=float, default=300, help="s per storm after the ramp")
     parser.add_argument("--profile", help="cProfile each pxetwist run (twistd --profile) into DIR")
     parser.add_argument(
@@ -595,6 +606,8 @@ def main() -> int:
         parser.error("--procs 1..20, --clients 1..60000")
     if not 0 < args.deadline <= 3600:
         parser.error("--deadline 1..3600")
+    if not 0 <= args.client_window <= 65536:
+        parser.error("--client-window 0..65536 KiB")
     ramps = [float(x) for x in args.ramps.split(",") if x]
     if any(not 0 <= r <= 600 for r in ramps):
         parser.error("ramps 0..600 s")
@@ -657,6 +670,7 @@ def main() -> int:
     print(
         f"\n{' '.join(sys.argv)}  ({time.monotonic() - started:.0f} s, {args.clients} machines, "
         f"NBP {args.nbp_kib} KiB, kernel {args.kernel_mib} MiB, initrd {args.initrd_mib} MiB, "
+        f"TCP window {f'{args.client_window} KiB' if args.client_window else 'autotuned'}, "
         f"{pinning.describe()}"
         f"{', receive steered' if args.pin and args.steer_receive else ''}"
         f", median of {args.repeats}; {describe_interpreter()})\n"
