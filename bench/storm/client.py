@@ -477,7 +477,7 @@ class Machine:
                     if proto is not None and proto.transport is not None:
                         proto.transport.close()
                     sock = await connect(
-                        address, (spec["server"], spec["http_port"]), spec.get("window", 0)
+                        address, (spec["server"], spec["http_port"]), spec["window"]
                     )
                     _, proto = await loop.create_connection(HttpGet, sock=sock)
                 hasher = self.hasher()

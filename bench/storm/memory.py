@@ -97,6 +97,7 @@ def main() -> int:
     args.pinning = NOT_PINNED
     args.profile = None
     args.uefi_share, args.sample, args.keepalive = 0.5, 0, False
+    args.client_window = storm.IPXE_WINDOW_KIB
     root = Path(tempfile.mkdtemp(prefix="storm-mem-root-"))
     root.chmod(0o755)
     sizes = {"bios.nbp": 1 << 20, "uefi.nbp": (1 << 20) + 4321, "vmlinuz": 1, "initrd.img": 1}

@@ -71,6 +71,7 @@ from pxetwist.lab.interpreter import describe_interpreter  # noqa: E402
 from pxetwist.lab.pinning import parse_pin  # noqa: E402
 
 SERVERS = ("pxetwist", "dnsmasq+nginx", "pxetwist-nosessions")
+IPXE_WINDOW_KIB = 256  # iPXE's TCP_MAX_WINDOW_SIZE: what a booting machine advertises
 REFERENCE = "dnsmasq+nginx"
 #: The machines' network, behind a relay: the server reaches it through the client namespace
 #: (a route via its address), where the whole network is local (``ip route add local``), so
@@ -584,10 +585,10 @@ def main() -> int:
     parser.add_argument(
         "--client-window",
         type=int,
-        default=256,
+        default=IPXE_WINDOW_KIB,
         metavar="KIB",
-        help="largest TCP window a machine advertises (default 256, iPXE's); 0: Linux's "
-        "receive autotuning, up to tcp_rmem's 6 MiB a socket",
+        help=f"largest TCP window a machine advertises (default {IPXE_WINDOW_KIB}, iPXE's); "
+        "0: Linux's receive autotuning, up to tcp_rmem's 6 MiB a socket",
     )
     parser.add_argument("--deadline", type=float, default=300, help="s per storm after the ramp")
     parser.add_argument("--profile", help="cProfile each pxetwist run (twistd --profile) into DIR")

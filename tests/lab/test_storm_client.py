@@ -7,7 +7,6 @@ import fcntl
 import importlib.util
 import socket
 import struct
-import sys
 import termios
 import threading
 import time
@@ -23,7 +22,6 @@ def load_client() -> ModuleType:
     spec = importlib.util.spec_from_file_location("storm_client", CLIENT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("storm_client", module)
     spec.loader.exec_module(module)
     return module
 
