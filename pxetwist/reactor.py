@@ -5,9 +5,11 @@ pushes a ``{"system": prefix}`` context for the legacy ``log.msg`` API and pops 
 2 us of Python per event.  Nothing in pxetwist logs through that API (its lines carry their own
 namespace), and a boot storm is hundreds of thousands of such events: every lockstep TFTP block
 wakes the server once, since a client sends its next ACK only after the last block arrives
-(measured, bench/README "Storm").  :class:`BootReactor` dispatches each event directly; what a
-descriptor's ``doRead`` or ``doWrite`` raises is still logged and disconnects that descriptor,
-as in Twisted, and the loop goes on.
+(measured, bench/README "Storm").  :class:`BootReactor` dispatches each event directly, and a
+plain readable or writable event (all but hang-ups, errors and both at once) goes straight to
+``doRead`` or ``doWrite`` without ``_doReadOrWrite``'s flag tests; what a descriptor's
+``doRead`` or ``doWrite`` raises or returns is still logged and disconnects that descriptor, as
+in Twisted, and the loop goes on.
 
 :func:`install_default` installs it when twistd has not installed another (``twistd -r NAME
 pxe`` still picks any reactor), before anything imports ``twisted.internet.reactor``.
@@ -29,6 +31,12 @@ except ImportError:  # pragma: no cover - not Linux: Twisted's default reactor i
 
 
 if EPollReactor is not None:
+    from select import EPOLLIN, EPOLLOUT
+
+    from twisted.internet.posixbase import _NO_FILEDESC
+
+    _READABLE = EPOLLIN
+    _WRITABLE = EPOLLOUT
 
     class BootReactor(EPollReactor):
         """:class:`~twisted.internet.epollreactor.EPollReactor`, minus the per-event context."""
@@ -53,7 +61,33 @@ if EPollReactor is not None:
                 if selectable is None:
                     continue  # removed by an earlier event of this same poll
                 try:
-                    dispatch(selectable, fd, event)
+                    if event == _READABLE:
+                        # The storm's every event (an ACK, a DHCP datagram, a request): what
+                        # _doReadOrWrite does for it, without its flag tests.
+                        if selectable.fileno() == -1:
+                            why: object = _NO_FILEDESC
+                        else:
+                            try:
+                                why = selectable.doRead()
+                            except BaseException as error:
+                                why = error
+                                log.failure("reactor: reading descriptor {fd}", fd=fd)
+                        if why:
+                            self._disconnectSelectable(selectable, why, True)
+                    elif event == _WRITABLE:
+                        # A sendfile body's socket with room again.
+                        if selectable.fileno() == -1:
+                            why = _NO_FILEDESC
+                        else:
+                            try:
+                                why = selectable.doWrite()
+                            except BaseException as error:
+                                why = error
+                                log.failure("reactor: writing descriptor {fd}", fd=fd)
+                        if why:
+                            self._disconnectSelectable(selectable, why, False)
+                    else:  # several flags, or a hang-up or error: Twisted's own handling
+                        dispatch(selectable, fd, event)
                 except Exception:  # _doReadOrWrite catches what the descriptor raises
                     log.failure("reactor: dispatching an event on descriptor {fd}", fd=fd)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -35,6 +37,14 @@ class Reader(FileDescriptor):
 
     def connectionLost(self, reason: Failure) -> None:
         self.log.append(f"lost {type(reason.value).__name__}")
+
+
+class ClosingReader(Reader):
+    """Reads, then reports the connection done, as a ``doRead`` that saw end-of-file does."""
+
+    def doRead(self) -> ConnectionDone:  # type: ignore[override]
+        super().doRead()
+        return ConnectionDone("peer closed")
 
 
 class BootReactorTests(SynchronousTestCase):
@@ -93,6 +103,96 @@ class BootReactorTests(SynchronousTestCase):
         self.peers[1].send(b"two")
         self.reactor.doIteration(1.0)
         self.assertEqual(len(self.log), 1, self.log)
+
+    def test_a_reason_returned_by_doRead_disconnects(self) -> None:
+        """A ``doRead`` that returns a reason (Twisted's way to say "closed") is disconnected
+        with it, as ``_doReadOrWrite`` does."""
+        reader = ClosingReader(self.reactor, self.readers[0].sock, self.log)
+        self.reactor.removeReader(self.readers[0])
+        self.reactor.addReader(reader)
+        self.peers[0].send(b"x")
+        self.reactor.doIteration(1.0)
+        self.assertEqual(self.log, ["read b'x'", "lost ConnectionDone"])
+        self.assertNotIn(reader, self.reactor.getReaders())
+
+    def test_a_descriptor_that_lost_its_file_is_disconnected_unread(self) -> None:
+        reader = self.readers[0]
+        real = reader.sock.fileno()
+        reader.fileno = lambda: -1  # type: ignore[method-assign]
+        self.reactor._selectables[real] = reader  # still registered under its old number
+        self.peers[0].send(b"x")
+        self.reactor.doIteration(1.0)
+        self.assertEqual(self.log, ["lost ConnectionFdescWentAway"])
+
+    def test_a_hang_up_with_nothing_to_read_is_a_clean_close(self) -> None:
+        """EPOLLHUP without EPOLLIN is left to Twisted's handling: the connection is done."""
+        reader = self.readers[0]
+        fd = reader.fileno()
+        self.reactor._poller = ReadyPoller(self.reactor._poller, [(fd, select.EPOLLHUP)])
+        self.reactor.doIteration(0)
+        self.assertEqual(self.log, ["lost ConnectionDone"])
+
+
+class Writer(Reader):
+    """The writing end: each event records a write, as the sendfile path does."""
+
+    def doWrite(self) -> None:
+        self.log.append("write")
+        self.on_write()
+
+    def on_write(self) -> None:
+        pass
+
+
+class WritableTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = BootReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.log: list[str] = []
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        self.peer = theirs
+        self.writer = Writer(self.reactor, ours, self.log)
+        self.reactor.addWriter(self.writer)
+
+    def test_a_writable_descriptor_is_written(self) -> None:
+        self.reactor.doIteration(1.0)
+        self.assertEqual(self.log, ["write"])
+
+    def test_an_error_in_doWrite_is_logged_and_disconnects(self) -> None:
+        def fail() -> None:
+            raise ZeroDivisionError("a bug in a producer")
+
+        self.writer.on_write = fail  # type: ignore[method-assign]
+        self.reactor.doIteration(1.0)
+        self.assertEqual(self.log, ["write", "lost ZeroDivisionError"])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertNotIn(self.writer, self.reactor.getWriters())
+
+    def test_readable_and_writable_at_once_reads_then_writes(self) -> None:
+        """Both flags in one event go through Twisted's own dispatch: read first, then write."""
+        self.reactor.addReader(self.writer)
+        self.peer.send(b"both")
+        self.reactor.doIteration(1.0)
+        self.assertEqual(self.log, ["read b'both'", "write"])
+
+
+class ReadyPoller:
+    """An epoll stand-in that reports the given events once (for flags a socket pair cannot
+    produce on demand)."""
+
+    def __init__(self, real: select.epoll, events: list[tuple[int, int]]) -> None:
+        self.real = real
+        self.events = events
+
+    def unregister(self, fd: int) -> None:
+        self.real.unregister(fd)
+
+    def poll(self, timeout: float, maxevents: int) -> list[tuple[int, int]]:
+        events, self.events = self.events, []
+        return events
 
 
 class InstallTests(SynchronousTestCase):
