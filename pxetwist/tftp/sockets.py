@@ -262,7 +262,10 @@ class TransferSocket:
         self.transfer = transfer
         self._peer = transfer.peer
         self._fileno = sock.fileno()
-        self._spin = callable(getattr(self.reactor, "timeout", None))
+        # Fixed for the transfer's life (the table, or the worker's host): looked up once, not
+        # through two properties on every block.
+        self._server: Any = getattr(getattr(transfer, "owner", None), "server", None)
+        self._spin = self._server is not None and callable(getattr(self.reactor, "timeout", None))
         # Bound once: the per-block read below runs hundreds of thousands of times a storm.
         self._recvfrom = sock.recvfrom
         self._receive = transfer.receive
@@ -306,10 +309,9 @@ class TransferSocket:
             self._stray(data, addr)
             return
         self._receive(data)
-        if self._spin:
-            transfer = self.transfer
-            if not transfer.finished and transfer.owner.server.busy == 1:
-                self._wait_here()
+        # In a storm many transfers run, so the count (not ``finished``) is asked first.
+        if self._spin and self._server.busy == 1 and not self.transfer.finished:
+            self._wait_here()
 
     def _stray(self, data: bytes, addr: Address) -> None:
         if not is_error(data):  # never answer an ERROR with an ERROR (RFC 1350 §4)
