@@ -73,6 +73,7 @@ from pxetwist.tftp.packet import (
     is_request,
 )
 from pxetwist.tftp.session import ReadSession, SessionLimits, negotiate
+from pxetwist.tftp.shared import SharedBlockCache
 from pxetwist.tftp.sockets import Address, TransferMux, TransferSocket, bound_socket, peer_text
 from pxetwist.tftp.table import RequestReport, TransferSlot, TransferTable
 from pxetwist.tftp.transfer import Transfer
@@ -153,6 +154,8 @@ class TftpServer:
         self.listeners: list[TftpListener] = []
         self.pool: WorkerPool | None = None
         self._mux: TransferMux | None = None
+        self.shared_blocks = SharedBlockCache()
+        """DATA datagrams of the files being served, shared by their transfers here."""
 
     @property
     def busy(self) -> int:
@@ -340,7 +343,8 @@ class TftpListener(DatagramProtocol):
         if not self.single_port and self._hand_off(slot, resolved):
             return
         assert slot.negotiation is not None
-        session = ReadSession(slot.negotiation, resolved.source, self.limits)
+        shared = self.server.shared_blocks.blocks(resolved.source, slot.negotiation.blksize)
+        session = ReadSession(slot.negotiation, resolved.source, self.limits, shared)
         transfer = Transfer(
             slot, slot.peer, session, resolved.source, slot.started, self.mtu, slot.filename
         )

@@ -32,7 +32,7 @@ from __future__ import annotations
 import enum
 import struct
 from bisect import bisect_right
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import attrs
 
@@ -47,6 +47,9 @@ from pxetwist.tftp.packet import (
     encode,
     encode_data,
 )
+
+if TYPE_CHECKING:
+    from pxetwist.tftp.shared import SharedBlocks
 
 MIN_BLKSIZE: Final = 8
 """RFC 2348 §2: the smallest block size a client may ask for."""
@@ -368,9 +371,14 @@ class ReadSession:
         request: ReadRequest | Negotiation,
         source: BlockSource,
         limits: SessionLimits | None = None,
+        shared: SharedBlocks | None = None,
     ) -> None:
         """Serve ``source`` for a request, or for a request already negotiated (the listener
-        negotiates once, see :class:`Negotiation`; a transfer worker gets only that)."""
+        negotiates once, see :class:`Negotiation`; a transfer worker gets only that).
+
+        ``shared``, the DATA datagrams of this same file at the negotiated block size that other
+        transfers build too (:mod:`pxetwist.tftp.shared`), serves the per-block fast path; it is
+        ignored unless its size and block size are this transfer's, and for netascii."""
         self._limits = limits = SessionLimits() if limits is None else limits
         negotiation = request if isinstance(request, Negotiation) else negotiate(request, limits)
         self._fatal: Error | None = None
@@ -389,6 +397,14 @@ class ReadSession:
             float(negotiation.timeout) if negotiation.timeout is not None else limits.timeout
         )
         self._last = size // self._blksize + 1
+        self._shared = (
+            shared.datagrams
+            if shared is not None
+            and shared.size == size
+            and shared.blksize == self._blksize
+            and not negotiation.netascii
+            else None
+        )
         self._oack = encode(OptionAck(negotiation.oack(size))) if negotiation.accepted else None
 
         self._started = False
@@ -510,6 +526,16 @@ class ReadSession:
         ):
             return None
         window = self._windowsize
+        if window == 1 and self._shared is not None:
+            datagram = self._shared[sent]  # block sent + 1, as another transfer built it
+            if datagram is not None:
+                self._cache = [datagram]
+                self._acked = sent
+                self._max_sent = self._window_end = sent + 1
+                self._window_full = True
+                self._cache_start = sent + 1
+                self._deadline = now + self._lean_interval
+                return (datagram,)
         end = sent + window
         last = self._last
         if end > last:
@@ -528,6 +554,8 @@ class ReadSession:
             datagram = _data_header(_OPCODE_DATA, end & _WIRE_MASK) + data
             datagrams: tuple[bytes, ...] = (datagram,)
             self._cache = [datagram]
+            if self._shared is not None:
+                self._shared[sent] = datagram
         else:
             cache = [
                 _data_header(_OPCODE_DATA, number & _WIRE_MASK) + data[start : start + blksize]

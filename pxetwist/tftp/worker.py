@@ -51,6 +51,7 @@ from pxetwist.tftp.handoff import (
 )
 from pxetwist.tftp.packet import ErrorCode, error_datagram
 from pxetwist.tftp.session import Outcome, ReadSession, TransferSummary
+from pxetwist.tftp.shared import SharedBlockCache
 from pxetwist.tftp.sockets import TransferMux, TransferSocket
 from pxetwist.tftp.transfer import Transfer
 from pxetwist.tftp.workers import SPAWN_REQUEST
@@ -68,6 +69,8 @@ class WorkerHost:
         self.transfers: dict[int, Transfer] = {}
         self._ids: dict[Transfer, int] = {}
         self._mux: TransferMux | None = None
+        self.shared_blocks = SharedBlockCache()
+        """DATA datagrams of the files this worker serves, shared by its transfers."""
         self._outbox: deque[bytes] = deque()
         self._writing = False
         self._closing = False
@@ -154,7 +157,8 @@ class WorkerHost:
         sock = socket.socket(fileno=fds[0])
         source = FileSource(fds[1], os.fstat(fds[1]).st_size)
         try:
-            session = ReadSession(handoff.negotiation, source, handoff.limits)
+            shared = self.shared_blocks.blocks(source, handoff.negotiation.blksize)
+            session = ReadSession(handoff.negotiation, source, handoff.limits, shared)
         except Exception as error:
             source.close()
             with contextlib.suppress(OSError):

@@ -38,6 +38,7 @@ from pxetwist.tftp.session import (
     SessionLimits,
     negotiate,
 )
+from pxetwist.tftp.shared import SharedBlocks
 
 from .test_packet import T1_RRQ, T2_OACK, T4_ABORT, T5_RRQ
 
@@ -823,6 +824,22 @@ class LossyChannelTests(SynchronousTestCase):
         self.assertEqual(b"".join(client.chunks), content(1000))
 
 
+def run_to_the_end(session: ReadSession) -> bytes:
+    """Drive a session as a lockstep client with no loss (through the fast path where it
+    applies); what the client received."""
+    datagrams = session.start(0.0).datagrams
+    received: list[bytes] = []
+    ack = 0  # an OACK is acknowledged with ACK 0 (RFC 2347)
+    while not session.finished:
+        packets = [decode(datagram) for datagram in datagrams]
+        if isinstance(packets[-1], Data):
+            received.extend(p.payload for p in packets if isinstance(p, Data))
+            ack = packets[-1].block
+        fast = session.receive_ack(ack, 1.0)
+        datagrams = fast if fast is not None else session.receive(Ack(ack), 1.0).datagrams
+    return b"".join(received)
+
+
 class FastPathEquivalenceTests(SynchronousTestCase):
     """``receive_ack`` (the per-block fast path) must behave exactly like ``receive``.
 
@@ -855,6 +872,7 @@ class FastPathEquivalenceTests(SynchronousTestCase):
 
         rng = random.Random(1)
         fast_hits = 0
+        shared_prefilled = 0
         for _ in range(400):
             size = rng.choice([0, 1, 7, 8, 64, 511, 512, 4096, 5000])
             data = bytes(rng.getrandbits(8) for _ in range(size))
@@ -867,15 +885,27 @@ class FastPathEquivalenceTests(SynchronousTestCase):
             request = ReadRequest("f", "octet", tuple(options))
             fast = ReadSession(request, BytesSource(data), limits)
             general = ReadSession(request, BytesSource(data), limits)
+            # A third runs the fast path on datagrams shared with other transfers of the same
+            # file: half the time another transfer has built them all already.
+            table = SharedBlocks(size, general.blksize)
+            if rng.random() < 0.5:
+                run_to_the_end(ReadSession(request, BytesSource(data), limits, table))
+                shared_prefilled += 1
+            shared = ReadSession(request, BytesSource(data), limits, table)
             now = 0.0
-            self.assertEqual(fast.start(now), general.start(now))
+            started = general.start(now)
+            self.assertEqual(fast.start(now), started)
+            self.assertEqual(shared.start(now), started)
             for _step in range(300):
                 if fast.finished:
                     break
                 now += rng.random() * 0.5
                 roll = rng.random()
                 if roll < 0.08:
-                    self.assertEqual(fast.timer_fired(now), general.timer_fired(now))
+                    expected = general.timer_fired(now)
+                    self.assertEqual(fast.timer_fired(now), expected)
+                    self.assertEqual(shared.timer_fired(now), expected)
+                    self.assertEqual(state(shared), state(general))
                     continue
                 sent = fast._max_sent
                 if roll < 0.75:
@@ -886,6 +916,10 @@ class FastPathEquivalenceTests(SynchronousTestCase):
                     block = sent + rng.randint(-40, 40)
                 block &= 0xFFFF
                 out = fast.receive_ack(block, now)
+                from_shared = shared.receive_ack(block, now)
+                self.assertEqual(from_shared, out)
+                if from_shared is None:
+                    shared.receive(AckPacket(block), now)
                 expected = general.receive(AckPacket(block), now)
                 if out is None:
                     self.assertEqual(fast.receive(AckPacket(block), now), expected)
@@ -895,4 +929,6 @@ class FastPathEquivalenceTests(SynchronousTestCase):
                     self.assertIsNone(expected.outcome)
                     self.assertEqual(expected.deadline, fast.deadline)
                 self.assertEqual(state(fast), state(general))
+                self.assertEqual(state(shared), state(general))
         self.assertGreater(fast_hits, 1000)
+        self.assertGreater(shared_prefilled, 100)
