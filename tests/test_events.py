@@ -5,7 +5,8 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 from typing import cast
 
-from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
+import attrs
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from pxetwist.events import (
@@ -106,4 +107,28 @@ class LogObserverTests(SynchronousTestCase):
         self.assertEqual(logged[0]["log_namespace"], "pxetwist.tftp")
         self.assertEqual(logged[0]["log_level"], LogLevel.info)
         self.assertEqual(logged[0]["file"], "undionly.kpxe")
-        self.assertEqual(logged[0]["log_format"], "sent {file} to {client}")
+        # Rendered when emitted (Twisted's formatter costs more than the rest of the line),
+        # the fields kept for structured observers.
+        self.assertEqual(logged[0]["log_format"], f"sent undionly.kpxe to {logged[0]['client']}")
+        self.assertEqual(formatEvent(logged[0]), logged[0]["log_format"])
+
+    def logged(self, event: BootEvent) -> dict[str, object]:
+        logged: list[dict[str, object]] = []
+        observer = cast(ILogObserver, logged.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        LogObserver()(event)
+        (line,) = logged
+        return line
+
+    def test_braces_in_a_value_are_written_as_they_are(self) -> None:
+        """A client-chosen name with braces is text, not a format: written literally, and
+        re-rendering the event (a structured observer) gives the same line."""
+        line = self.logged(transfer_event(file="{evil}{0}}{"))
+        self.assertEqual(formatEvent(line), f"sent {{evil}}{{0}}}}{{ to {line['client']}")
+
+    def test_a_message_only_twisted_can_render_is_left_to_twisted(self) -> None:
+        event = attrs.evolve(transfer_event(file="pxelinux.0"), message="sent {file.upper()}")
+        line = self.logged(event)
+        self.assertEqual(line["log_format"], "sent {file.upper()}")
+        self.assertEqual(formatEvent(line), "sent PXELINUX.0")
