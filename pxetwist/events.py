@@ -252,7 +252,6 @@ _KINDS: Final[Mapping[tuple[EventStage, Outcome], str]] = MappingProxyType(
 )
 
 
-@implementer(IBootEventObserver)
 def rendered(message: str, fields: Mapping[str, object]) -> str:
     """``message`` with ``fields`` filled in, as a format string that renders to just that text.
 
@@ -273,6 +272,7 @@ def rendered(message: str, fields: Mapping[str, object]) -> str:
     return text
 
 
+@implementer(IBootEventObserver)
 class LogObserver:
     """Writes each event as the readable log line its protocol used to write itself.
 

@@ -8,12 +8,14 @@ from typing import cast
 import attrs
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from pxetwist.events import (
     BootEvent,
     BootEventBus,
     EventProtocol,
     EventStage,
+    IBootEventObserver,
     LogObserver,
     Outcome,
 )
@@ -93,6 +95,9 @@ class BootEventBusTests(SynchronousTestCase):
 
 
 class LogObserverTests(SynchronousTestCase):
+    def test_is_a_boot_event_observer(self) -> None:
+        self.assertTrue(verifyObject(IBootEventObserver, LogObserver()))
+
     def test_logs_message_in_protocol_namespace(self) -> None:
         logged: list[dict[str, object]] = []
         observer = cast(ILogObserver, logged.append)
