@@ -260,12 +260,13 @@ def rendered(message: str, fields: Mapping[str, object]) -> str:
     costs, and a DHCP exchange writes two (bench/README, "Toward Kea").  ``str.format_map`` fills
     in the same fields in C; the braces of the result are doubled, so every observer still
     renders the same text, and the fields stay in the event for structured ones.  A message
-    ``str.format`` cannot render (Twisted's ``{name()}`` calls) is returned as it was, for
-    Twisted to render.
+    ``str.format`` cannot render (Twisted's ``{name()}`` calls, a missing field, a value whose
+    formatting fails) is returned as it was, for Twisted to render or to report as unformattable,
+    as it did before: the line is never lost.
     """
     try:
         text = message.format_map(fields)
-    except (KeyError, AttributeError, IndexError, ValueError, TypeError):
+    except Exception:
         return message
     if "{" in text or "}" in text:
         return text.replace("{", "{{").replace("}", "}}")

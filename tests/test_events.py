@@ -132,6 +132,13 @@ class LogObserverTests(SynchronousTestCase):
         line = self.logged(transfer_event(file="{evil}{0}}{"))
         self.assertEqual(formatEvent(line), f"sent {{evil}}{{0}}}}{{ to {line['client']}")
 
+    def test_a_value_that_cannot_be_formatted_still_gives_a_line(self) -> None:
+        """Twisted reports the event as unformattable instead of losing it; so does this."""
+        event = attrs.evolve(transfer_event(file="pxelinux.0"), message="sent {file:>{width}}")
+        line = self.logged(event)
+        self.assertEqual(line["log_format"], "sent {file:>{width}}")
+        self.assertIn("Unable to format event", formatEvent(line))
+
     def test_a_message_only_twisted_can_render_is_left_to_twisted(self) -> None:
         event = attrs.evolve(transfer_event(file="pxelinux.0"), message="sent {file.upper()}")
         line = self.logged(event)

@@ -6,7 +6,9 @@ lockstep transfer would read its own copy of the file (a :data:`~pxetwist.tftp.f
 buffer per transfer) and build the same DATA datagrams again.  A :class:`SharedBlocks` table
 holds one file's datagrams at one block size, built by whichever transfer needs a block first
 and then handed as is to every other: per block, a list lookup instead of a read, a header and
-a copy, and one copy of the file in memory instead of one per transfer.
+a copy, and one copy of the file in memory instead of one per transfer.  Lockstep transfers (a
+PXE ROM's) take their blocks from it; windowed ones (RFC 7440) build their windows as before,
+in one read each.
 
 A table belongs to one version of a file: the key is the opened file's device, inode, size and
 change times (``fstat`` of the descriptor the transfer reads), so a file replaced or rewritten
