@@ -68,13 +68,15 @@ class DatagramReader:
     * Every REQUEST (and any other message) is handled at once.  A REQUEST finishes an
       exchange the server has already paid an OFFER for; behind a queue of DISCOVERs it would
       wait, and its client would give up on it.
-    * DISCOVERs are held (:class:`~pxetwist.dhcp.backlog.HeldDiscovers`: oldest first, dropped
-      once older than a client waits, by the kernel's receive timestamp, or past ``held_max``)
-      and up to ``batch`` of them handled per turn of the reactor (``call_soon`` brings the
-      next turn when the socket has nothing new).
+    * DISCOVERs are held (:class:`~pxetwist.dhcp.backlog.HeldDiscovers`: by source address,
+      the sources taking turns, each one's oldest first; dropped once older than a client
+      waits, by the kernel's receive timestamp, or past ``held_max``) and up to ``batch`` of
+      them handled per turn of the reactor (``call_soon`` brings the next turn when the socket
+      has nothing new).
 
     A burst the server can answer in time is answered whole; a flood costs the server the
-    reading of what it drops, and real clients' REQUESTs keep their place.
+    reading of what it drops, real clients' REQUESTs keep their place, and a DISCOVER from
+    anywhere but the flood's source waits for at most one of the flood's per turn.
     """
 
     def __init__(
@@ -142,7 +144,7 @@ class DatagramReader:
         for item, stamp in zip(received, stamps, strict=True):
             if peek_discover(item[0]):
                 queued_at = _stamp_seconds(stamp) if len(stamp) >= _TIMESPEC.size else read_at
-                held.hold(queued_at, item)
+                held.hold(queued_at, item, item[1][0])  # by source: a relay, or the link
             else:
                 others.append(item)
         self._handle(others)

@@ -37,6 +37,33 @@ class HeldDiscoversTests(SynchronousTestCase):
         self.assertEqual(held.take(2, now=100.5), [4, 5])
         self.assertEqual((len(held), held.overflow, held.stale), (1, 4, 0))
 
+    def test_sources_take_turns(self) -> None:
+        """A flood through one relay does not hold back a client elsewhere: one each in turn."""
+        held: HeldDiscovers[str] = HeldDiscovers()
+        for n in range(1000):
+            held.hold(100.0, f"flood{n}", "10.0.0.2")
+        held.hold(100.5, "lan", "0.0.0.0")
+        held.hold(100.6, "rack", "10.0.9.1")
+        self.assertEqual(held.take(4, now=101.0), ["flood0", "lan", "rack", "flood1"])
+        self.assertEqual(held.take(2, now=101.0), ["flood2", "flood3"])
+        self.assertEqual(len(held), 996)
+
+    def test_past_the_limit_the_largest_source_gives_way(self) -> None:
+        held: HeldDiscovers[str] = HeldDiscovers(limit=4)
+        held.hold(100.0, "lan", "0.0.0.0")
+        for n in range(10):
+            held.hold(100.0 + n * 0.01, f"flood{n}", "10.0.0.2")
+        self.assertEqual((len(held), held.overflow), (4, 7))
+        self.assertEqual(held.take(10, now=100.5), ["lan", "flood7", "flood8", "flood9"])
+
+    def test_stale_ones_are_dropped_from_every_source(self) -> None:
+        held: HeldDiscovers[str] = HeldDiscovers()
+        held.hold(100.0, "old-a", "a")
+        held.hold(100.0, "old-b", "b")
+        held.hold(104.5, "new-b", "b")
+        self.assertEqual(held.take(10, now=104.6), ["new-b"])
+        self.assertEqual((len(held), held.stale), (0, 2))
+
     def test_clear(self) -> None:
         held: HeldDiscovers[int] = HeldDiscovers()
         held.hold(1.0, 1)

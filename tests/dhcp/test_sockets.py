@@ -42,15 +42,21 @@ def stamp(seconds: float) -> bytes:
 class _QueuedSocket:
     """Datagrams waiting, each queued ``age`` seconds before ``NOW``."""
 
-    def __init__(self, waiting: list[tuple[bytes, float]]) -> None:
+    def __init__(
+        self, waiting: list[tuple[bytes, float]], sources: dict[int, tuple[str, int]] | None = None
+    ) -> None:
         self.waiting = list(waiting)
+        self.sources = sources or {}  # by position in ``waiting``; else a relay's
+        self.read = 0
         self.closed = False
 
     def recvmsg(self, size: int, ancillary: int) -> tuple[bytes, list[Any], int, tuple[str, int]]:
         if not self.waiting:
             raise BlockingIOError
         data, age = self.waiting.pop(0)
-        return data, [(socket.SOL_SOCKET, _SO_TIMESTAMPNS, stamp(NOW - age))], 0, ("10.9.0.2", 67)
+        source = self.sources.get(self.read, ("10.9.0.2", 67))
+        self.read += 1
+        return data, [(socket.SOL_SOCKET, _SO_TIMESTAMPNS, stamp(NOW - age))], 0, source
 
     def close(self) -> None:
         self.closed = True
@@ -65,10 +71,15 @@ class BehindTests(SynchronousTestCase):
         self.soon: list[Callable[[], None]] = []
 
     def reader(
-        self, kinds: list[tuple[MessageType, float]], **kwargs: Any
+        self,
+        kinds: list[tuple[MessageType, float]],
+        sources: dict[int, tuple[str, int]] | None = None,
+        **kwargs: Any,
     ) -> tuple[_QueuedSocket, DatagramReader]:
         """A reader of a socket with ``(kind, age)`` datagrams queued, each numbered (xid)."""
-        sock = _QueuedSocket([(datagram(kind, n), age) for n, (kind, age) in enumerate(kinds)])
+        sock = _QueuedSocket(
+            [(datagram(kind, n), age) for n, (kind, age) in enumerate(kinds)], sources
+        )
         reader = DatagramReader(
             sock,  # type: ignore[arg-type]
             lambda data, source, destination: self.seen.append(decode(data).xid),
@@ -100,6 +111,15 @@ class BehindTests(SynchronousTestCase):
         self.run_soon()  # the next turn of the reactor, with nothing new on the socket
         self.assertEqual(self.seen[6:], [6])
         self.assertEqual((reader.held, reader.stale, reader.overflow), (0, 0, 0))
+
+    def test_a_flood_through_one_relay_does_not_hold_back_a_client_on_the_link(self) -> None:
+        """The held DISCOVERs' sources take turns: the client on the link (from 0.0.0.0:68)
+        is answered in the first turn, not after the flood's 20 (the lab's mutated flood)."""
+        _, reader = self.reader([(D, 0.1)] * 20 + [(D, 0)], sources={20: ("0.0.0.0", 68)})
+        reader.doRead()
+        self.assertEqual(self.seen, [0, 20, 1, 2])
+        self.run_soon()
+        self.assertEqual(sorted(self.seen), list(range(21)))
 
     def test_a_burst_answered_in_time_is_answered_whole(self) -> None:
         """A power-on burst: many turns' worth of DISCOVERs, none shed while young enough."""
