@@ -124,7 +124,9 @@ class UnknownLimitLabTests(FloodLabCase):
         done = self.lab.run(self.lab.cli, argv, timeout=160)
         sent = re.search(r"sent packets: (\d+)", done.stdout)
         assert sent is not None, done.stdout + done.stderr
-        self.assertEqual(int(sent.group(1)), 10000, done.stdout)  # DISCOVERs
+        # All 10,000 DISCOVERs went out.  perfdhcp's sending thread can overshoot -n by one when
+        # it runs far below its rate (seen: 10,001 at 19 exchanges/s on a loaded host).
+        self.assertIn(int(sent.group(1)), (10000, 10001), done.stdout)
         # Strangers never hold more than their limit.  They reach it (the log line below says
         # so), but how many of the 216 end bound rather than offered depends on timing: on a
         # loaded machine perfdhcp's REQUEST may come after its offer went to the next stranger.
