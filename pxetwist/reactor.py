@@ -36,7 +36,7 @@ if EPollReactor is not None:
     from twisted.internet.posixbase import _NO_FILEDESC
 
     _READABLE = EPOLLIN
-    _WRITABLE = EPOLLOUT
+    _PLAIN = frozenset((EPOLLIN, EPOLLOUT))  # readable only, or writable only
 
     class BootReactor(EPollReactor):
         """:class:`~twisted.internet.epollreactor.EPollReactor`, minus the per-event context."""
@@ -61,31 +61,25 @@ if EPollReactor is not None:
                 if selectable is None:
                     continue  # removed by an earlier event of this same poll
                 try:
-                    if event == _READABLE:
-                        # The storm's every event (an ACK, a DHCP datagram, a request): what
-                        # _doReadOrWrite does for it, without its flag tests.
+                    if event in _PLAIN:
+                        # The storm's every event (an ACK, a DHCP datagram, a request, a
+                        # sendfile body's socket with room again): what _doReadOrWrite does for
+                        # it, without its flag tests.
+                        reading = event == _READABLE
                         if selectable.fileno() == -1:
                             why: object = _NO_FILEDESC
                         else:
                             try:
-                                why = selectable.doRead()
+                                why = selectable.doRead() if reading else selectable.doWrite()
                             except BaseException as error:
                                 why = error
-                                log.failure("reactor: reading descriptor {fd}", fd=fd)
+                                log.failure(
+                                    "reactor: {doing} descriptor {fd}",
+                                    doing="reading" if reading else "writing",
+                                    fd=fd,
+                                )
                         if why:
-                            self._disconnectSelectable(selectable, why, True)
-                    elif event == _WRITABLE:
-                        # A sendfile body's socket with room again.
-                        if selectable.fileno() == -1:
-                            why = _NO_FILEDESC
-                        else:
-                            try:
-                                why = selectable.doWrite()
-                            except BaseException as error:
-                                why = error
-                                log.failure("reactor: writing descriptor {fd}", fd=fd)
-                        if why:
-                            self._disconnectSelectable(selectable, why, False)
+                            self._disconnectSelectable(selectable, why, reading)
                     else:  # several flags, or a hang-up or error: Twisted's own handling
                         dispatch(selectable, fd, event)
                 except Exception:  # _doReadOrWrite catches what the descriptor raises
