@@ -378,7 +378,7 @@ def storm(kind: str, ramp: float, lab: NetLab, files: dict[str, Any], root: Path
             err = (wd / f"client-all-0-{k}.err").read_text(errors="replace")[-2000:]
             print(f"client process {k} left no results:\n{err}", file=sys.stderr)
     result = summarise(kind, ramp, records, cpu_since(before, after), client_cpu, args.clients)
-    result["clients_busy"] = client_cpu / (result["total"] * client_cpu_count(args.pinning))
+    result["clients_busy"] = clients_busy(client_cpu, result["total"], args.pinning)
     result["run"] = index
     counted = {key: counters_after[key] - counters_before[key] for key in counters_after}
     result["udp_drops"] = {"server": counted["udp_server"], "clients": counted["udp_clients"]}
@@ -503,6 +503,26 @@ def client_cpu_count(pinning: Pinning) -> int:
     return len(os.sched_getaffinity(0))
 
 
+def clients_busy(client_cpu: float, total: float, pinning: Pinning) -> float:
+    """The share of their CPUs the machines used over the storm (1.0: all of it)."""
+    return client_cpu / (total * client_cpu_count(pinning))
+
+
+def pair_ratios(runs: list[dict[str, Any]], ref: list[dict[str, Any]], key: str) -> list[float]:
+    """``key`` of each run over the reference's run of the same repeat, in repeat order.
+
+    The two runs of a repeat follow each other, so a host whose speed drifts over a set (a
+    virtual machine's neighbours) moves both alike; the medians of each server's runs can pair
+    one server's fast minutes with the other's slow ones.
+    """
+    theirs = {r["run"]: r[key] for r in ref if "run" in r}
+    return [
+        r[key] / theirs[r["run"]]
+        for r in sorted(runs, key=lambda r: r.get("run", -1))
+        if theirs.get(r.get("run"))
+    ]
+
+
 def clients_bound_note(results: dict[tuple[str, float], list[dict[str, Any]]]) -> str:
     """A warning under the table when the machines' CPUs, not the servers, set the total.
 
@@ -534,8 +554,8 @@ def table(results: dict[tuple[str, float], list[dict[str, Any]]], kinds: list[st
         "| ramp | server | booted | failures | total s | p50 s | p95 s | max s | DHCP / TFTP / "
         "HTTP s (p50) | retrans. DHCP / TFTP | UDP drops server / clients | TCP resent / "
         "timeouts / client drops | server CPU s | CPU ms/boot | client CPU s | clients busy "
-        "| total vs ref | CPU/boot vs ref |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| total vs ref | CPU/boot vs ref | CPU/boot vs ref, by pair |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (kind, ramp), runs in results.items():
         ref = results.get((REFERENCE, ramp))
@@ -575,6 +595,20 @@ def table(results: dict[tuple[str, float], list[dict[str, Any]]], kinds: list[st
                 return "-"
             return f"{med(runs, key) / med(ref, key):.2f}"
 
+        def by_pair(
+            key: str,
+            runs: list[dict[str, Any]] = runs,
+            ref: list[dict[str, Any]] | None = ref,
+            kind: str = kind,
+        ) -> str:
+            if ref is None or kind == REFERENCE:
+                return "-"
+            ratios = pair_ratios(runs, ref, key)
+            if not ratios:
+                return "-"
+            each = ", ".join(f"{r:.2f}" for r in ratios)
+            return f"{statistics.median(ratios):.2f} ({each})"
+
         lines.append(
             f"| {ramp:g} | {kind} | {'/'.join(str(r['booted']) for r in runs)} | {fail_text} "
             f"| {med(runs, 'total'):.2f} | {med(runs, 'p50'):.2f} | {med(runs, 'p95'):.2f} "
@@ -582,7 +616,8 @@ def table(results: dict[tuple[str, float], list[dict[str, Any]]], kinds: list[st
             f"{med(runs, 'tftp_retransmits'):.0f} | {drops('server')} / {drops('clients')} "
             f"| {tcp()} | {med(runs, 'server_cpu'):.2f} "
             f"| {med(runs, 'cpu_per_boot_ms'):.2f} | {med(runs, 'client_cpu'):.2f} "
-            f"| {busy()} | {ratio('total')} | {ratio('cpu_per_boot_ms')} |"
+            f"| {busy()} | {ratio('total')} | {ratio('cpu_per_boot_ms')} "
+            f"| {by_pair('cpu_per_boot_ms')} |"
         )
     return "\n".join(lines)
 
