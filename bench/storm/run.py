@@ -523,6 +523,15 @@ def pair_ratios(runs: list[dict[str, Any]], ref: list[dict[str, Any]], key: str)
     ]
 
 
+def pair_text(runs: list[dict[str, Any]], ref: list[dict[str, Any]] | None, key: str) -> str:
+    """The median of :func:`pair_ratios` and every pair, or ``-`` without a reference."""
+    ratios = pair_ratios(runs, ref, key) if ref is not None else []
+    if not ratios:
+        return "-"
+    each = ", ".join(f"{r:.2f}" for r in ratios)
+    return f"{statistics.median(ratios):.2f} ({each})"
+
+
 def clients_bound_note(results: dict[tuple[str, float], list[dict[str, Any]]]) -> str:
     """A warning under the table when the machines' CPUs, not the servers, set the total.
 
@@ -595,20 +604,6 @@ def table(results: dict[tuple[str, float], list[dict[str, Any]]], kinds: list[st
                 return "-"
             return f"{med(runs, key) / med(ref, key):.2f}"
 
-        def by_pair(
-            key: str,
-            runs: list[dict[str, Any]] = runs,
-            ref: list[dict[str, Any]] | None = ref,
-            kind: str = kind,
-        ) -> str:
-            if ref is None or kind == REFERENCE:
-                return "-"
-            ratios = pair_ratios(runs, ref, key)
-            if not ratios:
-                return "-"
-            each = ", ".join(f"{r:.2f}" for r in ratios)
-            return f"{statistics.median(ratios):.2f} ({each})"
-
         lines.append(
             f"| {ramp:g} | {kind} | {'/'.join(str(r['booted']) for r in runs)} | {fail_text} "
             f"| {med(runs, 'total'):.2f} | {med(runs, 'p50'):.2f} | {med(runs, 'p95'):.2f} "
@@ -617,7 +612,7 @@ def table(results: dict[tuple[str, float], list[dict[str, Any]]], kinds: list[st
             f"| {tcp()} | {med(runs, 'server_cpu'):.2f} "
             f"| {med(runs, 'cpu_per_boot_ms'):.2f} | {med(runs, 'client_cpu'):.2f} "
             f"| {busy()} | {ratio('total')} | {ratio('cpu_per_boot_ms')} "
-            f"| {by_pair('cpu_per_boot_ms')} |"
+            f"| {pair_text(runs, None if kind == REFERENCE else ref, 'cpu_per_boot_ms')} |"
         )
     return "\n".join(lines)
 
